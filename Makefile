@@ -1,0 +1,44 @@
+# sqlite-attachments: `make` builds dist/attachments.so; see README.md.
+SHELL := /bin/bash
+CARGO ?= cargo
+PROFILE ?= release
+UNAME := $(shell uname -s)
+EXT := $(if $(filter Darwin,$(UNAME)),dylib,so)
+LIB := dist/attachments.$(EXT)
+
+.PHONY: all build demo test test-unit test-sql test-py deps clean
+
+all: build
+
+build: $(LIB)
+
+$(LIB): Cargo.toml $(shell find src -name '*.rs')
+	$(CARGO) build --$(PROFILE) --locked
+	mkdir -p dist
+	cp target/$(PROFILE)/libattachments.$(EXT) $(LIB)
+
+demo: build deps-cli
+	./sql/demo.sh
+
+# Installs what the tests need when it is missing (Debian, as root).
+deps: deps-cli
+	./tests/install-deps.sh
+
+deps-cli:
+	@command -v sqlite3 >/dev/null || ./tests/install-deps.sh sqlite3
+
+test: deps build
+	./tests/run-all.sh
+
+test-unit:
+	$(CARGO) test --locked --lib
+
+test-sql: build
+	./tests/sql/run.sh
+
+test-py: build
+	./tests/py/run.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf dist

@@ -1,0 +1,82 @@
+//! One error type for the whole extension. `Display` is the text SQL shows,
+//! after the name of the function that failed.
+
+use std::{fmt, io, path::PathBuf};
+
+use crate::remote::RemoteError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// Wrong number or type of arguments to a SQL function.
+    Argument(String),
+    /// A config key that is missing, unknown, or has a bad value.
+    Config { key: String, why: String },
+    /// A function that needs the stored config ran before `attachment_init`.
+    NotInitialized,
+    /// An id or extension that cannot name a file inside `local_dir`.
+    UnsafeName(String),
+    /// A call made where it cannot work, e.g. `attachment_sync()` inside a transaction.
+    Misuse(String),
+    /// An error from SQLite; its result code reaches the caller unchanged.
+    Sqlite(rusqlite::Error),
+    /// A local file operation failed.
+    Io { path: PathBuf, err: io::Error },
+    /// A transfer to or from remote storage failed.
+    Remote(RemoteError),
+}
+
+impl Error {
+    pub fn config(key: &str, why: impl Into<String>) -> Error {
+        Error::Config { key: key.to_string(), why: why.into() }
+    }
+
+    pub fn io(path: impl Into<PathBuf>, err: io::Error) -> Error {
+        Error::Io { path: path.into(), err }
+    }
+
+    /// Converts to the error a SQL function reports, prefixed with its name.
+    /// SQLite errors keep their result code (so SQLITE_BUSY stays retryable).
+    pub fn into_sql(self, function: &str) -> rusqlite::Error {
+        match self {
+            Error::Sqlite(rusqlite::Error::SqliteFailure(code, msg)) => {
+                let msg = msg.unwrap_or_else(|| code.to_string());
+                rusqlite::Error::SqliteFailure(code, Some(format!("{function}: {msg}")))
+            }
+            other => rusqlite::Error::UserFunctionError(format!("{function}: {other}").into()),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Argument(why) => f.write_str(why),
+            Error::Config { key, why } => write!(f, "config key '{key}': {why}"),
+            Error::NotInitialized => {
+                f.write_str("not initialized: call attachment_init(config_json) on this database first")
+            }
+            Error::UnsafeName(why) => f.write_str(why),
+            Error::Misuse(why) => f.write_str(why),
+            Error::Sqlite(e) => write!(f, "{e}"),
+            Error::Io { path, err } => write!(f, "{}: {err}", path.display()),
+            Error::Remote(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Error {
+        Error::Sqlite(e)
+    }
+}
+
+impl From<RemoteError> for Error {
+    fn from(e: RemoteError) -> Error {
+        Error::Remote(e)
+    }
+}

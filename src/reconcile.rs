@@ -1,0 +1,130 @@
+//! Watched ids against queue rows, with set-based SQL (no row-by-row loops).
+//! The rules are the contract's; each statement below is one of them.
+
+use rusqlite::{named_params, Connection};
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::schema::quote_ident;
+use crate::store::LocalStore;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Reconciled {
+    /// New QUEUED_DOWNLOAD rows.
+    pub queued: usize,
+    /// ARCHIVED rows brought back.
+    pub restored: usize,
+    /// Rows archived because nothing references them any more.
+    pub archived: usize,
+    /// Referenced ids skipped because their id or extension is unsafe.
+    pub rejected: usize,
+}
+
+/// Re-runs one watch's query into `_attachments_ref`; returns its number of distinct ids.
+pub fn refresh_watch(conn: &Connection, name: &str, select_sql: &str) -> Result<usize> {
+    conn.execute("DELETE FROM main._attachments_ref WHERE watch = ?1", [name])?;
+    // language=SQLite
+    conn.execute(
+        &format!(
+            "INSERT OR IGNORE INTO main._attachments_ref(watch, id, file_extension, media_type, meta_data)
+             SELECT ?1, w.* FROM ({select_sql}) AS w"
+        ),
+        [name],
+    )?;
+    conn.execute("UPDATE main._attachments_watch SET dirty = 0 WHERE name = ?1", [name])?;
+    Ok(conn.query_row("SELECT count(*) FROM main._attachments_ref WHERE watch = ?1", [name], |r| r.get::<_, i64>(0))? as usize)
+}
+
+/// Refreshes every watch whose tables changed since it last ran.
+pub fn refresh_dirty_watches(conn: &Connection) -> Result<usize> {
+    let dirty: Vec<(String, String)> = conn
+        .prepare("SELECT name, select_sql FROM main._attachments_watch WHERE dirty != 0")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, sql) in &dirty {
+        refresh_watch(conn, name, sql)?;
+    }
+    Ok(dirty.len())
+}
+
+/// Applies the reconciliation rules. Without any watch there is nothing to compare
+/// against, so nothing is archived. Runs in the caller's transaction.
+pub fn reconcile(conn: &Connection, config: &Config, now: i64) -> Result<Reconciled> {
+    let watches: i64 = conn.query_row("SELECT count(*) FROM main._attachments_watch", [], |r| r.get(0))?;
+    if watches == 0 {
+        return Ok(Reconciled::default());
+    }
+    refresh_dirty_watches(conn)?;
+    let t = quote_ident(&config.table);
+    let mut out = Reconciled::default();
+    // One row per referenced id; the file name is NULL when id or extension is unsafe.
+    let referenced = "SELECT id, attachment_filename(id, coalesce(min(file_extension), '')) AS filename,
+                             max(media_type) AS media_type, max(meta_data) AS meta_data
+                      FROM main._attachments_ref GROUP BY id";
+    out.rejected = conn.query_row(&format!("SELECT count(*) FROM ({referenced}) WHERE filename IS NULL"), [], |r| r.get::<_, i64>(0))? as usize;
+    if out.rejected > 0 {
+        log::warn!("{} referenced ids skipped: unsafe id or file_extension", out.rejected);
+    }
+    // Referenced, no row: download it (when downloads are on).
+    if config.download_attachments {
+        // language=SQLite
+        out.queued = conn.execute(
+            &format!(
+                "INSERT INTO main.{t}(id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data)
+                 SELECT r.id, r.filename, NULL, :now, NULL, coalesce(r.media_type, attachment_media_type(r.filename)), 1, 0, r.meta_data
+                 FROM ({referenced}) AS r
+                 WHERE r.filename IS NOT NULL AND NOT EXISTS (SELECT 1 FROM main.{t} AS q WHERE q.id = r.id)"
+            ),
+            named_params! {":now": now},
+        )?;
+    }
+    // Referenced, ARCHIVED: back to SYNCED with its local copy, else download again.
+    // language=SQLite
+    out.restored = conn.execute(
+        &format!(
+            "UPDATE main.{t} SET state = CASE WHEN local_uri IS NOT NULL THEN 3 ELSE 1 END,
+                 timestamp = :now, attempts = 0, next_attempt_at = 0, last_error = NULL
+             WHERE state = 4 AND (local_uri IS NOT NULL OR :download)
+               AND EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = {t}.id)"
+        ),
+        named_params! {":now": now, ":download": config.download_attachments},
+    )?;
+    // Not referenced, SYNCED or QUEUED_DOWNLOAD: archive. Uploads and deletes finish first.
+    // language=SQLite
+    out.archived = conn.execute(
+        &format!(
+            "UPDATE main.{t} SET state = 4, timestamp = :now
+             WHERE state IN (1, 3)
+               AND NOT EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = {t}.id)"
+        ),
+        named_params! {":now": now},
+    )?;
+    Ok(out)
+}
+
+/// Removes ARCHIVED rows beyond `archived_cache_limit`, oldest first, with their
+/// local files. Remote objects stay: other devices may still reference them.
+/// Runs in the caller's transaction; returns the number of rows removed.
+pub fn expire_cache(conn: &Connection, config: &Config, store: &LocalStore) -> Result<usize> {
+    let t = quote_ident(&config.table);
+    // language=SQLite
+    let victims: Vec<(String, Option<String>)> = conn
+        .prepare(&format!(
+            "SELECT id, local_uri FROM main.{t} WHERE state = 4
+             ORDER BY timestamp DESC, id LIMIT -1 OFFSET ?1"
+        ))?
+        .query_map([config.archived_cache_limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut delete = conn.prepare(&format!("DELETE FROM main.{t} WHERE id = ?1 AND state = 4"))?;
+    for (id, local_uri) in &victims {
+        if let Some(file) = local_uri {
+            // A file that cannot be removed keeps its row, so verify can try again.
+            if let Err(e) = store.remove(file) {
+                log::warn!("cache expiry could not remove {file}: {e}");
+                continue;
+            }
+        }
+        delete.execute([id])?;
+    }
+    Ok(victims.len())
+}

@@ -1,0 +1,135 @@
+//! Remote storage: where files live besides this device. One trait, one
+//! backend per URL scheme; `open` picks it from the config.
+
+mod dir;
+
+use std::{fmt, fs::File, io, io::Read, io::Write, time::Duration};
+
+use crate::config::{Config, Remote as RemoteUrl};
+use crate::error::{Error, Result};
+
+/// What a backend needs to know about the attachment it moves.
+#[derive(Debug, Clone)]
+pub struct Object<'a> {
+    pub id: &'a str,
+    pub filename: &'a str,
+    pub media_type: &'a str,
+    /// SHA-256 of the content in hex, when known.
+    pub sha256: Option<&'a str>,
+}
+
+/// What the remote said about a download, checked by the local store after the bytes arrive.
+#[derive(Debug, Default, Clone)]
+pub struct Fetched {
+    pub length: Option<u64>,
+    pub sha256: Option<String>,
+}
+
+/// Reports bytes moved so far (for `bytes_done`).
+pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
+
+pub trait RemoteStorage: Send + Sync {
+    /// Stores `file` (`len` bytes) as `obj.filename`, streaming it.
+    fn upload(&self, obj: &Object, file: File, len: u64, progress: Progress) -> Result<(), RemoteError>;
+    /// Streams `obj.filename` into `out`.
+    fn download(&self, obj: &Object, out: &mut dyn Write, progress: Progress) -> Result<Fetched, RemoteError>;
+    /// Removes `obj.filename`; an object that is already gone counts as done.
+    fn delete(&self, obj: &Object) -> Result<(), RemoteError>;
+}
+
+/// The backend for a config's `remote`.
+pub fn open(config: &Config) -> Result<Box<dyn RemoteStorage>> {
+    match &config.remote {
+        RemoteUrl::Dir(path) => Ok(Box::new(dir::DirRemote::new(path.clone()))),
+        other => Err(Error::config(
+            "remote",
+            format!("{} remotes are not available in this build yet; use a file:// remote", other.url().split(':').next().unwrap_or("")),
+        )),
+    }
+}
+
+/// How the retry policy treats a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Network errors, timeouts, 408, 429, 5xx: retry soon.
+    Transient,
+    /// 401/403: wrong credentials or signing backend; never means "gone".
+    Auth,
+    /// 404/410: the object does not exist.
+    NotFound,
+    /// Other 4xx: retried with the longest backoff.
+    Permanent,
+}
+
+#[derive(Debug, Clone)]
+pub struct RemoteError {
+    pub kind: ErrorKind,
+    pub status: Option<u16>,
+    /// Short reason; never contains credentials or signed URLs.
+    pub message: String,
+    pub retry_after: Option<Duration>,
+}
+
+impl RemoteError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> RemoteError {
+        RemoteError { kind, status: None, message: message.into(), retry_after: None }
+    }
+
+    /// A local or network I/O error, classified by its kind.
+    pub fn from_io(context: &str, e: &io::Error) -> RemoteError {
+        let kind = match e.kind() {
+            io::ErrorKind::NotFound => ErrorKind::NotFound,
+            io::ErrorKind::PermissionDenied => ErrorKind::Auth,
+            _ => ErrorKind::Transient,
+        };
+        RemoteError::new(kind, format!("{context}: {e}"))
+    }
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.status {
+            Some(s) => write!(f, "HTTP {s}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Counts bytes read and reports them, for upload progress.
+pub struct ProgressReader<'a, R> {
+    inner: R,
+    done: u64,
+    progress: Progress<'a>,
+}
+
+impl<'a, R> ProgressReader<'a, R> {
+    pub fn new(inner: R, progress: Progress<'a>) -> Self {
+        ProgressReader { inner, done: 0, progress }
+    }
+}
+
+impl<R: Read> Read for ProgressReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        (self.progress)(self.done);
+        Ok(n)
+    }
+}
+
+/// Copies `from` into `to` in 256 KiB steps, reporting progress; never buffers the whole stream.
+pub fn copy_with_progress(from: &mut dyn Read, to: &mut dyn Write, progress: Progress) -> io::Result<u64> {
+    let mut reader = ProgressReader::new(from, progress);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+}

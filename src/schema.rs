@@ -1,0 +1,78 @@
+//! Tables the extension owns. The queue table's name comes from the config;
+//! every internal table and trigger starts with `_attachments_`.
+
+use rusqlite::Connection;
+
+use crate::error::Result;
+
+/// Bumped when the layout changes; stored in `_attachments_config`.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Creates what is missing in `main`. Runs in the caller's transaction.
+pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
+    let t = quote_ident(table);
+    let idx = quote_ident(&format!("_attachments_idx_{table}_due"));
+    // language=SQLite
+    conn.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS main._attachments_config(
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            config TEXT NOT NULL,
+            schema_version INTEGER NOT NULL DEFAULT {SCHEMA_VERSION});
+        -- One row per attachment_watch(): its query, the triggers that mark it dirty.
+        CREATE TABLE IF NOT EXISTS main._attachments_watch(
+            name TEXT PRIMARY KEY NOT NULL,
+            query TEXT NOT NULL,
+            select_sql TEXT NOT NULL,
+            triggers TEXT NOT NULL DEFAULT '[]',
+            dirty INTEGER NOT NULL DEFAULT 1);
+        -- The ids each watch referenced when it was last run.
+        CREATE TABLE IF NOT EXISTS main._attachments_ref(
+            watch TEXT NOT NULL,
+            id TEXT NOT NULL,
+            file_extension TEXT,
+            media_type TEXT,
+            meta_data TEXT,
+            PRIMARY KEY (watch, id)) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS main._attachments_ref_by_id ON _attachments_ref(id);
+        -- The queue: the contract's nine columns, then bookkeeping.
+        CREATE TABLE IF NOT EXISTS main.{t}(
+            id TEXT PRIMARY KEY NOT NULL,
+            filename TEXT NOT NULL,
+            local_uri TEXT,
+            timestamp INTEGER NOT NULL,
+            size INTEGER,
+            media_type TEXT,
+            state INTEGER NOT NULL,
+            has_synced INTEGER NOT NULL DEFAULT 0,
+            meta_data TEXT,
+            sha256 TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            claimed_by TEXT,
+            claimed_until INTEGER);
+        CREATE INDEX IF NOT EXISTS main.{idx} ON {t}(state, next_attempt_at);"
+    ))?;
+    Ok(())
+}
+
+/// `"name"` with embedded quotes doubled: safe for any identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `'text'` with embedded quotes doubled.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_escapes() {
+        assert_eq!(quote_ident(r#"a"b"#), r#""a""b""#);
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+}

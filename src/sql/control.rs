@@ -1,0 +1,87 @@
+//! attachment_init, attachment_sync, attachment_verify, attachment_expire_cache,
+//! attachment_start_sync and attachment_stop_sync.
+
+use rusqlite::functions::Context;
+use rusqlite::Connection;
+
+use super::{caller, scalar, text_arg, EFFECTFUL};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::reconcile;
+use crate::schema;
+use crate::store::LocalStore;
+use crate::sync::{self, Syncer};
+use crate::verify;
+
+pub fn register(db: &Connection) -> rusqlite::Result<()> {
+    scalar(db, "attachment_init", "attachment_init(config_json TEXT)", 1..=1, EFFECTFUL, init)?;
+    scalar(db, "attachment_sync", "attachment_sync()", 0..=0, EFFECTFUL, sync_now)?;
+    scalar(db, "attachment_verify", "attachment_verify()", 0..=0, EFFECTFUL, verify_now)?;
+    scalar(db, "attachment_expire_cache", "attachment_expire_cache()", 0..=0, EFFECTFUL, expire_cache)?;
+    scalar(db, "attachment_start_sync", "attachment_start_sync()", 0..=0, EFFECTFUL, start_sync)?;
+    scalar(db, "attachment_stop_sync", "attachment_stop_sync()", 0..=0, EFFECTFUL, stop_sync)?;
+    Ok(())
+}
+
+/// Checks and stores the config, creates the tables and `local_dir`, and runs
+/// verify once per process. Returns the effective config.
+fn init(ctx: &Context) -> Result<String> {
+    let config = Config::parse(&text_arg(ctx, 0, "config_json")?)?;
+    let conn = caller(ctx)?;
+    let store = LocalStore::open(config.local_dir_for(conn.path())?)?;
+    schema::ensure(&conn, &config.table)?;
+    config.store(&conn)?;
+    if let Some(db_file) = conn.path().filter(|p| !p.is_empty()) {
+        sync::verify_once(&conn, db_file, &config, &store)?;
+    }
+    Ok(config.to_json().to_string())
+}
+
+/// The database file of the caller, required by everything that opens its own connection.
+fn db_file<'a>(conn: &'a Connection, what: &str) -> Result<&'a str> {
+    conn.path()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| Error::Misuse(format!("{what} needs a database file; an in-memory or temporary database cannot sync")))
+}
+
+/// One blocking pass on a connection of its own.
+fn sync_now(ctx: &Context) -> Result<String> {
+    let conn = caller(ctx)?;
+    if !conn.is_autocommit() {
+        return Err(Error::Misuse(
+            "call attachment_sync() outside BEGIN ... COMMIT: it commits its own short transactions between transfers".into(),
+        ));
+    }
+    let config = Config::load(&conn)?;
+    let db_file = db_file(&conn, "attachment_sync()")?;
+    let syncer = Syncer::new(db_file, config)?;
+    let own = sync::open_connection(db_file)?;
+    Ok(syncer.run_pass(&own)?.to_json().to_string())
+}
+
+fn verify_now(ctx: &Context) -> Result<String> {
+    let conn = caller(ctx)?;
+    let config = Config::load(&conn)?;
+    let store = LocalStore::open(config.local_dir_for(conn.path())?)?;
+    Ok(verify::verify(&conn, &config, &store)?.to_json().to_string())
+}
+
+fn expire_cache(ctx: &Context) -> Result<i64> {
+    let conn = caller(ctx)?;
+    let config = Config::load(&conn)?;
+    let store = LocalStore::open(config.local_dir_for(conn.path())?)?;
+    Ok(reconcile::expire_cache(&conn, &config, &store)? as i64)
+}
+
+fn start_sync(ctx: &Context) -> Result<i64> {
+    let conn = caller(ctx)?;
+    Config::load(&conn)?;
+    db_file(&conn, "attachment_start_sync()")?;
+    Err(Error::Misuse("the background worker is not available in this build yet; call attachment_sync() to run a pass".into()))
+}
+
+fn stop_sync(ctx: &Context) -> Result<i64> {
+    let conn = caller(ctx)?;
+    Config::load(&conn)?;
+    Ok(1)
+}

@@ -1,0 +1,169 @@
+//! `attachment_queue`: an eponymous read-only virtual table with every queue
+//! column plus state_name, bytes_done, attempts, next_attempt_at, last_error.
+
+use std::borrow::Cow;
+use std::ffi::{c_int, CStr};
+use std::marker::PhantomData;
+
+use rusqlite::types::Value;
+use rusqlite::vtab::{
+    Context, Filters, IndexConstraintOp, IndexInfo, Module, VTab, VTabConfig, VTabConnection, VTabCursor,
+};
+use rusqlite::{ffi, Connection};
+
+use crate::config::Config;
+use crate::queue::State;
+use crate::schema::quote_ident;
+
+const COLUMNS: [&str; 15] = [
+    "id", "filename", "local_uri", "timestamp", "size", "media_type", "state", "has_synced", "meta_data",
+    "state_name", "bytes_done", "attempts", "next_attempt_at", "last_error", "sha256",
+];
+const COL_STATE: usize = 6;
+const COL_STATE_NAME: usize = 9;
+const COL_BYTES_DONE: usize = 10;
+
+pub fn register(db: &Connection) -> rusqlite::Result<()> {
+    const MODULE: Module<QueueTab> = Module::eponymous_only_module();
+    db.create_module(c"attachment_queue", &MODULE, None)
+}
+
+#[repr(C)]
+struct QueueTab {
+    base: ffi::sqlite3_vtab,
+    db: *mut ffi::sqlite3,
+}
+
+unsafe impl<'vtab> VTab<'vtab> for QueueTab {
+    type Aux = ();
+    type Cursor = QueueCursor<'vtab>;
+
+    fn connect(
+        db: &mut VTabConnection,
+        _aux: Option<&()>,
+        _module_name: &[u8],
+        _database_name: &[u8],
+        _table_name: &[u8],
+        _args: &[&[u8]],
+    ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
+        db.config(VTabConfig::DirectOnly)?;
+        let handle = unsafe { db.handle() };
+        let sql = std::ffi::CString::new(format!("CREATE TABLE x({})", COLUMNS.join(", ")))
+            .map_err(|e| rusqlite::Error::ModuleError(e.to_string()))?;
+        Ok((Cow::Owned(sql), QueueTab { base: ffi::sqlite3_vtab::default(), db: handle }))
+    }
+
+    fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
+        // `WHERE id = ?` is answered by the primary key instead of a scan.
+        let mut by_id = None;
+        for (i, c) in info.constraints().enumerate() {
+            if c.is_usable() && c.column() == 0 && c.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ {
+                by_id = Some(i);
+            }
+        }
+        if let Some(i) = by_id {
+            let mut usage = info.constraint_usage(i);
+            usage.set_argv_index(1);
+            usage.set_omit(true);
+            info.set_idx_num(1);
+            info.set_estimated_cost(1.0);
+            info.set_estimated_rows(1);
+        } else {
+            info.set_idx_num(0);
+            info.set_estimated_cost(1_000_000.0);
+        }
+        Ok(true)
+    }
+
+    fn open(&'vtab mut self) -> rusqlite::Result<QueueCursor<'vtab>> {
+        Ok(QueueCursor { base: ffi::sqlite3_vtab_cursor::default(), db: self.db, rows: Vec::new(), pos: 0, db_file: String::new(), phantom: PhantomData })
+    }
+}
+
+#[repr(C)]
+struct QueueCursor<'vtab> {
+    base: ffi::sqlite3_vtab_cursor,
+    db: *mut ffi::sqlite3,
+    rows: Vec<Vec<Value>>,
+    pos: usize,
+    db_file: String,
+    phantom: PhantomData<&'vtab QueueTab>,
+}
+
+impl QueueCursor<'_> {
+    fn load(&mut self, id: Option<String>) -> crate::error::Result<()> {
+        // Safety: SQLite calls xFilter on the connection's own thread; the
+        // Connection made here does not own (and will not close) the handle.
+        let conn = unsafe { Connection::from_handle(self.db)? };
+        let config = Config::load(&conn)?;
+        self.db_file = conn.path().unwrap_or("").to_string();
+        let filter = if id.is_some() { "WHERE id = ?1" } else { "" };
+        // language=SQLite
+        let sql = format!(
+            "SELECT id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data,
+                    NULL, NULL, attempts, next_attempt_at, last_error, sha256
+             FROM main.{} {filter} ORDER BY rowid",
+            quote_ident(&config.table)
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let mut rows = match &id {
+            Some(id) => stmt.query([id])?,
+            None => stmt.query([])?,
+        };
+        self.rows.clear();
+        while let Some(r) = rows.next()? {
+            let mut row: Vec<Value> = (0..COLUMNS.len()).map(|i| r.get(i)).collect::<rusqlite::Result<_>>()?;
+            let state = match row[COL_STATE] {
+                Value::Integer(s) => State::from_code(s),
+                _ => None,
+            };
+            row[COL_STATE_NAME] = state.map(|s| Value::Text(s.as_str().into())).unwrap_or(Value::Null);
+            let done = match (&row[0], state) {
+                (Value::Text(id), Some(s)) if s.is_queued() => crate::sync::bytes_done(&self.db_file, id).unwrap_or(0) as i64,
+                (_, Some(State::Synced)) => match row[4] {
+                    Value::Integer(size) => size,
+                    _ => 0,
+                },
+                _ => 0,
+            };
+            row[COL_BYTES_DONE] = Value::Integer(done);
+            self.rows.push(row);
+        }
+        self.pos = 0;
+        Ok(())
+    }
+}
+
+unsafe impl VTabCursor for QueueCursor<'_> {
+    fn filter(&mut self, idx_num: c_int, _idx_str: Option<&str>, args: &Filters<'_>) -> rusqlite::Result<()> {
+        let id: Option<String> = if idx_num == 1 { args.get::<Option<String>>(0)? } else { None };
+        if idx_num == 1 && id.is_none() {
+            self.rows.clear();
+            return Ok(());
+        }
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.load(id))) {
+            Ok(result) => result.map_err(|e| e.into_sql("attachment_queue")),
+            Err(_) => Err(crate::error::Error::Misuse("internal error".into()).into_sql("attachment_queue")),
+        }
+    }
+
+    fn next(&mut self) -> rusqlite::Result<()> {
+        self.pos += 1;
+        Ok(())
+    }
+
+    fn eof(&self) -> bool {
+        self.pos >= self.rows.len()
+    }
+
+    fn column(&self, ctx: &mut Context, i: c_int) -> rusqlite::Result<()> {
+        match self.rows.get(self.pos).and_then(|r| r.get(i as usize)) {
+            Some(v) => ctx.set_result(v),
+            None => ctx.set_result(&Value::Null),
+        }
+    }
+
+    fn rowid(&self) -> rusqlite::Result<i64> {
+        Ok(self.pos as i64)
+    }
+}

@@ -1,0 +1,83 @@
+//! attachment_save, attachment_save_file, attachment_delete: they write in the
+//! caller's transaction, so a row appears exactly when the app's change commits.
+
+use std::fs::File;
+use std::io::Read;
+
+use rusqlite::functions::Context;
+use rusqlite::{params, Connection};
+
+use super::{bytes_arg, caller, opt_text_arg, scalar, text_arg, EFFECTFUL};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::names;
+use crate::queue::{now_ms, State};
+use crate::schema::quote_ident;
+use crate::store::LocalStore;
+
+pub fn register(db: &Connection) -> rusqlite::Result<()> {
+    scalar(db, "attachment_save", "attachment_save(data BLOB, ext TEXT [, media_type TEXT [, meta_data TEXT]])", 2..=4, EFFECTFUL, save)?;
+    scalar(db, "attachment_save_file", "attachment_save_file(path TEXT, ext TEXT [, media_type TEXT [, meta_data TEXT]])", 2..=4, EFFECTFUL, save_file)?;
+    scalar(db, "attachment_delete", "attachment_delete(id TEXT)", 1..=1, EFFECTFUL, delete)?;
+    Ok(())
+}
+
+fn save(ctx: &Context) -> Result<String> {
+    let mut data = bytes_arg(ctx, 0, "data")?;
+    save_from(ctx, &mut data)
+}
+
+fn save_file(ctx: &Context) -> Result<String> {
+    let path = text_arg(ctx, 0, "path")?;
+    let unreadable = |e: std::io::Error| Error::Argument(format!("cannot read '{path}': {e}"));
+    let file = File::open(&path).map_err(unreadable)?;
+    if !file.metadata().map_err(unreadable)?.is_file() {
+        return Err(Error::Argument(format!("cannot read '{path}': not a regular file")));
+    }
+    save_from(ctx, &mut std::io::BufReader::with_capacity(256 * 1024, file))
+}
+
+/// Writes the file durably, then inserts its QUEUED_UPLOAD row in the caller's transaction.
+fn save_from(ctx: &Context, data: &mut dyn Read) -> Result<String> {
+    let ext = text_arg(ctx, 1, "ext")?;
+    let media_type = opt_text_arg(ctx, 2, "media_type")?;
+    let meta_data = opt_text_arg(ctx, 3, "meta_data")?;
+    let conn = caller(ctx)?;
+    let config = Config::load(&conn)?;
+    let store = LocalStore::open(config.local_dir_for(conn.path())?)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let filename = names::filename(&id, &ext)?;
+    let media_type = media_type.unwrap_or_else(|| names::guess_media_type(names::ext_of(&filename)));
+    let written = store.write_from(&filename, data)?;
+    // language=SQLite
+    let inserted = conn.execute(
+        &format!(
+            "INSERT INTO main.{}(id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data, sha256)
+             VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8)",
+            quote_ident(&config.table)
+        ),
+        params![id, filename, now_ms(), written.size as i64, media_type, State::QueuedUpload as i64, meta_data, written.sha256],
+    );
+    if let Err(e) = inserted {
+        let _ = store.remove(&filename);
+        return Err(e.into());
+    }
+    Ok(id)
+}
+
+/// Marks a row QUEUED_DELETE; the sync removes the remote object, the file and the row.
+/// Returns NULL for an id with no row (already deleted, or never known here).
+fn delete(ctx: &Context) -> Result<Option<String>> {
+    let id = text_arg(ctx, 0, "id")?;
+    let conn = caller(ctx)?;
+    let config = Config::load(&conn)?;
+    let n = conn.execute(
+        &format!(
+            "UPDATE main.{} SET state = ?2, timestamp = ?3, attempts = 0, next_attempt_at = 0, last_error = NULL
+             WHERE id = ?1",
+            quote_ident(&config.table)
+        ),
+        params![id, State::QueuedDelete as i64, now_ms()],
+    )?;
+    Ok((n > 0).then_some(id))
+}

@@ -1,0 +1,381 @@
+//! One sync pass: reconcile, then claim due rows and transfer them, then expire
+//! the cache. Runs on a connection of its own, so each state change is a short
+//! transaction and none is held across network I/O.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags};
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::names;
+use crate::queue::retry::{self, Next, Op};
+use crate::queue::{now_ms, State};
+use crate::reconcile::{self, Reconciled};
+use crate::remote::{self, ErrorKind, Object, RemoteError, RemoteStorage};
+use crate::schema::quote_ident;
+use crate::store::LocalStore;
+use crate::verify::{self, Verified};
+
+/// A claim not renewed within this long is free for another worker to take.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(10 * 60);
+
+/// Identifies this process in `claimed_by`: `pid:<pid>:<random>`.
+pub static OWNER: LazyLock<String> =
+    LazyLock::new(|| format!("pid:{}:{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]));
+
+/// Bytes moved so far by transfers in flight in this process, by (database file, id).
+static PROGRESS: LazyLock<Mutex<HashMap<(String, String), u64>>> = LazyLock::new(Default::default);
+
+/// Database files verified by this process (verify runs once per process and file).
+static VERIFIED: LazyLock<Mutex<std::collections::HashSet<String>>> = LazyLock::new(Default::default);
+
+pub fn bytes_done(db_file: &str, id: &str) -> Option<u64> {
+    PROGRESS.lock().ok()?.get(&(db_file.to_string(), id.to_string())).copied()
+}
+
+/// Runs verify on `conn` unless this process already did for `db_file`.
+pub fn verify_once(conn: &Connection, db_file: &str, config: &Config, store: &LocalStore) -> Result<Option<Verified>> {
+    if VERIFIED.lock().map(|v| v.contains(db_file)).unwrap_or(false) {
+        return Ok(None);
+    }
+    let v = verify::verify(conn, config, store)?;
+    if let Ok(mut set) = VERIFIED.lock() {
+        set.insert(db_file.to_string());
+    }
+    Ok(Some(v))
+}
+
+/// Opens a connection of our own to `db_file`, through the host's SQLite.
+pub fn open_connection(db_file: &str) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        db_file,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    crate::sql::register(&conn)?;
+    Ok(conn)
+}
+
+/// Runs `f` inside `BEGIN IMMEDIATE … COMMIT`, rolling back on error.
+pub fn immediate<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    match f() {
+        Ok(v) => {
+            conn.execute_batch("COMMIT")?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    pub uploaded: usize,
+    pub downloaded: usize,
+    pub deleted: usize,
+    pub archived: usize,
+    pub expired: usize,
+    pub failed: usize,
+    pub pending: usize,
+    pub reconciled: Reconciled,
+    pub verified: Option<Verified>,
+}
+
+impl Summary {
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "uploaded": self.uploaded,
+            "downloaded": self.downloaded,
+            "deleted": self.deleted,
+            "archived": self.archived,
+            "expired": self.expired,
+            "failed": self.failed,
+            "pending": self.pending,
+            "queued_downloads": self.reconciled.queued,
+            "restored": self.reconciled.restored,
+            "rejected": self.reconciled.rejected,
+        });
+        if let Some(ver) = self.verified {
+            v["verified"] = ver.to_json();
+        }
+        v
+    }
+}
+
+/// A claimed row.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: String,
+    pub filename: String,
+    pub local_uri: Option<String>,
+    pub state: State,
+    pub media_type: String,
+    pub sha256: Option<String>,
+    pub attempts: i64,
+}
+
+/// What a transfer ended in.
+pub enum Outcome {
+    Uploaded,
+    Downloaded { size: u64, sha256: String },
+    Deleted,
+    /// An upload whose local file is gone: nothing can be sent.
+    LocalMissing,
+    Failed(RemoteError),
+}
+
+/// Everything a pass needs, opened once.
+pub struct Syncer {
+    pub db_file: String,
+    pub config: Config,
+    pub store: LocalStore,
+    pub remote: Box<dyn RemoteStorage>,
+}
+
+impl Syncer {
+    pub fn new(db_file: &str, config: Config) -> Result<Syncer> {
+        let store = LocalStore::open(config.local_dir_for(Some(db_file))?)?;
+        let remote = remote::open(&config)?;
+        Ok(Syncer { db_file: db_file.to_string(), config, store, remote })
+    }
+
+    fn table(&self) -> String {
+        quote_ident(&self.config.table)
+    }
+
+    /// One full pass; `conn` is a connection of our own (see [`open_connection`]).
+    pub fn run_pass(&self, conn: &Connection) -> Result<Summary> {
+        let mut summary = Summary {
+            verified: immediate(conn, || verify_once(conn, &self.db_file, &self.config, &self.store))?,
+            ..Summary::default()
+        };
+        let started = now_ms();
+        summary.reconciled = immediate(conn, || reconcile::reconcile(conn, &self.config, started))?;
+        summary.archived += summary.reconciled.archived;
+        self.release_dead_claims(conn)?;
+        loop {
+            let jobs = self.claim(conn, started, self.config.max_concurrency as usize)?;
+            if jobs.is_empty() {
+                break;
+            }
+            for job in jobs {
+                let outcome = self.perform(&job);
+                self.record(conn, &job, outcome, &mut summary)?;
+            }
+        }
+        summary.expired = immediate(conn, || reconcile::expire_cache(conn, &self.config, &self.store))?;
+        summary.pending = conn.query_row(
+            &format!("SELECT count(*) FROM main.{} WHERE state IN (0, 1, 2)", self.table()),
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as usize;
+        Ok(summary)
+    }
+
+    /// Claims up to `limit` rows due at `due_by` that no live worker holds.
+    pub fn claim(&self, conn: &Connection, due_by: i64, limit: usize) -> Result<Vec<Job>> {
+        let t = self.table();
+        immediate(conn, || {
+            let now = now_ms();
+            // Uploads first (their files exist nowhere else), then downloads, then deletes.
+            // language=SQLite
+            let jobs: Vec<Job> = conn
+                .prepare(&format!(
+                    "SELECT id, filename, local_uri, state, media_type, sha256, attempts FROM main.{t}
+                     WHERE state IN (0, 1, 2) AND next_attempt_at <= ?1
+                       AND (claimed_until IS NULL OR claimed_until < ?2)
+                     ORDER BY state, timestamp LIMIT ?3"
+                ))?
+                .query_map(params![due_by, now, limit as i64], |r| {
+                    Ok(Job {
+                        id: r.get(0)?,
+                        filename: r.get(1)?,
+                        local_uri: r.get(2)?,
+                        state: State::from_code(r.get(3)?).unwrap_or(State::Archived),
+                        media_type: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                        sha256: r.get(5)?,
+                        attempts: r.get(6)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut mark = conn.prepare(&format!("UPDATE main.{t} SET claimed_by = ?2, claimed_until = ?3 WHERE id = ?1"))?;
+            for job in &jobs {
+                mark.execute(params![job.id, *OWNER, now + CLAIM_LEASE.as_millis() as i64])?;
+            }
+            Ok(jobs)
+        })
+    }
+
+    /// Frees claims whose process is gone (a crash or SIGKILL), without waiting for the lease.
+    fn release_dead_claims(&self, conn: &Connection) -> Result<()> {
+        if !Path::new("/proc/self").exists() {
+            return Ok(());
+        }
+        let t = self.table();
+        let owners: Vec<String> = conn
+            .prepare(&format!("SELECT DISTINCT claimed_by FROM main.{t} WHERE claimed_by IS NOT NULL"))?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for owner in owners {
+            let pid = owner.strip_prefix("pid:").and_then(|rest| rest.split(':').next());
+            let alive = pid.map(|p| Path::new("/proc").join(p).exists()).unwrap_or(true);
+            if !alive {
+                conn.execute(
+                    &format!("UPDATE main.{t} SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = ?1"),
+                    [&owner],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the bytes of one job. No transaction is open here.
+    pub fn perform(&self, job: &Job) -> Outcome {
+        let key = (self.db_file.clone(), job.id.clone());
+        let progress = |n: u64| {
+            if let Ok(mut p) = PROGRESS.lock() {
+                p.insert(key.clone(), n);
+            }
+        };
+        let obj = Object { id: &job.id, filename: &job.filename, media_type: &job.media_type, sha256: job.sha256.as_deref() };
+        let result = match names::check_filename(&job.filename) {
+            Err(e) => Err(RemoteError::new(ErrorKind::Permanent, e.to_string())),
+            Ok(_) => match job.state {
+                State::QueuedUpload => self.upload(job, &obj, &progress),
+                State::QueuedDownload => self.download(&obj, &progress),
+                State::QueuedDelete => self.remote.delete(&obj).map(|()| Outcome::Deleted),
+                State::Synced | State::Archived => Ok(Outcome::Deleted),
+            },
+        };
+        if let Ok(mut p) = PROGRESS.lock() {
+            p.remove(&key);
+        }
+        result.unwrap_or_else(Outcome::Failed)
+    }
+
+    fn upload(&self, job: &Job, obj: &Object, progress: &(dyn Fn(u64) + Sync)) -> Result<Outcome, RemoteError> {
+        let name = job.local_uri.as_deref().unwrap_or(&job.filename);
+        let Some(path) = self.store.existing(name) else {
+            return Ok(Outcome::LocalMissing);
+        };
+        let file = std::fs::File::open(&path).map_err(|e| RemoteError::from_io("opening the local file", &e))?;
+        let len = file.metadata().map_err(|e| RemoteError::from_io("reading the local file", &e))?.len();
+        self.remote.upload(obj, file, len, progress)?;
+        Ok(Outcome::Uploaded)
+    }
+
+    fn download(&self, obj: &Object, progress: &(dyn Fn(u64) + Sync)) -> Result<Outcome, RemoteError> {
+        let written = self.store.write_with(obj.filename, |out| {
+            let fetched = self.remote.download(obj, out, progress)?;
+            Ok(fetched)
+        });
+        match written {
+            Ok(w) => Ok(Outcome::Downloaded { size: w.size, sha256: w.sha256 }),
+            Err(Error::Remote(e)) => Err(e),
+            Err(e) => Err(RemoteError::new(ErrorKind::Transient, format!("local: {e}"))),
+        }
+    }
+
+    /// Records a job's outcome in one short transaction.
+    pub fn record(&self, conn: &Connection, job: &Job, outcome: Outcome, summary: &mut Summary) -> Result<()> {
+        let t = self.table();
+        let now = now_ms();
+        let clear = "claimed_by = NULL, claimed_until = NULL";
+        let done = "attempts = 0, next_attempt_at = 0, last_error = NULL";
+        immediate(conn, || {
+            match outcome {
+                Outcome::Uploaded => {
+                    conn.execute(
+                        &format!(
+                            "UPDATE main.{t} SET state = CASE WHEN state = 0 THEN 3 ELSE state END,
+                                 has_synced = 1, timestamp = ?2, {done}, {clear} WHERE id = ?1"
+                        ),
+                        params![job.id, now],
+                    )?;
+                    summary.uploaded += 1;
+                }
+                Outcome::Downloaded { size, ref sha256 } => {
+                    let n = conn.execute(
+                        &format!(
+                            "UPDATE main.{t} SET state = CASE WHEN state = 1 THEN 3 ELSE state END,
+                                 local_uri = filename, size = ?2, sha256 = ?3, has_synced = 1, timestamp = ?4,
+                                 {done}, {clear} WHERE id = ?1"
+                        ),
+                        params![job.id, size as i64, sha256, now],
+                    )?;
+                    if n == 0 {
+                        // The row went away while we downloaded; its file has no owner.
+                        self.store.remove(&job.filename)?;
+                    }
+                    summary.downloaded += 1;
+                }
+                Outcome::Deleted => {
+                    self.store.remove(job.local_uri.as_deref().unwrap_or(&job.filename))?;
+                    conn.execute(&format!("DELETE FROM main.{t} WHERE id = ?1 AND state = 2"), [&job.id])?;
+                    summary.deleted += 1;
+                }
+                Outcome::LocalMissing => {
+                    conn.execute(
+                        &format!(
+                            "UPDATE main.{t} SET state = 4, local_uri = NULL, timestamp = ?2,
+                                 last_error = 'local file missing: nothing to upload', {clear}
+                             WHERE id = ?1 AND state = 0"
+                        ),
+                        params![job.id, now],
+                    )?;
+                    summary.failed += 1;
+                    summary.archived += 1;
+                }
+                Outcome::Failed(ref err) => {
+                    let op = match job.state {
+                        State::QueuedUpload => Op::Upload,
+                        State::QueuedDownload => Op::Download,
+                        _ => Op::Delete,
+                    };
+                    let attempts = job.attempts + 1;
+                    log::info!("{} {} failed (attempt {attempts}): {err}", op_name(op), job.id);
+                    let message = err.to_string();
+                    match retry::after_failure(op, err, attempts, self.config.max_attempts, now, fastrand::f64()) {
+                        Next::RetryAt(at) => conn.execute(
+                            &format!(
+                                "UPDATE main.{t} SET attempts = ?2, next_attempt_at = ?3, last_error = ?4, {clear}
+                                 WHERE id = ?1 AND state = ?5"
+                            ),
+                            params![job.id, attempts, at, message, job.state as i64],
+                        )?,
+                        Next::Archive => {
+                            summary.archived += 1;
+                            conn.execute(
+                                &format!(
+                                    "UPDATE main.{t} SET state = 4, attempts = ?2, last_error = ?3, timestamp = ?4, {clear}
+                                     WHERE id = ?1 AND state = 1"
+                                ),
+                                params![job.id, attempts, message, now],
+                            )?
+                        }
+                    };
+                    summary.failed += 1;
+                }
+            }
+            // Whatever happened above, the claim is ours to drop.
+            conn.execute(&format!("UPDATE main.{t} SET {clear} WHERE id = ?1 AND claimed_by = ?2"), params![job.id, *OWNER])?;
+            Ok(())
+        })
+    }
+}
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Upload => "upload",
+        Op::Download => "download",
+        Op::Delete => "delete",
+    }
+}
