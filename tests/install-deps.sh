@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what the tests need when it is missing. Debian/Ubuntu, as root.
+# With arguments, installs just those Debian packages.
+set -euo pipefail
+
+need_pkgs=()
+want() { # want COMMAND PACKAGE: queue PACKAGE when COMMAND is missing
+  command -v "$1" >/dev/null 2>&1 || need_pkgs+=("$2")
+}
+
+if [[ $# -gt 0 ]]; then
+  need_pkgs=("$@")
+else
+  want sqlite3 sqlite3
+  want nm binutils
+  [[ -x /usr/bin/python3 ]] || need_pkgs+=(python3)
+fi
+
+if [[ ${#need_pkgs[@]} -gt 0 ]]; then
+  if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
+    echo "missing: ${need_pkgs[*]}; install them with your package manager (Debian: apt-get install ${need_pkgs[*]})" >&2
+    exit 1
+  fi
+  # Never let a package's service start during install (nginx would take port 80).
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+  fi
+  echo "installing: ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null 2>&1 || apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Every test, in order of speed. Used by `make test` (after deps and build).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+status=0
+step() {
+  echo; echo "=== $1"; shift
+  if ! "$@"; then status=1; echo "=== FAILED: $*"; fi
+}
+step "Rust unit tests" cargo test --locked --lib --quiet
+step "Linkage" tests/test-linkage.sh
+step "SQL scenarios (sqlite3 CLI)" tests/sql/run.sh
+step "Python (stdlib sqlite3 driver)" tests/py/run.sh
+echo
+if [[ $status -eq 0 ]]; then echo "ALL TESTS PASSED"; else echo "SOME TESTS FAILED"; fi
+exit $status
