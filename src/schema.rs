@@ -50,9 +50,21 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
             next_attempt_at INTEGER NOT NULL DEFAULT 0,
             last_error TEXT,
             claimed_by TEXT,
-            claimed_until INTEGER);
+            claimed_until INTEGER,
+            upload_resume TEXT);
         CREATE INDEX IF NOT EXISTS main.{idx} ON {t}(state, next_attempt_at);"
     ))?;
+    // Columns added after the first layout, for tables created by an earlier build.
+    for (column, decl) in [("upload_resume", "TEXT")] {
+        let present: bool = conn.query_row(
+            "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
+            |r| r.get(0),
+        )?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE main.{t} ADD COLUMN {column} {decl}"))?;
+        }
+    }
     Ok(())
 }
 

@@ -43,6 +43,7 @@ impl LocalStore {
         Ok(LocalStore { dir })
     }
 
+    #[cfg(test)]
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -120,6 +120,7 @@ pub struct Job {
     pub media_type: String,
     pub sha256: Option<String>,
     pub attempts: i64,
+    pub resume: Option<String>,
 }
 
 /// What a transfer ended in.
@@ -189,7 +190,7 @@ impl Syncer {
             // language=SQLite
             let jobs: Vec<Job> = conn
                 .prepare(&format!(
-                    "SELECT id, filename, local_uri, state, media_type, sha256, attempts FROM main.{t}
+                    "SELECT id, filename, local_uri, state, media_type, sha256, attempts, upload_resume FROM main.{t}
                      WHERE state IN (0, 1, 2) AND next_attempt_at <= ?1
                        AND (claimed_until IS NULL OR claimed_until < ?2)
                      ORDER BY state, timestamp LIMIT ?3"
@@ -203,6 +204,7 @@ impl Syncer {
                         media_type: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
                         sha256: r.get(5)?,
                         attempts: r.get(6)?,
+                        resume: r.get(7)?,
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
@@ -245,7 +247,13 @@ impl Syncer {
                 p.insert(key.clone(), n);
             }
         };
-        let obj = Object { id: &job.id, filename: &job.filename, media_type: &job.media_type, sha256: job.sha256.as_deref() };
+        let obj = Object {
+            id: &job.id,
+            filename: &job.filename,
+            media_type: &job.media_type,
+            sha256: job.sha256.as_deref(),
+            resume: job.resume.as_deref(),
+        };
         let result = match names::check_filename(&job.filename) {
             Err(e) => Err(RemoteError::new(ErrorKind::Permanent, e.to_string())),
             Ok(_) => match job.state {
@@ -296,7 +304,7 @@ impl Syncer {
                     conn.execute(
                         &format!(
                             "UPDATE main.{t} SET state = CASE WHEN state = 0 THEN 3 ELSE state END,
-                                 has_synced = 1, timestamp = ?2, {done}, {clear} WHERE id = ?1"
+                                 has_synced = 1, timestamp = ?2, upload_resume = NULL, {done}, {clear} WHERE id = ?1"
                         ),
                         params![job.id, now],
                     )?;
@@ -346,10 +354,11 @@ impl Syncer {
                     match retry::after_failure(op, err, attempts, self.config.max_attempts, now, fastrand::f64()) {
                         Next::RetryAt(at) => conn.execute(
                             &format!(
-                                "UPDATE main.{t} SET attempts = ?2, next_attempt_at = ?3, last_error = ?4, {clear}
+                                "UPDATE main.{t} SET attempts = ?2, next_attempt_at = ?3, last_error = ?4,
+                                     upload_resume = ?6, {clear}
                                  WHERE id = ?1 AND state = ?5"
                             ),
-                            params![job.id, attempts, at, message, job.state as i64],
+                            params![job.id, attempts, at, message, job.state as i64, err.resume],
                         )?,
                         Next::Archive => {
                             summary.archived += 1;

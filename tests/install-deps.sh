@@ -13,6 +13,8 @@ if [[ $# -gt 0 ]]; then
 else
   want sqlite3 sqlite3
   want nm binutils
+  want nginx nginx-light
+  want cc gcc
   [[ -x /usr/bin/python3 ]] || need_pkgs+=(python3)
 fi
 
@@ -30,4 +32,13 @@ if [[ ${#need_pkgs[@]} -gt 0 ]]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null 2>&1 || apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+# s3s-fs: a real S3 server that checks SigV4 signatures (see README, "Test servers").
+# 0.14.1 is the last release that builds with rustc 1.95. Built once, cached.
+S3S_VERSION=0.14.1
+S3S_ROOT=${S3S_ROOT:-$HOME/.cache/sqlite-attachments/s3s-fs-$S3S_VERSION}
+if [[ $# -eq 0 && ! -x $S3S_ROOT/bin/s3s-fs ]]; then
+  echo "building s3s-fs $S3S_VERSION (about 2 minutes, once)"
+  cargo install s3s-fs --version "$S3S_VERSION" --features binary --locked --root "$S3S_ROOT" --quiet
 fi

@@ -10,7 +10,8 @@ step() {
 step "Rust unit tests" cargo test --locked --lib --quiet
 step "Linkage" tests/test-linkage.sh
 step "SQL scenarios (sqlite3 CLI)" tests/sql/run.sh
-step "Python (stdlib sqlite3 driver)" tests/py/run.sh
+step "Python (stdlib sqlite3 driver)" tests/py/run.sh test_core
+step "Remotes against real servers (nginx WebDAV, s3s-fs, signing backend)" tests/py/run.sh test_remotes
 echo
 if [[ $status -eq 0 ]]; then echo "ALL TESTS PASSED"; else echo "SOME TESTS FAILED"; fi
 exit $status

@@ -58,7 +58,7 @@ mod tests {
     use super::*;
 
     fn err(kind: ErrorKind) -> RemoteError {
-        RemoteError { kind, status: None, message: "x".into(), retry_after: None }
+        RemoteError::new(kind, "x")
     }
 
     #[test]

@@ -2,11 +2,15 @@
 //! backend per URL scheme; `open` picks it from the config.
 
 mod dir;
+mod http;
+mod s3;
+mod signed;
+mod transport;
 
 use std::{fmt, fs::File, io, io::Read, io::Write, time::Duration};
 
 use crate::config::{Config, Remote as RemoteUrl};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// What a backend needs to know about the attachment it moves.
 #[derive(Debug, Clone)]
@@ -16,6 +20,8 @@ pub struct Object<'a> {
     pub media_type: &'a str,
     /// SHA-256 of the content in hex, when known.
     pub sha256: Option<&'a str>,
+    /// What an earlier failed upload left to resume (an S3 multipart upload id).
+    pub resume: Option<&'a str>,
 }
 
 /// What the remote said about a download, checked by the local store after the bytes arrive.
@@ -41,10 +47,14 @@ pub trait RemoteStorage: Send + Sync {
 pub fn open(config: &Config) -> Result<Box<dyn RemoteStorage>> {
     match &config.remote {
         RemoteUrl::Dir(path) => Ok(Box::new(dir::DirRemote::new(path.clone()))),
-        other => Err(Error::config(
-            "remote",
-            format!("{} remotes are not available in this build yet; use a file:// remote", other.url().split(':').next().unwrap_or("")),
-        )),
+        RemoteUrl::Http(base) => Ok(Box::new(http::HttpRemote::new(base.clone()))),
+        RemoteUrl::Signed(base) => Ok(Box::new(signed::SignedRemote::new(base.clone()))),
+        RemoteUrl::S3 { bucket, prefix } => Ok(Box::new(s3::S3Remote::new(
+            bucket,
+            prefix,
+            config.s3_endpoint.as_deref(),
+            &config.s3_region,
+        )?)),
     }
 }
 
@@ -68,11 +78,13 @@ pub struct RemoteError {
     /// Short reason; never contains credentials or signed URLs.
     pub message: String,
     pub retry_after: Option<Duration>,
+    /// Progress to keep for the next attempt (see [`Object::resume`]).
+    pub resume: Option<String>,
 }
 
 impl RemoteError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> RemoteError {
-        RemoteError { kind, status: None, message: message.into(), retry_after: None }
+        RemoteError { kind, status: None, message: message.into(), retry_after: None, resume: None }
     }
 
     /// A local or network I/O error, classified by its kind.

@@ -1,0 +1,208 @@
+//! `s3://bucket/prefix`: the S3 API with SigV4 request signing by `rusty-s3`
+//! (presigned URLs, then plain streaming requests). `s3_endpoint` selects an
+//! S3-compatible store with path-style addressing. Credentials come only from
+//! AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN.
+//!
+//! Files above MULTIPART_THRESHOLD go up in parts. A failed multipart upload
+//! hands its upload id and the ETags of the parts stored so far back
+//! (RemoteError::resume); the next attempt sends only the missing parts.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::Duration;
+
+use base64::Engine;
+use rusty_s3::actions::{CreateMultipartUpload, S3Action};
+use rusty_s3::{Bucket, Credentials, UrlStyle};
+
+use super::transport::Transport;
+use super::{ErrorKind, Fetched, Object, Progress, RemoteError, RemoteStorage};
+use crate::error::{Error, Result};
+
+/// Presigned URLs are made just before use; this only bounds clock skew and slow starts.
+const URL_LIFETIME: Duration = Duration::from_secs(60 * 60);
+/// Files larger than this are uploaded in parts.
+pub const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
+/// Part size, grown for huge files so they fit S3's 10,000-part limit.
+const PART_SIZE: u64 = 16 * 1024 * 1024;
+
+pub struct S3Remote {
+    bucket: Bucket,
+    prefix: String,
+    credentials: Option<Credentials>,
+    transport: Transport,
+}
+
+impl S3Remote {
+    pub fn new(bucket: &str, prefix: &str, endpoint: Option<&str>, region: &str) -> Result<S3Remote> {
+        let (url, style) = match endpoint {
+            Some(ep) => (ep.to_string(), UrlStyle::Path),
+            None => (format!("https://s3.{region}.amazonaws.com"), UrlStyle::VirtualHost),
+        };
+        let url = url.parse().map_err(|_| Error::config("s3_endpoint", "is not a valid URL"))?;
+        let bucket = Bucket::new(url, style, bucket.to_string(), region.to_string())
+            .map_err(|e| Error::config("remote", format!("unusable S3 bucket: {e}")))?;
+        Ok(S3Remote { bucket, prefix: prefix.to_string(), credentials: credentials_from_env(), transport: Transport::new() })
+    }
+
+    fn key(&self, obj: &Object) -> String {
+        format!("{}{}", self.prefix, obj.filename)
+    }
+
+    fn credentials(&self) -> Result<&Credentials, RemoteError> {
+        self.credentials.as_ref().ok_or_else(|| {
+            RemoteError::new(
+                ErrorKind::Auth,
+                "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment of the syncing process",
+            )
+        })
+    }
+
+    fn put_single(&self, obj: &Object, file: File, len: u64, progress: Progress) -> Result<(), RemoteError> {
+        let key = self.key(obj);
+        let mut action = self.bucket.put_object(Some(self.credentials()?), &key);
+        let mut headers = vec![("Content-Type", obj.media_type.to_string())];
+        // The store checks the bytes against our SHA-256 and refuses a mismatch.
+        if let Some(b64) = obj.sha256.and_then(hex_to_base64) {
+            action.headers_mut().insert("x-amz-checksum-sha256", b64.clone());
+            headers.push(("x-amz-checksum-sha256", b64));
+        }
+        let url = action.sign(URL_LIFETIME);
+        self.transport.put_file(url.as_str(), &headers, file, len, progress).map(|_| ())
+    }
+
+    fn put_multipart(&self, obj: &Object, mut file: File, len: u64, progress: Progress) -> Result<(), RemoteError> {
+        let creds = self.credentials()?;
+        let key = self.key(obj);
+        let part_size = PART_SIZE.max(len.div_ceil(10_000));
+        let parts = len.div_ceil(part_size).max(1);
+        // Resume the earlier attempt's upload: its id and the parts it stored.
+        let mut state = match obj.resume.and_then(Multipart::parse).filter(|m| m.part_size == part_size) {
+            Some(state) => state,
+            None => {
+                let url = self.bucket.create_multipart_upload(Some(creds), &key).sign(URL_LIFETIME);
+                let headers = [("Content-Type", obj.media_type.to_string())];
+                let answer = self.transport.call_text("POST", url.as_str(), &headers, "")?;
+                let upload_id = CreateMultipartUpload::parse_response(&answer)
+                    .map_err(|_| RemoteError::new(ErrorKind::Transient, "S3 gave no upload id"))?
+                    .upload_id()
+                    .to_string();
+                Multipart { upload_id, part_size, etags: Vec::new() }
+            }
+        };
+        for n in 1..=parts {
+            let offset = (n - 1) * part_size;
+            let this_len = part_size.min(len - offset);
+            if state.etag(n).is_some() {
+                progress(offset + this_len);
+                continue;
+            }
+            let result = (|| {
+                file.seek(SeekFrom::Start(offset)).map_err(|e| RemoteError::from_io("reading the local file", &e))?;
+                let url = self.bucket.upload_part(Some(creds), &key, n as u16, &state.upload_id).sign(URL_LIFETIME);
+                let part_progress = |done: u64| progress(offset + done);
+                let mut part = (&mut file).take(this_len);
+                let headers = self.transport.put_reader(url.as_str(), &[], &mut part, this_len, &part_progress)?;
+                headers
+                    .get("etag")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+                    .ok_or_else(|| RemoteError::new(ErrorKind::Transient, "S3 answered a part without an ETag"))
+            })();
+            match result {
+                Ok(etag) => state.etags.push((n, etag)),
+                Err(e) => return Err(state.keep_unless_gone(e)),
+            }
+        }
+        state.etags.sort();
+        let complete = self.bucket.complete_multipart_upload(
+            Some(creds),
+            &key,
+            &state.upload_id,
+            state.etags.iter().map(|(_, e)| e.as_str()),
+        );
+        let url = complete.sign(URL_LIFETIME);
+        match self.transport.call_text("POST", url.as_str(), &[], &complete.body()) {
+            // S3 may answer 200 and still report an error in the body.
+            Ok(answer) if answer.contains("<Error>") => {
+                Err(state.keep_unless_gone(RemoteError::new(ErrorKind::Transient, "S3 could not complete the multipart upload")))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(state.keep_unless_gone(e)),
+        }
+    }
+}
+
+/// A multipart upload in progress: what the next attempt needs to send only the missing parts.
+/// Kept in the row's `upload_resume` as JSON.
+struct Multipart {
+    upload_id: String,
+    part_size: u64,
+    etags: Vec<(u64, String)>,
+}
+
+impl Multipart {
+    fn parse(text: &str) -> Option<Multipart> {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        let etags = v["etags"]
+            .as_array()?
+            .iter()
+            .map(|p| Some((p[0].as_u64()?, p[1].as_str()?.to_string())))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Multipart { upload_id: v["upload_id"].as_str()?.to_string(), part_size: v["part_size"].as_u64()?, etags })
+    }
+
+    fn etag(&self, n: u64) -> Option<&str> {
+        self.etags.iter().find(|(num, _)| *num == n).map(|(_, e)| e.as_str())
+    }
+
+    /// Attaches this state to a failure so the next attempt resumes, unless the
+    /// store says the upload no longer exists (then the next attempt starts over).
+    fn keep_unless_gone(&self, mut e: RemoteError) -> RemoteError {
+        if e.kind != ErrorKind::NotFound {
+            e.resume = Some(
+                serde_json::json!({"upload_id": self.upload_id, "part_size": self.part_size, "etags": self.etags})
+                    .to_string(),
+            );
+        }
+        e
+    }
+}
+
+fn credentials_from_env() -> Option<Credentials> {
+    let key = std::env::var("AWS_ACCESS_KEY_ID").ok().filter(|s| !s.is_empty())?;
+    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").ok().filter(|s| !s.is_empty())?;
+    Some(match std::env::var("AWS_SESSION_TOKEN").ok().filter(|s| !s.is_empty()) {
+        Some(token) => Credentials::new_with_token(key, secret, token),
+        None => Credentials::new(key, secret),
+    })
+}
+
+fn hex_to_base64(hex_digest: &str) -> Option<String> {
+    hex::decode(hex_digest).ok().filter(|b| b.len() == 32).map(|b| base64::engine::general_purpose::STANDARD.encode(b))
+}
+
+impl RemoteStorage for S3Remote {
+    fn upload(&self, obj: &Object, file: File, len: u64, progress: Progress) -> Result<(), RemoteError> {
+        if len > MULTIPART_THRESHOLD {
+            self.put_multipart(obj, file, len, progress)
+        } else {
+            self.put_single(obj, file, len, progress)
+        }
+    }
+
+    fn download(&self, obj: &Object, out: &mut dyn Write, progress: Progress) -> Result<Fetched, RemoteError> {
+        let key = self.key(obj);
+        let mut action = self.bucket.get_object(Some(self.credentials()?), &key);
+        // Ask for the stored SHA-256 so the download can be checked against it.
+        action.headers_mut().insert("x-amz-checksum-mode", "ENABLED");
+        let url = action.sign(URL_LIFETIME);
+        self.transport.get_to(url.as_str(), &[("x-amz-checksum-mode", "ENABLED".to_string())], out, progress)
+    }
+
+    fn delete(&self, obj: &Object) -> Result<(), RemoteError> {
+        let key = self.key(obj);
+        let url = self.bucket.delete_object(Some(self.credentials()?), &key).sign(URL_LIFETIME);
+        self.transport.delete(url.as_str(), &[])
+    }
+}
