@@ -16,6 +16,7 @@ mod store;
 mod sync;
 mod verify;
 mod watch;
+mod worker;
 
 use std::os::raw::{c_char, c_int};
 

@@ -35,11 +35,16 @@ pub fn refresh_watch(conn: &Connection, name: &str, select_sql: &str) -> Result<
     Ok(conn.query_row("SELECT count(*) FROM main._attachments_ref WHERE watch = ?1", [name], |r| r.get::<_, i64>(0))? as usize)
 }
 
+/// Watch states in `_attachments_watch.dirty`: its tables changed since its query last ran.
+pub const DIRTY: i64 = 1;
+/// Its references are current but not yet compared with the queue (just registered).
+pub const COMPARE_PENDING: i64 = 2;
+
 /// Refreshes every watch whose tables changed since it last ran.
 pub fn refresh_dirty_watches(conn: &Connection) -> Result<usize> {
     let dirty: Vec<(String, String)> = conn
-        .prepare("SELECT name, select_sql FROM main._attachments_watch WHERE dirty != 0")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .prepare("SELECT name, select_sql FROM main._attachments_watch WHERE dirty = ?1")?
+        .query_map([DIRTY], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     for (name, sql) in &dirty {
         refresh_watch(conn, name, sql)?;
@@ -47,14 +52,20 @@ pub fn refresh_dirty_watches(conn: &Connection) -> Result<usize> {
     Ok(dirty.len())
 }
 
-/// Applies the reconciliation rules. Without any watch there is nothing to compare
-/// against, so nothing is archived. Runs in the caller's transaction.
-pub fn reconcile(conn: &Connection, config: &Config, now: i64) -> Result<Reconciled> {
-    let watches: i64 = conn.query_row("SELECT count(*) FROM main._attachments_watch", [], |r| r.get(0))?;
-    if watches == 0 {
+/// Applies the reconciliation rules when a watch changed (or always, with `force`).
+/// Without any watch there is nothing to compare against, so nothing is archived.
+/// Runs in the caller's transaction.
+pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> Result<Reconciled> {
+    let (watches, pending): (i64, i64) = conn.query_row(
+        "SELECT count(*), count(*) FILTER (WHERE dirty != 0) FROM main._attachments_watch",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    if watches == 0 || (pending == 0 && !force) {
         return Ok(Reconciled::default());
     }
     refresh_dirty_watches(conn)?;
+    conn.execute("UPDATE main._attachments_watch SET dirty = 0 WHERE dirty != 0", [])?;
     let t = quote_ident(&config.table);
     let mut out = Reconciled::default();
     // One row per referenced id; the file name is NULL when id or extension is unsafe.

@@ -51,11 +51,12 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
             last_error TEXT,
             claimed_by TEXT,
             claimed_until INTEGER,
-            upload_resume TEXT);
+            upload_resume TEXT,
+            bytes_done INTEGER);
         CREATE INDEX IF NOT EXISTS main.{idx} ON {t}(state, next_attempt_at);"
     ))?;
     // Columns added after the first layout, for tables created by an earlier build.
-    for (column, decl) in [("upload_resume", "TEXT")] {
+    for (column, decl) in [("upload_resume", "TEXT"), ("bytes_done", "INTEGER")] {
         let present: bool = conn.query_row(
             "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
             [table, column],

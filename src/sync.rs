@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
@@ -22,7 +23,9 @@ use crate::store::LocalStore;
 use crate::verify::{self, Verified};
 
 /// A claim not renewed within this long is free for another worker to take.
-pub const CLAIM_LEASE: Duration = Duration::from_secs(10 * 60);
+pub const CLAIM_LEASE: Duration = Duration::from_secs(2 * 60);
+/// Claims of transfers in flight are renewed (and their progress published) this often.
+const RENEW_EVERY: Duration = Duration::from_secs(1);
 
 /// Identifies this process in `claimed_by`: `pid:<pid>:<random>`.
 pub static OWNER: LazyLock<String> =
@@ -152,26 +155,70 @@ impl Syncer {
         quote_ident(&self.config.table)
     }
 
-    /// One full pass; `conn` is a connection of our own (see [`open_connection`]).
-    pub fn run_pass(&self, conn: &Connection) -> Result<Summary> {
+    /// One pass; `conn` is a connection of our own (see [`open_connection`]).
+    /// Transfers run on `max_concurrency` threads; this thread claims rows, records
+    /// results in short transactions, and renews the claims of transfers in flight.
+    /// With `force`, reconciliation runs even when no watch changed. Setting `stop`
+    /// cancels transfers in flight; their rows are released untouched.
+    pub fn run_pass(&self, conn: &Connection, force: bool, stop: &AtomicBool) -> Result<Summary> {
         let mut summary = Summary {
             verified: immediate(conn, || verify_once(conn, &self.db_file, &self.config, &self.store))?,
             ..Summary::default()
         };
         let started = now_ms();
-        summary.reconciled = immediate(conn, || reconcile::reconcile(conn, &self.config, started))?;
+        summary.reconciled = immediate(conn, || reconcile::reconcile(conn, &self.config, started, force))?;
         summary.archived += summary.reconciled.archived;
         self.release_dead_claims(conn)?;
-        loop {
-            let jobs = self.claim(conn, started, self.config.max_concurrency as usize)?;
-            if jobs.is_empty() {
-                break;
+        let threads = self.config.max_concurrency.max(1) as usize;
+        let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
+        let (done_tx, done_rx) = crossbeam_channel::unbounded::<(Job, Outcome)>();
+        std::thread::scope(|scope| -> Result<()> {
+            for _ in 0..threads {
+                let (jobs, done) = (job_rx.clone(), done_tx.clone());
+                scope.spawn(move || {
+                    for job in jobs {
+                        let outcome = self.perform(&job, stop);
+                        if done.send((job, outcome)).is_err() {
+                            break;
+                        }
+                    }
+                });
             }
-            for job in jobs {
-                let outcome = self.perform(&job);
-                self.record(conn, &job, outcome, &mut summary)?;
-            }
-        }
+            let mut in_flight: HashMap<String, ()> = HashMap::new();
+            let result = (|| {
+                loop {
+                    if !stop.load(Ordering::Relaxed) && in_flight.len() < threads {
+                        for job in self.claim(conn, started, threads - in_flight.len())? {
+                            in_flight.insert(job.id.clone(), ());
+                            let _ = job_tx.send(job);
+                        }
+                    }
+                    if in_flight.is_empty() {
+                        return Ok(());
+                    }
+                    match done_rx.recv_timeout(RENEW_EVERY) {
+                        Ok(first) => {
+                            // Record every result that is ready in one transaction.
+                            let mut batch = vec![first];
+                            batch.extend(done_rx.try_iter());
+                            for (job, _) in &batch {
+                                in_flight.remove(&job.id);
+                            }
+                            let cancelled = stop.load(Ordering::Relaxed);
+                            immediate(conn, || {
+                                for (job, outcome) in batch {
+                                    self.record(conn, &job, outcome, cancelled, &mut summary)?;
+                                }
+                                Ok(())
+                            })?;
+                        }
+                        Err(_) => self.renew_claims(conn, in_flight.keys())?,
+                    }
+                }
+            })();
+            drop(job_tx);
+            result
+        })?;
         summary.expired = immediate(conn, || reconcile::expire_cache(conn, &self.config, &self.store))?;
         summary.pending = conn.query_row(
             &format!("SELECT count(*) FROM main.{} WHERE state IN (0, 1, 2)", self.table()),
@@ -179,6 +226,32 @@ impl Syncer {
             |r| r.get::<_, i64>(0),
         )? as usize;
         Ok(summary)
+    }
+
+    /// Extends the claims of transfers in flight and publishes their progress, so
+    /// other processes neither take them over nor see them stall.
+    fn renew_claims<'a>(&self, conn: &Connection, ids: impl Iterator<Item = &'a String>) -> Result<()> {
+        let t = self.table();
+        let until = now_ms() + CLAIM_LEASE.as_millis() as i64;
+        immediate(conn, || {
+            let mut renew = conn.prepare(&format!(
+                "UPDATE main.{t} SET claimed_until = ?2, bytes_done = ?3 WHERE id = ?1 AND claimed_by = ?4"
+            ))?;
+            for id in ids {
+                let done = bytes_done(&self.db_file, id).map(|n| n as i64);
+                renew.execute(params![id, until, done, *OWNER])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The earliest time a queued row becomes due (ms), if any is waiting.
+    pub fn next_due(&self, conn: &Connection) -> Result<Option<i64>> {
+        Ok(conn.query_row(
+            &format!("SELECT min(next_attempt_at) FROM main.{} WHERE state IN (0, 1, 2)", self.table()),
+            [],
+            |r| r.get(0),
+        )?)
     }
 
     /// Claims up to `limit` rows due at `due_by` that no live worker holds.
@@ -240,12 +313,16 @@ impl Syncer {
     }
 
     /// Moves the bytes of one job. No transaction is open here.
-    pub fn perform(&self, job: &Job) -> Outcome {
+    pub fn perform(&self, job: &Job, stop: &AtomicBool) -> Outcome {
         let key = (self.db_file.clone(), job.id.clone());
         let progress = |n: u64| {
+            if stop.load(Ordering::Relaxed) {
+                return Err(std::io::Error::other("cancelled: the worker is stopping"));
+            }
             if let Ok(mut p) = PROGRESS.lock() {
                 p.insert(key.clone(), n);
             }
+            Ok(())
         };
         let obj = Object {
             id: &job.id,
@@ -269,7 +346,7 @@ impl Syncer {
         result.unwrap_or_else(Outcome::Failed)
     }
 
-    fn upload(&self, job: &Job, obj: &Object, progress: &(dyn Fn(u64) + Sync)) -> Result<Outcome, RemoteError> {
+    fn upload(&self, job: &Job, obj: &Object, progress: remote::Progress) -> Result<Outcome, RemoteError> {
         let name = job.local_uri.as_deref().unwrap_or(&job.filename);
         let Some(path) = self.store.existing(name) else {
             return Ok(Outcome::LocalMissing);
@@ -280,7 +357,7 @@ impl Syncer {
         Ok(Outcome::Uploaded)
     }
 
-    fn download(&self, obj: &Object, progress: &(dyn Fn(u64) + Sync)) -> Result<Outcome, RemoteError> {
+    fn download(&self, obj: &Object, progress: remote::Progress) -> Result<Outcome, RemoteError> {
         let written = self.store.write_with(obj.filename, |out| {
             let fetched = self.remote.download(obj, out, progress)?;
             Ok(fetched)
@@ -292,14 +369,16 @@ impl Syncer {
         }
     }
 
-    /// Records a job's outcome in one short transaction.
-    pub fn record(&self, conn: &Connection, job: &Job, outcome: Outcome, summary: &mut Summary) -> Result<()> {
+    /// Records a job's outcome; the caller holds the transaction. A failure while
+    /// `cancelled` is the worker stopping: the row is released without counting an attempt.
+    fn record(&self, conn: &Connection, job: &Job, outcome: Outcome, cancelled: bool, summary: &mut Summary) -> Result<()> {
         let t = self.table();
         let now = now_ms();
-        let clear = "claimed_by = NULL, claimed_until = NULL";
+        let clear = "claimed_by = NULL, claimed_until = NULL, bytes_done = NULL";
         let done = "attempts = 0, next_attempt_at = 0, last_error = NULL";
-        immediate(conn, || {
+        {
             match outcome {
+                Outcome::Failed(_) if cancelled => {}
                 Outcome::Uploaded => {
                     conn.execute(
                         &format!(
@@ -377,7 +456,7 @@ impl Syncer {
             // Whatever happened above, the claim is ours to drop.
             conn.execute(&format!("UPDATE main.{t} SET {clear} WHERE id = ?1 AND claimed_by = ?2"), params![job.id, *OWNER])?;
             Ok(())
-        })
+        }
     }
 }
 

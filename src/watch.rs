@@ -133,7 +133,7 @@ pub fn watch(conn: &Connection, config: &Config, name: &str, query: &str) -> Res
             // language=SQLite
             conn.execute_batch(&format!(
                 "CREATE TRIGGER IF NOT EXISTS main.{} AFTER {event} ON {} BEGIN
-                   UPDATE _attachments_watch SET dirty = 1 WHERE name = {} AND dirty = 0;
+                   UPDATE _attachments_watch SET dirty = 1 WHERE name = {} AND dirty != 1;
                  END",
                 quote_ident(&trigger),
                 quote_ident(table),
@@ -148,7 +148,12 @@ pub fn watch(conn: &Connection, config: &Config, name: &str, query: &str) -> Res
              triggers = excluded.triggers, dirty = 1",
         params![name, query, analysis.select_sql, serde_json::to_string(&triggers).unwrap_or_default()],
     )?;
-    reconcile::refresh_watch(conn, name, &analysis.select_sql)
+    let referenced = reconcile::refresh_watch(conn, name, &analysis.select_sql)?;
+    conn.execute(
+        "UPDATE main._attachments_watch SET dirty = ?2 WHERE name = ?1",
+        params![name, reconcile::COMPARE_PENDING],
+    )?;
+    Ok(referenced)
 }
 
 /// Drops watch `name` with its triggers and references; false if there was none.

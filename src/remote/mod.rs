@@ -31,8 +31,9 @@ pub struct Fetched {
     pub sha256: Option<String>,
 }
 
-/// Reports bytes moved so far (for `bytes_done`).
-pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
+/// Reports bytes moved so far (for `bytes_done`); an error cancels the transfer
+/// (the worker is stopping).
+pub type Progress<'a> = &'a (dyn Fn(u64) -> io::Result<()> + Sync);
 
 pub trait RemoteStorage: Send + Sync {
     /// Stores `file` (`len` bytes) as `obj.filename`, streaming it.
@@ -124,7 +125,7 @@ impl<R: Read> Read for ProgressReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.done += n as u64;
-        (self.progress)(self.done);
+        (self.progress)(self.done)?;
         Ok(n)
     }
 }

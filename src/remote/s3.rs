@@ -94,7 +94,7 @@ impl S3Remote {
             let offset = (n - 1) * part_size;
             let this_len = part_size.min(len - offset);
             if state.etag(n).is_some() {
-                progress(offset + this_len);
+                progress(offset + this_len).map_err(|e| RemoteError::from_io("upload", &e))?;
                 continue;
             }
             let result = (|| {

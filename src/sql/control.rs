@@ -12,6 +12,8 @@ use crate::schema;
 use crate::store::LocalStore;
 use crate::sync::{self, Syncer};
 use crate::verify;
+use crate::worker;
+use std::sync::atomic::AtomicBool;
 
 pub fn register(db: &Connection) -> rusqlite::Result<()> {
     scalar(db, "attachment_init", "attachment_init(config_json TEXT)", 1..=1, EFFECTFUL, init)?;
@@ -56,7 +58,9 @@ fn sync_now(ctx: &Context) -> Result<String> {
     let db_file = db_file(&conn, "attachment_sync()")?;
     let syncer = Syncer::new(db_file, config)?;
     let own = sync::open_connection(db_file)?;
-    Ok(syncer.run_pass(&own)?.to_json().to_string())
+    let summary = syncer.run_pass(&own, true, &AtomicBool::new(false))?;
+    worker::wake(db_file);
+    Ok(summary.to_json().to_string())
 }
 
 fn verify_now(ctx: &Context) -> Result<String> {
@@ -73,15 +77,20 @@ fn expire_cache(ctx: &Context) -> Result<i64> {
     Ok(reconcile::expire_cache(&conn, &config, &store)? as i64)
 }
 
+/// Starts this process's worker for the caller's database file (harmless if it runs).
 fn start_sync(ctx: &Context) -> Result<i64> {
     let conn = caller(ctx)?;
-    Config::load(&conn)?;
-    db_file(&conn, "attachment_start_sync()")?;
-    Err(Error::Misuse("the background worker is not available in this build yet; call attachment_sync() to run a pass".into()))
+    let config = Config::load(&conn)?;
+    let db_file = db_file(&conn, "attachment_start_sync()")?;
+    // Fail here, not silently in the worker, when the config cannot work.
+    Syncer::new(db_file, config)?;
+    worker::start(db_file)?;
+    Ok(1)
 }
 
+/// Stops the worker for the caller's database file and waits for it to finish.
 fn stop_sync(ctx: &Context) -> Result<i64> {
     let conn = caller(ctx)?;
-    Config::load(&conn)?;
+    worker::stop(db_file(&conn, "attachment_stop_sync()")?);
     Ok(1)
 }

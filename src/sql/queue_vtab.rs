@@ -101,7 +101,7 @@ impl QueueCursor<'_> {
         // language=SQLite
         let sql = format!(
             "SELECT id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data,
-                    NULL, NULL, attempts, next_attempt_at, last_error, sha256
+                    NULL, bytes_done, attempts, next_attempt_at, last_error, sha256
              FROM main.{} {filter} ORDER BY rowid",
             quote_ident(&config.table)
         );
@@ -118,8 +118,16 @@ impl QueueCursor<'_> {
                 _ => None,
             };
             row[COL_STATE_NAME] = state.map(|s| Value::Text(s.as_str().into())).unwrap_or(Value::Null);
+            // Progress of a transfer in this process is live; another process's is
+            // published in the row about once a second.
+            let stored = match row[COL_BYTES_DONE] {
+                Value::Integer(n) => n,
+                _ => 0,
+            };
             let done = match (&row[0], state) {
-                (Value::Text(id), Some(s)) if s.is_queued() => crate::sync::bytes_done(&self.db_file, id).unwrap_or(0) as i64,
+                (Value::Text(id), Some(s)) if s.is_queued() => {
+                    stored.max(crate::sync::bytes_done(&self.db_file, id).unwrap_or(0) as i64)
+                }
                 (_, Some(State::Synced)) => match row[4] {
                     Value::Integer(size) => size,
                     _ => 0,

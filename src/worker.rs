@@ -1,0 +1,148 @@
+//! The background worker: one thread per database file per process, with its
+//! own connection. It runs a sync pass when the database changes (another
+//! connection committed: a save, a delete, a watched table), when woken by
+//! `attachment_sync()`, when a retry falls due, and every `sync_interval_ms`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use rusqlite::Connection;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::queue::now_ms;
+use crate::sync::{open_connection, Syncer};
+
+/// How often the worker looks for commits by other connections (`PRAGMA data_version`,
+/// a read of a counter SQLite keeps in shared memory or the file header).
+const POLL: Duration = Duration::from_millis(50);
+/// After a failed pass (database busy, config broken), wait this long before the next.
+const ERROR_PAUSE: Duration = Duration::from_secs(5);
+
+struct Handle {
+    stop: Arc<AtomicBool>,
+    wake: Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+static WORKERS: LazyLock<Mutex<HashMap<String, Handle>>> = LazyLock::new(Default::default);
+
+/// Starts the worker for `db_file` unless one runs; then wakes it.
+pub fn start(db_file: &str) -> Result<()> {
+    let mut workers = WORKERS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(h) = workers.get(db_file) {
+        if !h.thread.is_finished() {
+            let _ = h.wake.send(());
+            return Ok(());
+        }
+        workers.remove(db_file);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (wake, woken) = crossbeam_channel::unbounded();
+    let (file, flag) = (db_file.to_string(), stop.clone());
+    let thread = std::thread::Builder::new()
+        .name("sqlite-attachments".into())
+        .spawn(move || {
+            // A panic must end this thread only, never unwind into the host.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&file, &flag, &woken))).is_err() {
+                log::error!("worker for {file} stopped after an internal error");
+            }
+        })
+        .map_err(|e| crate::error::Error::Misuse(format!("cannot start the worker thread: {e}")))?;
+    workers.insert(db_file.to_string(), Handle { stop, wake, thread });
+    Ok(())
+}
+
+/// Stops the worker for `db_file`, cancelling transfers in flight, and waits for it.
+pub fn stop(db_file: &str) -> bool {
+    let handle = WORKERS.lock().unwrap_or_else(|e| e.into_inner()).remove(db_file);
+    let Some(h) = handle else { return false };
+    h.stop.store(true, Ordering::Relaxed);
+    let _ = h.wake.send(());
+    let _ = h.thread.join();
+    true
+}
+
+/// Wakes the worker for `db_file`, if one runs.
+pub fn wake(db_file: &str) {
+    if let Some(h) = WORKERS.lock().unwrap_or_else(|e| e.into_inner()).get(db_file) {
+        let _ = h.wake.send(());
+    }
+}
+
+fn data_version(conn: &Connection) -> i64 {
+    conn.query_row("PRAGMA data_version", [], |r| r.get(0)).unwrap_or(-1)
+}
+
+fn run(db_file: &str, stop: &AtomicBool, woken: &Receiver<()>) {
+    let conn = match open_connection(db_file) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("worker for {db_file} cannot open the database: {e}");
+            return;
+        }
+    };
+    log::info!("worker started for {db_file}");
+    let mut syncer: Option<(Config, Syncer)> = None;
+    let mut seen_version = i64::MIN;
+    let mut next_full = Instant::now();
+    let mut next_due: Option<i64> = None;
+    let mut wake_now = true;
+    while !stop.load(Ordering::Relaxed) {
+        let version = data_version(&conn);
+        let full = Instant::now() >= next_full;
+        let due = next_due.is_some_and(|t| t <= now_ms());
+        if wake_now || full || due || version != seen_version {
+            wake_now = false;
+            match pass(&conn, db_file, &mut syncer, full, stop) {
+                Ok(Some(s)) => {
+                    next_full = Instant::now() + Duration::from_millis(s.config.sync_interval_ms as u64);
+                    next_due = s.next_due(&conn).unwrap_or(None);
+                }
+                Ok(None) => next_full = Instant::now() + ERROR_PAUSE,
+                Err(e) => {
+                    log::warn!("sync pass for {db_file} failed: {e}");
+                    next_full = Instant::now() + ERROR_PAUSE;
+                }
+            }
+            // Read before the pass, so commits made during it bring another pass.
+            // (Our own commits do not change data_version for this connection.)
+            seen_version = version;
+        }
+        match woken.recv_timeout(POLL) {
+            Ok(()) => wake_now = true,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    log::info!("worker stopped for {db_file}");
+}
+
+/// Runs one pass with the current config, rebuilding the syncer when the config
+/// changed. Returns the syncer used, or None before `attachment_init`.
+fn pass<'a>(
+    conn: &Connection,
+    db_file: &str,
+    current: &'a mut Option<(Config, Syncer)>,
+    force: bool,
+    stop: &AtomicBool,
+) -> Result<Option<&'a Syncer>> {
+    let config = match Config::load(conn) {
+        Ok(c) => c,
+        Err(crate::error::Error::NotInitialized) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if current.as_ref().map(|(c, _)| c != &config).unwrap_or(true) {
+        *current = Some((config.clone(), Syncer::new(db_file, config)?));
+    }
+    let Some((_, syncer)) = current.as_ref() else { return Ok(None) };
+    let summary = syncer.run_pass(conn, force, stop)?;
+    if summary.uploaded + summary.downloaded + summary.deleted + summary.failed + summary.archived > 0 {
+        log::debug!("{db_file}: {}", summary.to_json());
+    }
+    Ok(Some(syncer))
+}
