@@ -20,6 +20,26 @@ pub struct Reconciled {
     pub rejected: usize,
 }
 
+/// Whether [`reconcile`] has anything to do: a read, so a caller can skip the write transaction.
+pub fn needed(conn: &Connection, force: bool) -> Result<bool> {
+    let (watches, pending): (i64, i64) = conn.query_row(
+        "SELECT count(*), count(*) FILTER (WHERE dirty != 0) FROM main._attachments_watch",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(watches > 0 && (pending > 0 || force))
+}
+
+/// Whether the cache holds more ARCHIVED rows than the limit allows.
+pub fn expiry_needed(conn: &Connection, config: &Config) -> Result<bool> {
+    let archived: i64 = conn.query_row(
+        &format!("SELECT count(*) FROM main.{} WHERE state = 4", quote_ident(&config.table)),
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(archived > config.archived_cache_limit)
+}
+
 /// Re-runs one watch's query into `_attachments_ref`; returns its number of distinct ids.
 pub fn refresh_watch(conn: &Connection, name: &str, select_sql: &str) -> Result<usize> {
     conn.execute("DELETE FROM main._attachments_ref WHERE watch = ?1", [name])?;
@@ -56,12 +76,7 @@ pub fn refresh_dirty_watches(conn: &Connection) -> Result<usize> {
 /// Without any watch there is nothing to compare against, so nothing is archived.
 /// Runs in the caller's transaction.
 pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> Result<Reconciled> {
-    let (watches, pending): (i64, i64) = conn.query_row(
-        "SELECT count(*), count(*) FILTER (WHERE dirty != 0) FROM main._attachments_watch",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    if watches == 0 || (pending == 0 && !force) {
+    if !needed(conn, force)? {
         return Ok(Reconciled::default());
     }
     refresh_dirty_watches(conn)?;

@@ -166,7 +166,11 @@ impl Syncer {
             ..Summary::default()
         };
         let started = now_ms();
-        summary.reconciled = immediate(conn, || reconcile::reconcile(conn, &self.config, started, force))?;
+        // Write transactions only when there is work: the app's writers are not held up
+        // by a worker that wakes on every commit.
+        if reconcile::needed(conn, force)? {
+            summary.reconciled = immediate(conn, || reconcile::reconcile(conn, &self.config, started, force))?;
+        }
         summary.archived += summary.reconciled.archived;
         self.release_dead_claims(conn)?;
         let threads = self.config.max_concurrency.max(1) as usize;
@@ -219,7 +223,9 @@ impl Syncer {
             drop(job_tx);
             result
         })?;
-        summary.expired = immediate(conn, || reconcile::expire_cache(conn, &self.config, &self.store))?;
+        if reconcile::expiry_needed(conn, &self.config)? {
+            summary.expired = immediate(conn, || reconcile::expire_cache(conn, &self.config, &self.store))?;
+        }
         summary.pending = conn.query_row(
             &format!("SELECT count(*) FROM main.{} WHERE state IN (0, 1, 2)", self.table()),
             [],
@@ -257,6 +263,15 @@ impl Syncer {
     /// Claims up to `limit` rows due at `due_by` that no live worker holds.
     pub fn claim(&self, conn: &Connection, due_by: i64, limit: usize) -> Result<Vec<Job>> {
         let t = self.table();
+        let claimable = "state IN (0, 1, 2) AND next_attempt_at <= ?1 AND (claimed_until IS NULL OR claimed_until < ?2)";
+        let any: bool = conn.query_row(
+            &format!("SELECT EXISTS (SELECT 1 FROM main.{t} WHERE {claimable})"),
+            params![due_by, now_ms()],
+            |r| r.get(0),
+        )?;
+        if !any {
+            return Ok(Vec::new());
+        }
         immediate(conn, || {
             let now = now_ms();
             // Uploads first (their files exist nowhere else), then downloads, then deletes.
@@ -264,9 +279,7 @@ impl Syncer {
             let jobs: Vec<Job> = conn
                 .prepare(&format!(
                     "SELECT id, filename, local_uri, state, media_type, sha256, attempts, upload_resume FROM main.{t}
-                     WHERE state IN (0, 1, 2) AND next_attempt_at <= ?1
-                       AND (claimed_until IS NULL OR claimed_until < ?2)
-                     ORDER BY state, timestamp LIMIT ?3"
+                     WHERE {claimable} ORDER BY state, timestamp LIMIT ?3"
                 ))?
                 .query_map(params![due_by, now, limit as i64], |r| {
                     Ok(Job {

@@ -12,6 +12,7 @@ step "Linkage" tests/test-linkage.sh
 step "SQL scenarios (sqlite3 CLI)" tests/sql/run.sh
 step "Python (stdlib sqlite3 driver)" tests/py/run.sh test_core
 step "Remotes against real servers (nginx WebDAV, s3s-fs, signing backend)" tests/py/run.sh test_remotes
+step "Background worker (real processes, nginx)" tests/py/run.sh test_worker
 echo
 if [[ $status -eq 0 ]]; then echo "ALL TESTS PASSED"; else echo "SOME TESTS FAILED"; fi
 exit $status

@@ -7,7 +7,7 @@ misbehave on demand. It forwards each request to 127.0.0.1:$UPSTREAM_PORT
   flaky        every other request: 500, or a reset connection
   fail_put     the $FAIL_PUT_NUMBER-th PUT (1-based) is answered 500 after its body is read
   slow         each response waits $DELAY seconds first
-Each request line is appended to $LOG.
+Each request line is appended to $LOG with the number of requests in flight.
 """
 import http.client
 import itertools
@@ -22,7 +22,9 @@ UPSTREAM = int(os.environ["UPSTREAM_PORT"])
 MODE = os.environ["MODE"]
 LOG = os.environ["LOG"]
 counter = itertools.count(1)
+in_flight = 0
 put_counter = itertools.count(1)
+in_flight = 0
 lock = threading.Lock()
 
 
@@ -33,9 +35,19 @@ class Proxy(BaseHTTPRequestHandler):
         pass
 
     def handle_any(self):
+        global in_flight
         n = next(counter)
-        with lock, open(LOG, "a") as f:
-            f.write(f"{self.command} {self.path.split('?')[0]}\n")
+        with lock:
+            in_flight += 1
+            with open(LOG, "a") as f:
+                f.write(f"{self.command} {self.path.split('?')[0]} inflight={in_flight}\n")
+        try:
+            self.forward(n)
+        finally:
+            with lock:
+                in_flight -= 1
+
+    def forward(self, n):
         length = int(self.headers.get("Content-Length", 0) or 0)
         body = self.rfile.read(length) if length else None
         if MODE == "slow":
