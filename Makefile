@@ -6,7 +6,7 @@ UNAME := $(shell uname -s)
 EXT := $(if $(filter Darwin,$(UNAME)),dylib,so)
 LIB := dist/attachments.$(EXT)
 
-.PHONY: all build demo test test-unit test-sql test-py deps clean
+.PHONY: all build demo test test-unit test-sql test-py deps clean bench
 
 all: build
 
@@ -42,3 +42,6 @@ test-py: build
 clean:
 	$(CARGO) clean
 	rm -rf dist
+
+bench: build deps
+	/usr/bin/python3 bench/worker_throughput.py 1000
