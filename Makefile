@@ -6,7 +6,7 @@ UNAME := $(shell uname -s)
 EXT := $(if $(filter Darwin,$(UNAME)),dylib,so)
 LIB := dist/attachments.$(EXT)
 
-.PHONY: all build demo test test-unit test-sql test-py deps clean bench
+.PHONY: all build demo test test-unit test-sql test-py deps clean bench dist
 
 all: build
 
@@ -27,7 +27,7 @@ deps: deps-cli
 deps-cli:
 	@command -v sqlite3 >/dev/null || ./tests/install-deps.sh sqlite3
 
-test: deps build
+test: deps dist
 	./tests/run-all.sh
 
 test-unit:
@@ -45,3 +45,12 @@ clean:
 
 bench: build deps
 	/usr/bin/python3 bench/worker_throughput.py 1000
+
+# The Python wheel and the npm tarball, from the release build, into dist/.
+dist: build
+	python3 python/build_wheel.py $(LIB) dist
+	rm -rf dist/npm && mkdir -p dist/npm/lib
+	cp npm/package.json npm/index.js npm/index.d.ts README.md dist/npm/
+	cp $(LIB) dist/npm/lib/
+	cd dist/npm && npm pack --silent --pack-destination .. >/dev/null
+	@ls dist/*.whl dist/*.tgz

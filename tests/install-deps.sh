@@ -15,7 +15,12 @@ else
   want nm binutils
   want nginx nginx-light
   want cc gcc
+  want go golang-go
+  want node nodejs
+  want npm npm
+  [[ -d /usr/share/gocode/src/github.com/mattn/go-sqlite3 ]] || need_pkgs+=(golang-github-mattn-go-sqlite3-dev)
   [[ -x /usr/bin/python3 ]] || need_pkgs+=(python3)
+  /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
 fi
 
 if [[ ${#need_pkgs[@]} -gt 0 ]]; then

@@ -13,6 +13,9 @@ step "SQL scenarios (sqlite3 CLI)" tests/sql/run.sh
 step "Python (stdlib sqlite3 driver)" tests/py/run.sh test_core
 step "Remotes against real servers (nginx WebDAV, s3s-fs, signing backend)" tests/py/run.sh test_remotes
 step "Background worker (real processes, nginx)" tests/py/run.sh test_worker
+step "Host: Python package from dist/ (stdlib sqlite3, apsw, sqlean.py)" tests/hosts/test-python.sh
+step "Host: Go example (mattn/go-sqlite3)" tests/hosts/test-go.sh
+step "Host: Node package from dist/ (better-sqlite3)" tests/hosts/test-node.sh
 echo
 if [[ $status -eq 0 ]]; then echo "ALL TESTS PASSED"; else echo "SOME TESTS FAILED"; fi
 exit $status

@@ -1,0 +1,62 @@
+"""Builds the Python wheel from the release library, like other SQLite
+extensions ship (sqlite-vec's sqlite-dist): the shared library inside a
+pure-Python package, tagged for the platform. Standard library only, so it
+works offline: python3 python/build_wheel.py dist/attachments.so dist/
+"""
+import base64
+import hashlib
+import os
+import sys
+import sysconfig
+import zipfile
+
+NAME, DIST_NAME = "sqlite_attachments", "sqlite_attachments"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def platform_tag():
+    plat = sysconfig.get_platform().replace("-", "_").replace(".", "_")  # linux_x86_64
+    return plat
+
+
+def record_line(name, data):
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{name},sha256={digest},{len(data)}"
+
+
+def main(lib, out_dir):
+    sys.path.insert(0, HERE)
+    from sqlite_attachments import __version__ as version
+    tag = f"py3-none-{platform_tag()}"
+    wheel = os.path.join(out_dir, f"{DIST_NAME}-{version}-{tag}.whl")
+    info = f"{DIST_NAME}-{version}.dist-info"
+    files = {}
+    with open(os.path.join(HERE, NAME, "__init__.py"), "rb") as f:
+        files[f"{NAME}/__init__.py"] = f.read()
+    with open(lib, "rb") as f:
+        files[f"{NAME}/attachments{os.path.splitext(lib)[1]}"] = f.read()
+    with open(os.path.join(HERE, "..", "README.md"), "rb") as f:
+        readme = f.read().decode()
+    files[f"{info}/METADATA"] = (
+        "Metadata-Version: 2.1\n"
+        f"Name: {DIST_NAME}\nVersion: {version}\n"
+        "Summary: Offline-first file attachments for any SQLite application (loadable extension)\n"
+        "License: MIT\nRequires-Python: >=3.8\n"
+        "Description-Content-Type: text/markdown\n\n" + readme
+    ).encode()
+    files[f"{info}/WHEEL"] = (
+        f"Wheel-Version: 1.0\nGenerator: sqlite-attachments build_wheel.py\nRoot-Is-Purelib: false\nTag: {tag}\n"
+    ).encode()
+    record = [record_line(n, d) for n, d in files.items()] + [f"{info}/RECORD,,"]
+    files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    os.makedirs(out_dir, exist_ok=True)
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            zi = zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0))
+            zi.external_attr = (0o755 if name.endswith((".so", ".dylib")) else 0o644) << 16
+            z.writestr(zi, data, zipfile.ZIP_DEFLATED)
+    print(wheel)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Builds examples/go with Debian's Go and mattn/go-sqlite3 and runs the flow.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+if ! command -v go >/dev/null || [[ ! -d /usr/share/gocode/src/github.com/mattn/go-sqlite3 ]]; then
+  echo "SKIP go: Go or mattn/go-sqlite3 is missing (Debian: apt-get install golang-go golang-github-mattn-go-sqlite3-dev)"; exit 0
+fi
+tmp=$(mktemp -d /tmp/att-hosts-go.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+cd "$root/examples/go"
+GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=${GOCACHE:-$HOME/.cache/go-build} go build -o "$tmp/flow" .
+mkdir "$tmp/work"
+"$tmp/flow" "$root/dist/attachments" "$tmp/work"
