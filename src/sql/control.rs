@@ -19,6 +19,7 @@ pub fn register(db: &Connection) -> rusqlite::Result<()> {
     scalar(db, "attachment_init", "attachment_init(config_json TEXT)", 1..=1, EFFECTFUL, init)?;
     scalar(db, "attachment_sync", "attachment_sync()", 0..=0, EFFECTFUL, sync_now)?;
     scalar(db, "attachment_verify", "attachment_verify()", 0..=0, EFFECTFUL, verify_now)?;
+    scalar(db, "attachment_reconcile", "attachment_reconcile()", 0..=0, EFFECTFUL, reconcile_now)?;
     scalar(db, "attachment_expire_cache", "attachment_expire_cache()", 0..=0, EFFECTFUL, expire_cache)?;
     scalar(db, "attachment_start_sync", "attachment_start_sync()", 0..=0, EFFECTFUL, start_sync)?;
     scalar(db, "attachment_stop_sync", "attachment_stop_sync()", 0..=0, EFFECTFUL, stop_sync)?;
@@ -61,6 +62,17 @@ fn sync_now(ctx: &Context) -> Result<String> {
     let summary = syncer.run_pass(&own, true, &AtomicBool::new(false))?;
     worker::wake(db_file);
     Ok(summary.to_json().to_string())
+}
+
+/// Reconciliation alone, in the caller's transaction: no network, no files.
+fn reconcile_now(ctx: &Context) -> Result<String> {
+    let conn = caller(ctx)?;
+    let config = Config::load(&conn)?;
+    let r = reconcile::reconcile(&conn, &config, crate::queue::now_ms(), true)?;
+    Ok(serde_json::json!({
+        "queued_downloads": r.queued, "restored": r.restored, "archived": r.archived, "rejected": r.rejected,
+    })
+    .to_string())
 }
 
 fn verify_now(ctx: &Context) -> Result<String> {

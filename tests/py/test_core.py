@@ -1,4 +1,5 @@
 """The core flows through Python's stdlib sqlite3 driver (Debian's /usr/bin/python3)."""
+import json
 import os
 import subprocess
 import sys
@@ -142,8 +143,19 @@ class Surface(Case):
             "attachment_init", "attachment_save", "attachment_save_file", "attachment_delete",
             "attachment_local_uri", "attachment_data", "attachment_watch", "attachment_unwatch",
             "attachment_sync", "attachment_start_sync", "attachment_stop_sync", "attachment_verify",
-            "attachment_expire_cache", "attachment_filename", "attachment_media_type",
+            "attachment_expire_cache", "attachment_filename", "attachment_media_type", "attachment_reconcile",
         })
+
+    def test_reconcile_alone_queues_and_archives_without_transfers(self):
+        a = self.device("a")
+        a.execute(APP_SCHEMA)
+        a.execute(WATCH)
+        a.execute("INSERT INTO users VALUES (1, 'ann', 'photo-1'), (2, 'bo', 'photo-2')")
+        self.assertEqual(json.loads(one(a, "SELECT attachment_reconcile()"))["queued_downloads"], 2)
+        a.execute("UPDATE users SET photo_id = NULL WHERE id = 2")
+        self.assertEqual(json.loads(one(a, "SELECT attachment_reconcile()"))["archived"], 1)
+        self.assertEqual(a.execute("SELECT id, state_name FROM attachment_queue ORDER BY id").fetchall(),
+                         [("photo-1", "QUEUED_DOWNLOAD"), ("photo-2", "ARCHIVED")])
 
     def test_unwatch_drops_the_triggers(self):
         a = self.device("a")
