@@ -58,6 +58,22 @@ impl LocalStore {
     /// `fill` returns what the source claims (length, SHA-256); a mismatch fails the write,
     /// so a truncated or corrupt download never reaches its final name.
     pub fn write_with(&self, filename: &str, fill: impl FnOnce(&mut dyn Write) -> Result<Fetched>) -> Result<Written> {
+        self.write_inner(filename, true, fill)
+    }
+
+    /// Like [`LocalStore::write_with`], but leaves the directory fsync to the caller, who
+    /// must call [`LocalStore::sync`] before recording the file anywhere (one fsync
+    /// then covers a whole batch of renames).
+    pub fn write_deferring_dir_sync(&self, filename: &str, fill: impl FnOnce(&mut dyn Write) -> Result<Fetched>) -> Result<Written> {
+        self.write_inner(filename, false, fill)
+    }
+
+    /// fsyncs the directory, making earlier renames in it durable.
+    pub fn sync(&self) -> Result<()> {
+        sync_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))
+    }
+
+    fn write_inner(&self, filename: &str, dir_sync: bool, fill: impl FnOnce(&mut dyn Write) -> Result<Fetched>) -> Result<Written> {
         let dest = self.path(filename)?;
         let tmp = self.dir.join(format!(".{filename}{TEMP_MARK}{}", uuid::Uuid::new_v4().simple()));
         let result = (|| {
@@ -69,7 +85,9 @@ impl LocalStore {
             let file = out.inner.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
             file.sync_all().map_err(|e| Error::io(&tmp, e))?;
             fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
-            sync_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+            if dir_sync {
+                self.sync()?;
+            }
             Ok(Written { size: out.size, sha256 })
         })();
         if result.is_err() {
