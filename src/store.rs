@@ -9,6 +9,9 @@ use std::{
     time::SystemTime,
 };
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -78,7 +81,7 @@ impl LocalStore {
         let tmp = self.dir.join(format!(".{filename}{TEMP_MARK}{}", uuid::Uuid::new_v4().simple()));
         let result = (|| {
             let file = File::create_new(&tmp).map_err(|e| Error::io(&tmp, e))?;
-            let mut out = HashingWriter { inner: io::BufWriter::with_capacity(256 * 1024, file), hasher: Sha256::new(), size: 0 };
+            let mut out = HashingWriter { inner: io::BufWriter::with_capacity(64 * 1024, file), hasher: Sha256::new(), size: 0 };
             let claimed = fill(&mut out)?;
             let sha256 = hex::encode(out.hasher.clone().finalize());
             check_claims(&claimed, out.size, &sha256)?;
@@ -159,9 +162,25 @@ fn check_claims(claimed: &Fetched, size: u64, sha256: &str) -> Result<()> {
     Ok(())
 }
 
-/// fsyncs a directory so a rename in it survives a crash.
+/// Open handles of directories we fsync, so each fsync does not pay for an open.
+static DIR_HANDLES: LazyLock<Mutex<HashMap<PathBuf, File>>> = LazyLock::new(Default::default);
+
+/// fsyncs a directory so a rename in it survives a crash. The handle is reused
+/// while it still refers to the directory at `dir` (same device and inode).
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    use std::os::unix::fs::MetadataExt;
+    let now = fs::metadata(dir)?;
+    let mut handles = DIR_HANDLES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(handle) = handles.get(dir) {
+        let held = handle.metadata()?;
+        if (held.dev(), held.ino()) == (now.dev(), now.ino()) {
+            return handle.sync_all();
+        }
+    }
+    let handle = File::open(dir)?;
+    handle.sync_all()?;
+    handles.insert(dir.to_path_buf(), handle);
+    Ok(())
 }
 
 /// SHA-256 and length of an existing file, streaming.
