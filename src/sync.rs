@@ -19,13 +19,15 @@ use crate::queue::{now_ms, State};
 use crate::reconcile::{self, Reconciled};
 use crate::remote::{self, ErrorKind, Object, RemoteError, RemoteStorage};
 use crate::schema::quote_ident;
-use crate::store::LocalStore;
+use crate::store::{LocalStore, Staged};
 use crate::verify::{self, Verified};
 
 /// A claim not renewed within this long is free for another worker to take.
 pub const CLAIM_LEASE: Duration = Duration::from_secs(2 * 60);
 /// Claims of transfers in flight are renewed (and their progress published) this often.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
+/// After a result arrives, others finishing within this long join its batch.
+const GATHER: Duration = Duration::from_millis(3);
 
 /// Identifies this process in `claimed_by`: `pid:<pid>:<random>`.
 pub static OWNER: LazyLock<String> =
@@ -137,7 +139,8 @@ pub struct Job {
 /// What a transfer ended in.
 pub enum Outcome {
     Uploaded,
-    Downloaded { size: u64, sha256: String },
+    /// Complete and checked under a temp name; published with its batch.
+    Downloaded { size: u64, sha256: String, staged: Staged },
     Deleted,
     /// An upload whose local file is gone: nothing can be sent.
     LocalMissing,
@@ -198,7 +201,7 @@ impl Syncer {
             }
             let mut in_flight: HashMap<String, ()> = HashMap::new();
             // Claimed ahead of the threads, so none idles while results are recorded.
-            let capacity = threads * 2;
+            let capacity = threads * 4;
             let result = (|| {
                 loop {
                     if !stop.load(Ordering::Relaxed) && in_flight.len() <= threads {
@@ -214,16 +217,20 @@ impl Syncer {
                         Ok(first) => {
                             // Record every result that is ready in one transaction.
                             let mut batch = vec![first];
-                            batch.extend(done_rx.try_iter());
+                            // Gather what finishes in the next moment too: one transaction (and
+                            // one flush of downloaded files) then covers several results.
+                            let gather_until = std::time::Instant::now() + GATHER;
+                            while batch.len() < in_flight.len() {
+                                match done_rx.recv_deadline(gather_until) {
+                                    Ok(more) => batch.push(more),
+                                    Err(_) => break,
+                                }
+                            }
                             for (job, _) in &batch {
                                 in_flight.remove(&job.id);
                             }
                             let cancelled = stop.load(Ordering::Relaxed);
-                            // Downloads renamed their files without a directory fsync: one here
-                            // covers the whole batch, before any of them is recorded as SYNCED.
-                            if batch.iter().any(|(_, o)| matches!(o, Outcome::Downloaded { .. })) {
-                                self.store.sync()?;
-                            }
+                            let batch = self.publish_downloads(batch);
                             immediate(conn, || {
                                 for (job, outcome) in batch {
                                     self.record(conn, &job, outcome, cancelled, &mut summary)?;
@@ -247,6 +254,30 @@ impl Syncer {
             |r| r.get::<_, i64>(0),
         )? as usize;
         Ok(summary)
+    }
+
+    /// Makes the batch's downloaded files durable and visible in one step (see
+    /// [`LocalStore::publish_refs`]) before any of them is recorded as SYNCED.
+    fn publish_downloads(&self, batch: Vec<(Job, Outcome)>) -> Vec<(Job, Outcome)> {
+        let staged: Vec<&Staged> = batch
+            .iter()
+            .filter_map(|(_, o)| match o {
+                Outcome::Downloaded { staged, .. } => Some(staged),
+                _ => None,
+            })
+            .collect();
+        if staged.is_empty() {
+            return batch;
+        }
+        let Err(e) = self.store.publish_refs(&staged) else { return batch };
+        let message = format!("local: {e}");
+        batch
+            .into_iter()
+            .map(|(job, o)| match o {
+                Outcome::Downloaded { .. } => (job, Outcome::Failed(RemoteError::new(ErrorKind::Transient, message.clone()))),
+                other => (job, other),
+            })
+            .collect()
     }
 
     /// Extends the claims of transfers in flight and publishes their progress, so
@@ -386,12 +417,12 @@ impl Syncer {
     }
 
     fn download(&self, obj: &Object, progress: remote::Progress) -> Result<Outcome, RemoteError> {
-        let written = self.store.write_deferring_dir_sync(obj.filename, |out| {
+        let written = self.store.stage(obj.filename, |out| {
             let fetched = self.remote.download(obj, out, progress)?;
             Ok(fetched)
         });
         match written {
-            Ok(w) => Ok(Outcome::Downloaded { size: w.size, sha256: w.sha256 }),
+            Ok((staged, w)) => Ok(Outcome::Downloaded { size: w.size, sha256: w.sha256, staged }),
             Err(Error::Remote(e)) => Err(e),
             Err(e) => Err(RemoteError::new(ErrorKind::Transient, format!("local: {e}"))),
         }
@@ -417,7 +448,7 @@ impl Syncer {
                     )?;
                     summary.uploaded += 1;
                 }
-                Outcome::Downloaded { size, ref sha256 } => {
+                Outcome::Downloaded { size, ref sha256, .. } => {
                     let n = conn.execute(
                         &format!(
                             "UPDATE main.{t} SET state = CASE WHEN state = 1 THEN 3 ELSE state END,
