@@ -22,12 +22,14 @@ pub struct Reconciled {
 
 /// Whether [`reconcile`] has anything to do: a read, so a caller can skip the write transaction.
 pub fn needed(conn: &Connection, force: bool) -> Result<bool> {
-    let (watches, pending): (i64, i64) = conn.query_row(
-        "SELECT count(*), count(*) FILTER (WHERE dirty != 0) FROM main._attachments_watch",
+    let (watches, pending, delta): (i64, i64, bool) = conn.query_row(
+        "SELECT count(*), count(*) FILTER (WHERE dirty != 0),
+                EXISTS (SELECT 1 FROM main._attachments_delta)
+         FROM main._attachments_watch",
         [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
-    Ok(watches > 0 && (pending > 0 || force))
+    Ok(watches > 0 && (pending > 0 || delta || force))
 }
 
 /// Whether the cache holds more ARCHIVED rows than the limit allows.
@@ -40,19 +42,48 @@ pub fn expiry_needed(conn: &Connection, config: &Config) -> Result<bool> {
     Ok(archived > config.archived_cache_limit)
 }
 
-/// Re-runs one watch's query into `_attachments_ref`; returns its number of distinct ids.
+/// Re-runs one watch's query and brings `_attachments_ref` up to date by difference:
+/// only ids that appeared, vanished or changed are written, and they are noted in
+/// `_attachments_delta` for the next comparison. Returns the watch's number of distinct ids.
 pub fn refresh_watch(conn: &Connection, name: &str, select_sql: &str) -> Result<usize> {
-    conn.execute("DELETE FROM main._attachments_ref WHERE watch = ?1", [name])?;
+    // language=SQLite
+    conn.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS _attachments_fresh(
+             id TEXT PRIMARY KEY, file_extension, media_type, meta_data) WITHOUT ROWID;
+         DELETE FROM temp._attachments_fresh;",
+    )?;
+    conn.execute(&format!("INSERT OR IGNORE INTO temp._attachments_fresh SELECT * FROM ({select_sql})"), [])?;
+    // Vanished from the result: candidates for archiving.
     // language=SQLite
     conn.execute(
-        &format!(
-            "INSERT OR IGNORE INTO main._attachments_ref(watch, id, file_extension, media_type, meta_data)
-             SELECT ?1, w.* FROM ({select_sql}) AS w"
-        ),
+        "INSERT OR IGNORE INTO main._attachments_delta(id)
+         SELECT r.id FROM main._attachments_ref AS r
+         WHERE r.watch = ?1 AND NOT EXISTS (SELECT 1 FROM temp._attachments_fresh AS f WHERE f.id = r.id)",
         [name],
     )?;
+    conn.execute(
+        "DELETE FROM main._attachments_ref WHERE watch = ?1 AND id NOT IN (SELECT id FROM temp._attachments_fresh)",
+        [name],
+    )?;
+    // New or changed: candidates for a download or a restore.
+    // language=SQLite
+    conn.execute(
+        "INSERT OR IGNORE INTO main._attachments_delta(id)
+         SELECT f.id FROM temp._attachments_fresh AS f
+         WHERE NOT EXISTS (SELECT 1 FROM main._attachments_ref AS r
+                           WHERE r.watch = ?1 AND r.id = f.id AND r.file_extension IS f.file_extension
+                             AND r.media_type IS f.media_type AND r.meta_data IS f.meta_data)",
+        [name],
+    )?;
+    conn.execute(
+        "INSERT OR REPLACE INTO main._attachments_ref(watch, id, file_extension, media_type, meta_data)
+         SELECT ?1, f.* FROM temp._attachments_fresh AS f WHERE f.id IN (SELECT id FROM main._attachments_delta)",
+        [name],
+    )?;
+    let count = conn.query_row("SELECT count(*) FROM temp._attachments_fresh", [], |r| r.get::<_, i64>(0))? as usize;
+    conn.execute("DELETE FROM temp._attachments_fresh", [])?;
     conn.execute("UPDATE main._attachments_watch SET dirty = 0 WHERE name = ?1", [name])?;
-    Ok(conn.query_row("SELECT count(*) FROM main._attachments_ref WHERE watch = ?1", [name], |r| r.get::<_, i64>(0))? as usize)
+    Ok(count)
 }
 
 /// Watch states in `_attachments_watch.dirty`: its tables changed since its query last ran.
@@ -72,21 +103,35 @@ pub fn refresh_dirty_watches(conn: &Connection) -> Result<usize> {
     Ok(dirty.len())
 }
 
-/// Applies the reconciliation rules when a watch changed (or always, with `force`).
-/// Without any watch there is nothing to compare against, so nothing is archived.
-/// Runs in the caller's transaction.
+/// Applies the reconciliation rules. Normally only to the ids whose references
+/// changed (`_attachments_delta`), so one changed reference costs one query run, not a
+/// comparison of every row; with `force`, to every row. Without any watch there is
+/// nothing to compare against, so nothing is archived. Runs in the caller's transaction.
 pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> Result<Reconciled> {
     if !needed(conn, force)? {
         return Ok(Reconciled::default());
     }
     refresh_dirty_watches(conn)?;
+    // Newly registered watches: every id they reference is compared.
+    conn.execute(
+        "INSERT OR IGNORE INTO main._attachments_delta(id)
+         SELECT id FROM main._attachments_ref
+         WHERE watch IN (SELECT name FROM main._attachments_watch WHERE dirty = ?1)",
+        [COMPARE_PENDING],
+    )?;
     conn.execute("UPDATE main._attachments_watch SET dirty = 0 WHERE dirty != 0", [])?;
     let t = quote_ident(&config.table);
+    let in_scope = |col: &str| {
+        if force { String::new() } else { format!("AND {col} IN (SELECT id FROM main._attachments_delta)") }
+    };
     let mut out = Reconciled::default();
-    // One row per referenced id; the file name is NULL when id or extension is unsafe.
-    let referenced = "SELECT id, attachment_filename(id, coalesce(min(file_extension), '')) AS filename,
-                             max(media_type) AS media_type, max(meta_data) AS meta_data
-                      FROM main._attachments_ref GROUP BY id";
+    // One row per referenced id in scope; the file name is NULL when id or extension is unsafe.
+    let referenced = format!(
+        "SELECT id, attachment_filename(id, coalesce(min(file_extension), '')) AS filename,
+                max(media_type) AS media_type, max(meta_data) AS meta_data
+         FROM main._attachments_ref WHERE 1 {} GROUP BY id",
+        in_scope("id")
+    );
     out.rejected = conn.query_row(&format!("SELECT count(*) FROM ({referenced}) WHERE filename IS NULL"), [], |r| r.get::<_, i64>(0))? as usize;
     if out.rejected > 0 {
         log::warn!("{} referenced ids skipped: unsafe id or file_extension", out.rejected);
@@ -110,8 +155,9 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
         &format!(
             "UPDATE main.{t} SET state = CASE WHEN local_uri IS NOT NULL THEN 3 ELSE 1 END,
                  timestamp = :now, attempts = 0, next_attempt_at = 0, last_error = NULL
-             WHERE state = 4 AND (local_uri IS NOT NULL OR :download)
-               AND EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = {t}.id)"
+             WHERE state = 4 AND (local_uri IS NOT NULL OR :download) {}
+               AND EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = {t}.id)",
+            in_scope("id")
         ),
         named_params! {":now": now, ":download": config.download_attachments},
     )?;
@@ -120,11 +166,13 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
     out.archived = conn.execute(
         &format!(
             "UPDATE main.{t} SET state = 4, timestamp = :now
-             WHERE state IN (1, 3)
-               AND NOT EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = {t}.id)"
+             WHERE state IN (1, 3) {}
+               AND NOT EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = {t}.id)",
+            in_scope("id")
         ),
         named_params! {":now": now},
     )?;
+    conn.execute("DELETE FROM main._attachments_delta", [])?;
     Ok(out)
 }
 

@@ -34,6 +34,8 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
             meta_data TEXT,
             PRIMARY KEY (watch, id)) WITHOUT ROWID;
         CREATE INDEX IF NOT EXISTS main._attachments_ref_by_id ON _attachments_ref(id);
+        -- Ids whose references changed since the last reconciliation.
+        CREATE TABLE IF NOT EXISTS main._attachments_delta(id TEXT PRIMARY KEY) WITHOUT ROWID;
         -- The queue: the contract's nine columns, then bookkeeping.
         CREATE TABLE IF NOT EXISTS main.{t}(
             id TEXT PRIMARY KEY NOT NULL,

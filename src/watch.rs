@@ -159,6 +159,8 @@ pub fn watch(conn: &Connection, config: &Config, name: &str, query: &str) -> Res
 /// Drops watch `name` with its triggers and references; false if there was none.
 pub fn unwatch(conn: &Connection, name: &str) -> Result<bool> {
     drop_triggers(conn, name)?;
+    // What only this watch referenced may now be archived.
+    conn.execute("INSERT OR IGNORE INTO main._attachments_delta(id) SELECT id FROM main._attachments_ref WHERE watch = ?1", [name])?;
     conn.execute("DELETE FROM main._attachments_ref WHERE watch = ?1", [name])?;
     Ok(conn.execute("DELETE FROM main._attachments_watch WHERE name = ?1", [name])? > 0)
 }

@@ -156,6 +156,16 @@ class Surface(Case):
         self.assertEqual(json.loads(one(a, "SELECT attachment_reconcile()"))["archived"], 1)
         self.assertEqual(a.execute("SELECT id, state_name FROM attachment_queue ORDER BY id").fetchall(),
                          [("photo-1", "QUEUED_DOWNLOAD"), ("photo-2", "ARCHIVED")])
+        # Nothing changed: nothing to do.
+        self.assertEqual(json.loads(one(a, "SELECT attachment_reconcile()"))["queued_downloads"], 0)
+        # A second watch referencing photo-1 keeps it when the first goes away.
+        a.execute("CREATE TABLE albums(cover TEXT)")
+        a.execute("INSERT INTO albums VALUES ('photo-1')")
+        a.execute("SELECT attachment_watch('covers', 'SELECT cover AS id, ''jpg'' AS file_extension FROM albums')")
+        a.execute("SELECT attachment_unwatch('photos')")
+        self.assertEqual(json.loads(one(a, "SELECT attachment_reconcile()"))["archived"], 0)
+        a.execute("DELETE FROM albums")
+        self.assertEqual(json.loads(one(a, "SELECT attachment_reconcile()"))["archived"], 1)
 
     def test_unwatch_drops_the_triggers(self):
         a = self.device("a")
