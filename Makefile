@@ -43,8 +43,10 @@ clean:
 	$(CARGO) clean
 	rm -rf dist
 
+# Benchmarks against baselines measured in the same run; writes bench/results.md. Not part of `make test`.
 bench: build deps
-	/usr/bin/python3 bench/worker_throughput.py 1000
+	cargo build --release --quiet --manifest-path bench/baseline-save/Cargo.toml
+	/usr/bin/python3 bench/run.py
 
 # The Python wheel and the npm tarball, from the release build, into dist/.
 dist: build
