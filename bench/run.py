@@ -81,6 +81,25 @@ def run(args, **kw):
     return time.perf_counter() - t0
 
 
+def device(path, local, remote):
+    """A database with a watched `items` table, on `remote`, with 4 transfer threads."""
+    c = connect(path, local_dir=local, remote=remote, max_concurrency=4)
+    c.execute("CREATE TABLE items(id INTEGER PRIMARY KEY, file_id TEXT)")
+    c.execute("SELECT attachment_watch('items', 'SELECT file_id AS id, ''bin'' AS file_extension FROM items')")
+    return c
+
+
+def drain(c):
+    """Seconds the worker takes to bring every row of `items` to SYNCED."""
+    n = one(c, "SELECT count(*) FROM items")
+    t0 = time.perf_counter()
+    c.execute("SELECT attachment_start_sync()")
+    wait_synced(c, n)
+    elapsed = time.perf_counter() - t0
+    c.execute("SELECT attachment_stop_sync()")
+    return elapsed
+
+
 def small_files(nginx):
     """2,000 x 16 KiB: the worker with max_concurrency 4 against curl --parallel-max 4."""
     size = 16 * 1024
@@ -88,28 +107,16 @@ def small_files(nginx):
     for rep in range(REPEAT):
         work = tempfile.mkdtemp(prefix="bench-small-")
         remote = f"{nginx.url}/small{rep}/"
-        a = connect(os.path.join(work, "a.db"), local_dir="a", remote=remote, max_concurrency=4)
-        a.execute("CREATE TABLE items(id INTEGER PRIMARY KEY, file_id TEXT)")
-        a.execute("SELECT attachment_watch('items', 'SELECT file_id AS id, ''bin'' AS file_extension FROM items')")
+        a = device(os.path.join(work, "a.db"), "a", remote)
         a.execute("BEGIN IMMEDIATE")
         a.execute(f"INSERT INTO items SELECT value, attachment_save(randomblob({size}), 'bin') FROM ({series(SMALL_N)})")
         a.execute("COMMIT")
-        t0 = time.perf_counter()
-        a.execute("SELECT attachment_start_sync()")
-        wait_synced(a, SMALL_N)
-        ups.append(SMALL_N / (time.perf_counter() - t0))
-        a.execute("SELECT attachment_stop_sync()")
-        b = connect(os.path.join(work, "b.db"), local_dir="b", remote=remote, max_concurrency=4)
-        b.execute("CREATE TABLE items(id INTEGER PRIMARY KEY, file_id TEXT)")
-        b.execute("SELECT attachment_watch('items', 'SELECT file_id AS id, ''bin'' AS file_extension FROM items')")
+        ups.append(SMALL_N / drain(a))
+        b = device(os.path.join(work, "b.db"), "b", remote)
         b.execute("BEGIN IMMEDIATE")
         b.executemany("INSERT INTO items VALUES (?, ?)", a.execute("SELECT id, file_id FROM items").fetchall())
         b.execute("COMMIT")
-        t0 = time.perf_counter()
-        b.execute("SELECT attachment_start_sync()")
-        wait_synced(b, SMALL_N)
-        downs.append(SMALL_N / (time.perf_counter() - t0))
-        b.execute("SELECT attachment_stop_sync()")
+        downs.append(SMALL_N / drain(b))
         # curl: the same files, the same server, 4 transfers at once.
         files = [os.path.join(work, "a", f) for f in os.listdir(os.path.join(work, "a"))]
         up_cfg, down_cfg = os.path.join(work, "up.cfg"), os.path.join(work, "down.cfg")

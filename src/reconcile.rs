@@ -75,9 +75,12 @@ pub fn refresh_watch(conn: &Connection, name: &str, select_sql: &str) -> Result<
                              AND r.media_type IS f.media_type AND r.meta_data IS f.meta_data)",
         [name],
     )?;
+    // language=SQLite
     conn.execute(
-        "INSERT OR REPLACE INTO main._attachments_ref(watch, id, file_extension, media_type, meta_data)
-         SELECT ?1, f.* FROM temp._attachments_fresh AS f WHERE f.id IN (SELECT id FROM main._attachments_delta)",
+        "INSERT OR REPLACE INTO main._attachments_ref(watch, id, file_extension, media_type, meta_data, filename, guessed_type)
+         SELECT ?1, id, file_extension, media_type, meta_data, filename, attachment_media_type(filename)
+         FROM (SELECT f.*, attachment_filename(f.id, coalesce(f.file_extension, '')) AS filename
+               FROM temp._attachments_fresh AS f WHERE f.id IN (SELECT id FROM main._attachments_delta))",
         [name],
     )?;
     let count = conn.query_row("SELECT count(*) FROM temp._attachments_fresh", [], |r| r.get::<_, i64>(0))? as usize;
@@ -125,10 +128,11 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
         if force { String::new() } else { format!("AND {col} IN (SELECT id FROM main._attachments_delta)") }
     };
     let mut out = Reconciled::default();
-    // One row per referenced id in scope; the file name is NULL when id or extension is unsafe.
+    // One row per referenced id in scope (watches that agree on nothing: the smallest
+    // file name wins); the file name is NULL when id or extension is unsafe.
     let referenced = format!(
-        "SELECT id, attachment_filename(id, coalesce(min(file_extension), '')) AS filename,
-                max(media_type) AS media_type, max(meta_data) AS meta_data
+        "SELECT id, min(filename) AS filename, coalesce(max(media_type), min(guessed_type)) AS media_type,
+                max(meta_data) AS meta_data
          FROM main._attachments_ref WHERE 1 {} GROUP BY id",
         in_scope("id")
     );
@@ -142,7 +146,7 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
         out.queued = conn.execute(
             &format!(
                 "INSERT INTO main.{t}(id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data)
-                 SELECT r.id, r.filename, NULL, :now, NULL, coalesce(r.media_type, attachment_media_type(r.filename)), 1, 0, r.meta_data
+                 SELECT r.id, r.filename, NULL, :now, NULL, r.media_type, 1, 0, r.meta_data
                  FROM ({referenced}) AS r
                  WHERE r.filename IS NOT NULL AND NOT EXISTS (SELECT 1 FROM main.{t} AS q WHERE q.id = r.id)"
             ),

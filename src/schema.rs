@@ -26,12 +26,16 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
             triggers TEXT NOT NULL DEFAULT '[]',
             dirty INTEGER NOT NULL DEFAULT 1);
         -- The ids each watch referenced when it was last run.
+        -- filename is NULL when id or extension is unsafe; both it and guessed_type
+        -- are computed once, when the reference appears or changes.
         CREATE TABLE IF NOT EXISTS main._attachments_ref(
             watch TEXT NOT NULL,
             id TEXT NOT NULL,
             file_extension TEXT,
             media_type TEXT,
             meta_data TEXT,
+            filename TEXT,
+            guessed_type TEXT,
             PRIMARY KEY (watch, id)) WITHOUT ROWID;
         CREATE INDEX IF NOT EXISTS main._attachments_ref_by_id ON _attachments_ref(id);
         -- Ids whose references changed since the last reconciliation.
@@ -58,14 +62,20 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
         CREATE INDEX IF NOT EXISTS main.{idx} ON {t}(state, next_attempt_at);"
     ))?;
     // Columns added after the first layout, for tables created by an earlier build.
-    for (column, decl) in [("upload_resume", "TEXT"), ("bytes_done", "INTEGER")] {
+    let added = [
+        (table, "upload_resume", "TEXT"),
+        (table, "bytes_done", "INTEGER"),
+        ("_attachments_ref", "filename", "TEXT"),
+        ("_attachments_ref", "guessed_type", "TEXT"),
+    ];
+    for (owner, column, decl) in added {
         let present: bool = conn.query_row(
             "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
-            [table, column],
+            [owner, column],
             |r| r.get(0),
         )?;
         if !present {
-            conn.execute_batch(&format!("ALTER TABLE main.{t} ADD COLUMN {column} {decl}"))?;
+            conn.execute_batch(&format!("ALTER TABLE main.{} ADD COLUMN {column} {decl}", quote_ident(owner)))?;
         }
     }
     Ok(())

@@ -59,9 +59,9 @@ async function until(db, state, n) {
 }
 
 const out = {};
-// Uploads: a pre-filled queue drained by syncStorage() (startSync() ignores rows queued before it).
+// Uploads: a pre-filled queue (saved before the queue starts, as for sqlite-attachments),
+// then drained by syncStorage() (startSync() ignores rows queued before it).
 const a = await device('a', 'ps');
-await a.queue.startSync();
 const ids = [];
 for (let i = 0; i < smallN; i++) {
   const data = new Uint8Array(SIZE).map(() => (Math.random() * 256) | 0).buffer;
@@ -72,6 +72,7 @@ for (let i = 0; i < smallN; i++) {
   ids.push(rec.id);
 }
 let t0 = performance.now();
+await a.queue.startSync();
 while ((await count(a.db, AttachmentState.SYNCED)) < smallN) {
   await a.queue.syncStorage();
 }

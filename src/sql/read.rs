@@ -46,13 +46,22 @@ fn data(ctx: &Context) -> Result<Option<Vec<u8>>> {
     std::fs::read(&path).map(Some).map_err(|e| Error::io(path, e))
 }
 
+/// Argument `i` as borrowed text, without copying; None for anything but valid UTF-8 text.
+fn borrowed_text<'a>(ctx: &'a Context, i: usize) -> Option<&'a str> {
+    match ctx.get_raw(i) {
+        rusqlite::types::ValueRef::Text(t) => std::str::from_utf8(t).ok(),
+        _ => None,
+    }
+}
+
 /// `{id}.{ext}` when both are safe, else NULL (reconciliation skips such references).
+/// Called once per new reference, so it borrows its arguments rather than copying them.
 fn filename(ctx: &Context) -> Result<Option<String>> {
-    let (Ok(id), Ok(ext)) = (text_arg(ctx, 0, "id"), text_arg(ctx, 1, "ext")) else { return Ok(None) };
-    Ok(names::filename(&id, &ext).ok())
+    let (Some(id), Some(ext)) = (borrowed_text(ctx, 0), borrowed_text(ctx, 1)) else { return Ok(None) };
+    Ok(names::filename(id, ext).ok())
 }
 
 fn media_type(ctx: &Context) -> Result<Option<String>> {
-    let Ok(name) = text_arg(ctx, 0, "filename") else { return Ok(None) };
-    Ok(Some(names::guess_media_type(names::ext_of(&name))))
+    let Some(name) = borrowed_text(ctx, 0) else { return Ok(None) };
+    Ok(Some(names::guess_media_type(names::ext_of(name))))
 }
