@@ -89,10 +89,8 @@ pub fn refresh_watch(conn: &Connection, name: &str, select_sql: &str) -> Result<
     Ok(count)
 }
 
-/// Watch states in `_attachments_watch.dirty`: its tables changed since its query last ran.
+/// `_attachments_watch.dirty`: the watch's tables changed (or it is new) since its query last ran.
 pub const DIRTY: i64 = 1;
-/// Its references are current but not yet compared with the queue (just registered).
-pub const COMPARE_PENDING: i64 = 2;
 
 /// Refreshes every watch whose tables changed since it last ran.
 pub fn refresh_dirty_watches(conn: &Connection) -> Result<usize> {
@@ -115,14 +113,6 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
         return Ok(Reconciled::default());
     }
     refresh_dirty_watches(conn)?;
-    // Newly registered watches: every id they reference is compared.
-    conn.execute(
-        "INSERT OR IGNORE INTO main._attachments_delta(id)
-         SELECT id FROM main._attachments_ref
-         WHERE watch IN (SELECT name FROM main._attachments_watch WHERE dirty = ?1)",
-        [COMPARE_PENDING],
-    )?;
-    conn.execute("UPDATE main._attachments_watch SET dirty = 0 WHERE dirty != 0", [])?;
     let t = quote_ident(&config.table);
     let in_scope = |col: &str| {
         if force { String::new() } else { format!("AND {col} IN (SELECT id FROM main._attachments_delta)") }

@@ -66,6 +66,9 @@ pub fn open_connection(db_file: &str) -> Result<Connection> {
     // still loses nothing; a power cut may undo its last state changes). What it
     // records is bookkeeping whose every step is idempotent and repaired by verify:
     // the files themselves were fsynced before any row says they exist.
+    // Reconciliation compares whole watch results with the queue: a 32 MiB page
+    // cache and in-memory temp tables keep that off the disk.
+    conn.execute_batch("PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;")?;
     let wal: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
     if wal.eq_ignore_ascii_case("wal") {
         conn.execute_batch("PRAGMA synchronous = NORMAL")?;

@@ -10,7 +10,6 @@ use rusqlite::{ffi, params, Connection, OptionalExtension};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::reconcile;
 use crate::schema::{quote_ident, quote_literal};
 
 /// Tables (in `main`) a query reads, each with the columns it reads.
@@ -89,7 +88,8 @@ pub fn analyze(conn: &Connection, query: &str) -> Result<Analysis> {
     let opt = |name: &str| find(name).map(|c| format!("w.{c}")).unwrap_or_else(|| "NULL".into());
     // language=SQLite
     let select_sql = format!(
-        "SELECT CAST(w.{id} AS TEXT), {}, {}, {} FROM ({query}) AS w WHERE w.{id} IS NOT NULL",
+        "SELECT CAST(w.{id} AS TEXT) AS id, {} AS file_extension, {} AS media_type, {} AS meta_data
+         FROM ({query}) AS w WHERE w.{id} IS NOT NULL",
         opt("file_extension"),
         opt("media_type"),
         opt("meta_data")
@@ -148,12 +148,11 @@ pub fn watch(conn: &Connection, config: &Config, name: &str, query: &str) -> Res
              triggers = excluded.triggers, dirty = 1",
         params![name, query, analysis.select_sql, serde_json::to_string(&triggers).unwrap_or_default()],
     )?;
-    let referenced = reconcile::refresh_watch(conn, name, &analysis.select_sql)?;
-    conn.execute(
-        "UPDATE main._attachments_watch SET dirty = ?2 WHERE name = ?1",
-        params![name, reconcile::COMPARE_PENDING],
-    )?;
-    Ok(referenced)
+    // The references themselves are refreshed by the next reconciliation (dirty = 1),
+    // on the extension's own connection; here the query runs once to count them.
+    let referenced: i64 =
+        conn.query_row(&format!("SELECT count(DISTINCT w.id) FROM ({}) AS w", analysis.select_sql), [], |r| r.get(0))?;
+    Ok(referenced as usize)
 }
 
 /// Drops watch `name` with its triggers and references; false if there was none.

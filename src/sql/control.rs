@@ -40,6 +40,15 @@ fn init(ctx: &Context) -> Result<String> {
     Ok(config.to_json().to_string())
 }
 
+/// Functions that commit on their own connection cannot wait inside the caller's transaction.
+fn outside_transaction(conn: &Connection, what: &str) -> Result<()> {
+    if conn.is_autocommit() {
+        Ok(())
+    } else {
+        Err(Error::Misuse(format!("call {what} outside BEGIN ... COMMIT: it commits its own short transactions")))
+    }
+}
+
 /// The database file of the caller, required by everything that opens its own connection.
 fn db_file<'a>(conn: &'a Connection, what: &str) -> Result<&'a str> {
     conn.path()
@@ -50,11 +59,7 @@ fn db_file<'a>(conn: &'a Connection, what: &str) -> Result<&'a str> {
 /// One blocking pass on a connection of its own.
 fn sync_now(ctx: &Context) -> Result<String> {
     let conn = caller(ctx)?;
-    if !conn.is_autocommit() {
-        return Err(Error::Misuse(
-            "call attachment_sync() outside BEGIN ... COMMIT: it commits its own short transactions between transfers".into(),
-        ));
-    }
+    outside_transaction(&conn, "attachment_sync()")?;
     let config = Config::load(&conn)?;
     let db_file = db_file(&conn, "attachment_sync()")?;
     let syncer = Syncer::new(db_file, config)?;
@@ -64,11 +69,14 @@ fn sync_now(ctx: &Context) -> Result<String> {
     Ok(summary.to_json().to_string())
 }
 
-/// Reconciliation alone, in the caller's transaction: no network, no files.
+/// Reconciliation alone, as the worker runs it (on a connection of its own, in one
+/// short transaction): no network, no files. Only changed references are compared.
 fn reconcile_now(ctx: &Context) -> Result<String> {
     let conn = caller(ctx)?;
+    outside_transaction(&conn, "attachment_reconcile()")?;
     let config = Config::load(&conn)?;
-    let r = reconcile::reconcile(&conn, &config, crate::queue::now_ms(), true)?;
+    let own = sync::open_connection(db_file(&conn, "attachment_reconcile()")?)?;
+    let r = sync::immediate(&own, || reconcile::reconcile(&own, &config, crate::queue::now_ms(), false))?;
     Ok(serde_json::json!({
         "queued_downloads": r.queued, "restored": r.restored, "archived": r.archived, "rejected": r.rejected,
     })
