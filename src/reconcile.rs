@@ -44,8 +44,26 @@ pub fn expiry_needed(conn: &Connection, config: &Config) -> Result<bool> {
 
 /// Re-runs one watch's query and brings `_attachments_ref` up to date by difference:
 /// only ids that appeared, vanished or changed are written, and they are noted in
-/// `_attachments_delta` for the next comparison. Returns the watch's number of distinct ids.
-pub fn refresh_watch(conn: &Connection, name: &str, select_sql: &str) -> Result<usize> {
+/// `_attachments_delta` for the next comparison. A watch with no references yet (new)
+/// skips the notes and returns true: everything must be compared anyway.
+pub fn refresh_watch(conn: &Connection, name: &str, select_sql: &str) -> Result<bool> {
+    let first_run: bool =
+        conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM main._attachments_ref WHERE watch = ?1)", [name], |r| r.get(0))?;
+    if first_run {
+        // Nothing to compare with: the result goes straight into place.
+        // language=SQLite
+        conn.execute(
+            &format!(
+                "INSERT OR IGNORE INTO main._attachments_ref(watch, id, file_extension, media_type, meta_data, filename, guessed_type)
+                 SELECT ?1, id, file_extension, media_type, meta_data, filename, attachment_media_type(filename)
+                 FROM (SELECT w.*, attachment_filename(w.id, coalesce(w.file_extension, '')) AS filename
+                       FROM ({select_sql}) AS w)"
+            ),
+            [name],
+        )?;
+        conn.execute("UPDATE main._attachments_watch SET dirty = 0 WHERE name = ?1", [name])?;
+        return Ok(true);
+    }
     // language=SQLite
     conn.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS _attachments_fresh(
@@ -83,25 +101,26 @@ pub fn refresh_watch(conn: &Connection, name: &str, select_sql: &str) -> Result<
                FROM temp._attachments_fresh AS f WHERE f.id IN (SELECT id FROM main._attachments_delta))",
         [name],
     )?;
-    let count = conn.query_row("SELECT count(*) FROM temp._attachments_fresh", [], |r| r.get::<_, i64>(0))? as usize;
     conn.execute("DELETE FROM temp._attachments_fresh", [])?;
     conn.execute("UPDATE main._attachments_watch SET dirty = 0 WHERE name = ?1", [name])?;
-    Ok(count)
+    Ok(false)
 }
 
 /// `_attachments_watch.dirty`: the watch's tables changed (or it is new) since its query last ran.
 pub const DIRTY: i64 = 1;
 
-/// Refreshes every watch whose tables changed since it last ran.
-pub fn refresh_dirty_watches(conn: &Connection) -> Result<usize> {
+/// Refreshes every watch whose tables changed since it last ran; true when one of
+/// them was new, so that every row needs comparing.
+pub fn refresh_dirty_watches(conn: &Connection) -> Result<bool> {
     let dirty: Vec<(String, String)> = conn
         .prepare("SELECT name, select_sql FROM main._attachments_watch WHERE dirty = ?1")?
         .query_map([DIRTY], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
+    let mut full = false;
     for (name, sql) in &dirty {
-        refresh_watch(conn, name, sql)?;
+        full |= refresh_watch(conn, name, sql)?;
     }
-    Ok(dirty.len())
+    Ok(full)
 }
 
 /// Applies the reconciliation rules. Normally only to the ids whose references
@@ -112,7 +131,7 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
     if !needed(conn, force)? {
         return Ok(Reconciled::default());
     }
-    refresh_dirty_watches(conn)?;
+    let force = refresh_dirty_watches(conn)? || force;
     let t = quote_ident(&config.table);
     let in_scope = |col: &str| {
         if force { String::new() } else { format!("AND {col} IN (SELECT id FROM main._attachments_delta)") }
