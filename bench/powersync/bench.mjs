@@ -62,6 +62,7 @@ const out = {};
 // Uploads: a pre-filled queue (saved before the queue starts, as for sqlite-attachments),
 // then drained by syncStorage() (startSync() ignores rows queued before it).
 const a = await device('a', 'ps');
+await a.queue.localStorage.initialize(); // startSync() would do it; the saves come first here
 const ids = [];
 for (let i = 0; i < smallN; i++) {
   const data = new Uint8Array(SIZE).map(() => (Math.random() * 256) | 0).buffer;
