@@ -4,8 +4,8 @@
 set -euo pipefail
 
 need_pkgs=()
-want() { # want COMMAND PACKAGE: queue PACKAGE when COMMAND is missing
-  command -v "$1" >/dev/null 2>&1 || need_pkgs+=("$2")
+want() { # want COMMAND PACKAGE: queue PACKAGE when COMMAND is missing (also looked for in sbin)
+  command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 || -x /sbin/$1 ]] || need_pkgs+=("$2")
 }
 
 if [[ $# -gt 0 ]]; then
