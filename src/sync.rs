@@ -2,7 +2,7 @@
 //! the cache. Runs on a connection of its own, so each state change is a short
 //! transaction and none is held across network I/O.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex};
@@ -202,14 +202,14 @@ impl Syncer {
                     }
                 });
             }
-            let mut in_flight: HashMap<String, ()> = HashMap::new();
+            let mut in_flight: HashSet<String> = HashSet::new();
             // Claimed ahead of the threads, so none idles while results are recorded.
             let capacity = threads * 4;
             let result = (|| {
                 loop {
                     if !stop.load(Ordering::Relaxed) && in_flight.len() <= threads {
                         for job in self.claim(conn, started, capacity - in_flight.len())? {
-                            in_flight.insert(job.id.clone(), ());
+                            in_flight.insert(job.id.clone());
                             let _ = job_tx.send(job);
                         }
                     }
@@ -241,7 +241,7 @@ impl Syncer {
                                 Ok(())
                             })?;
                         }
-                        Err(_) => self.renew_claims(conn, in_flight.keys())?,
+                        Err(_) => self.renew_claims(conn, in_flight.iter())?,
                     }
                 }
             })();

@@ -28,6 +28,9 @@ const URL_LIFETIME: Duration = Duration::from_secs(60 * 60);
 pub const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
 /// Part size, grown for huge files so they fit S3's 10,000-part limit.
 const PART_SIZE: u64 = 16 * 1024 * 1024;
+/// ETags of the parts stored by one attempt, and its first failure.
+type PartsSent = (Vec<(u64, String)>, Option<RemoteError>);
+
 /// Parts in flight at once for one file.
 const PARALLEL_PARTS: usize = 4;
 
@@ -120,7 +123,7 @@ impl S3Remote {
         let missing: Vec<u64> = (1..=parts).filter(|n| state.etag(*n).is_none()).collect();
         let sent = AtomicU64::new((1..=parts).filter(|n| state.etag(*n).is_some()).map(part_len).sum());
         let next = AtomicUsize::new(0);
-        let outcome: Mutex<(Vec<(u64, String)>, Option<RemoteError>)> = Mutex::new((Vec::new(), None));
+        let outcome: Mutex<PartsSent> = Mutex::new((Vec::new(), None));
         let upload_id = state.upload_id.clone();
         std::thread::scope(|scope| {
             for _ in 0..PARALLEL_PARTS.min(missing.len()) {
