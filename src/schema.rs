@@ -12,6 +12,7 @@ pub const SCHEMA_VERSION: i64 = 1;
 pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
     let t = quote_ident(table);
     let idx = quote_ident(&format!("_attachments_idx_{table}_due"));
+    let claims = quote_ident(&format!("_attachments_idx_{table}_claims"));
     // language=SQLite
     conn.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS main._attachments_config(
@@ -61,6 +62,9 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
             bytes_done INTEGER);
         CREATE INDEX IF NOT EXISTS main.{idx} ON {t}(state, next_attempt_at);"
     ))?;
+    // Claims are few; every pass looks for those of dead processes, so they get a small
+    // index of their own (created after the column exists in tables from earlier builds).
+    let claims_index = format!("CREATE INDEX IF NOT EXISTS main.{claims} ON {t}(claimed_by) WHERE claimed_by IS NOT NULL");
     // Columns added after the first layout, for tables created by an earlier build.
     let added = [
         (table, "upload_resume", "TEXT"),
@@ -78,6 +82,7 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
             conn.execute_batch(&format!("ALTER TABLE main.{} ADD COLUMN {column} {decl}", quote_ident(owner)))?;
         }
     }
+    conn.execute_batch(&claims_index)?;
     Ok(())
 }
 
