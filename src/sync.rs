@@ -190,11 +190,17 @@ impl Syncer {
         let threads = self.config.max_concurrency.max(1) as usize;
         let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
         let (done_tx, done_rx) = crossbeam_channel::unbounded::<(Job, Outcome)>();
+        // Set when this thread fails: the transfer threads then leave the jobs still
+        // queued alone (their claims lapse) instead of moving bytes nobody will record.
+        let abandoned = AtomicBool::new(false);
         std::thread::scope(|scope| -> Result<()> {
             for _ in 0..threads {
-                let (jobs, done) = (job_rx.clone(), done_tx.clone());
+                let (jobs, done, abandoned) = (job_rx.clone(), done_tx.clone(), &abandoned);
                 scope.spawn(move || {
                     for job in jobs {
+                        if abandoned.load(Ordering::Relaxed) {
+                            break;
+                        }
                         let outcome = self.perform(&job, stop);
                         if done.send((job, outcome)).is_err() {
                             break;
@@ -245,6 +251,9 @@ impl Syncer {
                     }
                 }
             })();
+            if result.is_err() {
+                abandoned.store(true, Ordering::Relaxed);
+            }
             drop(job_tx);
             result
         })?;
