@@ -27,7 +27,7 @@ pub const CLAIM_LEASE: Duration = Duration::from_secs(2 * 60);
 /// Claims of transfers in flight are renewed (and their progress published) this often.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
 /// After a result arrives, others finishing within this long join its batch.
-const GATHER: Duration = Duration::from_millis(3);
+const GATHER: Duration = Duration::from_millis(10);
 
 /// Identifies this process in `claimed_by`: `pid:<pid>:<random>`.
 pub static OWNER: LazyLock<String> =
