@@ -37,15 +37,19 @@ pub static OWNER: LazyLock<String> =
 static PROGRESS: LazyLock<Mutex<HashMap<(String, String), u64>>> = LazyLock::new(Default::default);
 
 /// Database files verified by this process (verify runs once per process and file).
-static VERIFIED: LazyLock<Mutex<std::collections::HashSet<String>>> = LazyLock::new(Default::default);
+static VERIFIED: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Default::default);
 
 pub fn bytes_done(db_file: &str, id: &str) -> Option<u64> {
     PROGRESS.lock().ok()?.get(&(db_file.to_string(), id.to_string())).copied()
 }
 
+fn verified(db_file: &str) -> bool {
+    VERIFIED.lock().map(|v| v.contains(db_file)).unwrap_or(false)
+}
+
 /// Runs verify on `conn` unless this process already did for `db_file`.
 pub fn verify_once(conn: &Connection, db_file: &str, config: &Config, store: &LocalStore) -> Result<Option<Verified>> {
-    if VERIFIED.lock().map(|v| v.contains(db_file)).unwrap_or(false) {
+    if verified(db_file) {
         return Ok(None);
     }
     let v = verify::verify(conn, config, store)?;
@@ -175,10 +179,10 @@ impl Syncer {
     /// With `force`, reconciliation runs even when no watch changed. Setting `stop`
     /// cancels transfers in flight; their rows are released untouched.
     pub fn run_pass(&self, conn: &Connection, force: bool, stop: &AtomicBool) -> Result<Summary> {
-        let mut summary = Summary {
-            verified: immediate(conn, || verify_once(conn, &self.db_file, &self.config, &self.store))?,
-            ..Summary::default()
-        };
+        let mut summary = Summary::default();
+        if !verified(&self.db_file) {
+            summary.verified = immediate(conn, || verify_once(conn, &self.db_file, &self.config, &self.store))?;
+        }
         let started = now_ms();
         // Write transactions only when there is work: the app's writers are not held up
         // by a worker that wakes on every commit.
