@@ -81,9 +81,9 @@ def run(args, **kw):
     return time.perf_counter() - t0
 
 
-def device(path, local, remote):
-    """A database with a watched `items` table, on `remote`, with 4 transfer threads."""
-    c = connect(path, local_dir=local, remote=remote, max_concurrency=4)
+def device(path, local, remote, concurrency=4):
+    """A database with a watched `items` table, on `remote`, with `concurrency` transfer threads."""
+    c = connect(path, local_dir=local, remote=remote, max_concurrency=concurrency)
     c.execute("CREATE TABLE items(id INTEGER PRIMARY KEY, file_id TEXT)")
     c.execute("SELECT attachment_watch('items', 'SELECT file_id AS id, ''bin'' AS file_extension FROM items')")
     return c

@@ -51,16 +51,7 @@ pub fn refresh_watch(conn: &Connection, name: &str, select_sql: &str) -> Result<
         conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM main._attachments_ref WHERE watch = ?1)", [name], |r| r.get(0))?;
     if first_run {
         // Nothing to compare with: the result goes straight into place.
-        // language=SQLite
-        conn.execute(
-            &format!(
-                "INSERT OR IGNORE INTO main._attachments_ref(watch, id, file_extension, media_type, meta_data, filename, guessed_type)
-                 SELECT ?1, id, file_extension, media_type, meta_data, filename, attachment_media_type(filename)
-                 FROM (SELECT w.*, attachment_filename(w.id, coalesce(w.file_extension, '')) AS filename
-                       FROM ({select_sql}) AS w)"
-            ),
-            [name],
-        )?;
+        store_refs(conn, name, "OR IGNORE", &format!("SELECT * FROM ({select_sql})"))?;
         conn.execute("UPDATE main._attachments_watch SET dirty = 0 WHERE name = ?1", [name])?;
         return Ok(true);
     }
@@ -94,16 +85,30 @@ pub fn refresh_watch(conn: &Connection, name: &str, select_sql: &str) -> Result<
         [name],
     )?;
     // language=SQLite
-    conn.execute(
-        "INSERT OR REPLACE INTO main._attachments_ref(watch, id, file_extension, media_type, meta_data, filename, guessed_type)
-         SELECT ?1, id, file_extension, media_type, meta_data, filename, attachment_media_type(filename)
-         FROM (SELECT f.*, attachment_filename(f.id, coalesce(f.file_extension, '')) AS filename
-               FROM temp._attachments_fresh AS f WHERE f.id IN (SELECT id FROM main._attachments_delta))",
-        [name],
+    store_refs(
+        conn,
+        name,
+        "OR REPLACE",
+        "SELECT * FROM temp._attachments_fresh WHERE id IN (SELECT id FROM main._attachments_delta)",
     )?;
     conn.execute("DELETE FROM temp._attachments_fresh", [])?;
     conn.execute("UPDATE main._attachments_watch SET dirty = 0 WHERE name = ?1", [name])?;
     Ok(false)
+}
+
+/// Writes the rows of `source` (id, file_extension, media_type, meta_data) as watch
+/// `name`'s references, with the file name and guessed media type computed once here.
+fn store_refs(conn: &Connection, name: &str, conflict: &str, source: &str) -> Result<()> {
+    // language=SQLite
+    conn.execute(
+        &format!(
+            "INSERT {conflict} INTO main._attachments_ref(watch, id, file_extension, media_type, meta_data, filename, guessed_type)
+             SELECT ?1, id, file_extension, media_type, meta_data, filename, attachment_media_type(filename)
+             FROM (SELECT s.*, attachment_filename(s.id, coalesce(s.file_extension, '')) AS filename FROM ({source}) AS s)"
+        ),
+        [name],
+    )?;
+    Ok(())
 }
 
 /// `_attachments_watch.dirty`: the watch's tables changed (or it is new) since its query last ran.
