@@ -4,6 +4,7 @@
 //! `attachment_queue` virtual table; see the README and `../shared/SQL-API.md`.
 
 mod config;
+mod connection;
 mod error;
 mod logging;
 mod names;

@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::{params, Connection};
 use serde_json::{json, Value};
 
 use crate::config::Config;
+use crate::connection::immediate;
 use crate::error::{Error, Result};
 use crate::names;
 use crate::queue::retry::{self, Next, Op};
@@ -57,43 +58,6 @@ pub fn verify_once(conn: &Connection, db_file: &str, config: &Config, store: &Lo
         set.insert(db_file.to_string());
     }
     Ok(Some(v))
-}
-
-/// Opens a connection of our own to `db_file`, through the host's SQLite.
-pub fn open_connection(db_file: &str) -> Result<Connection> {
-    let conn = Connection::open_with_flags(
-        db_file,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    // In WAL mode, this connection's commits skip the per-commit fsync (an app crash
-    // still loses nothing; a power cut may undo its last state changes). What it
-    // records is bookkeeping whose every step is idempotent and repaired by verify:
-    // the files themselves were fsynced before any row says they exist.
-    // Reconciliation compares whole watch results with the queue: a 32 MiB page
-    // cache and in-memory temp tables keep that off the disk.
-    conn.execute_batch("PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;")?;
-    let wal: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
-    if wal.eq_ignore_ascii_case("wal") {
-        conn.execute_batch("PRAGMA synchronous = NORMAL")?;
-    }
-    crate::sql::register(&conn)?;
-    Ok(conn)
-}
-
-/// Runs `f` inside `BEGIN IMMEDIATE … COMMIT`, rolling back on error.
-pub fn immediate<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    match f() {
-        Ok(v) => {
-            conn.execute_batch("COMMIT")?;
-            Ok(v)
-        }
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e)
-        }
-    }
 }
 
 #[derive(Debug, Default, Clone)]

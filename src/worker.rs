@@ -15,7 +15,8 @@ use rusqlite::Connection;
 use crate::config::Config;
 use crate::error::Result;
 use crate::queue::now_ms;
-use crate::sync::{open_connection, Syncer};
+use crate::connection::open_connection;
+use crate::sync::Syncer;
 
 /// How often the worker looks for commits by other connections (`PRAGMA data_version`,
 /// a read of a counter SQLite keeps in shared memory or the file header).

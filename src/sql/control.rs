@@ -63,7 +63,7 @@ fn sync_now(ctx: &Context) -> Result<String> {
     let config = Config::load(&conn)?;
     let db_file = db_file(&conn, "attachment_sync()")?;
     let syncer = Syncer::new(db_file, config)?;
-    let own = sync::open_connection(db_file)?;
+    let own = crate::connection::open_connection(db_file)?;
     let summary = syncer.run_pass(&own, true, &AtomicBool::new(false))?;
     worker::wake(db_file);
     Ok(summary.to_json().to_string())
@@ -75,8 +75,8 @@ fn reconcile_now(ctx: &Context) -> Result<String> {
     let conn = caller(ctx)?;
     outside_transaction(&conn, "attachment_reconcile()")?;
     let config = Config::load(&conn)?;
-    let own = sync::open_connection(db_file(&conn, "attachment_reconcile()")?)?;
-    let r = sync::immediate(&own, || reconcile::reconcile(&own, &config, crate::queue::now_ms(), false))?;
+    let own = crate::connection::open_connection(db_file(&conn, "attachment_reconcile()")?)?;
+    let r = crate::connection::immediate(&own, || reconcile::reconcile(&own, &config, crate::queue::now_ms(), false))?;
     Ok(serde_json::json!({
         "queued_downloads": r.queued, "restored": r.restored, "archived": r.archived, "rejected": r.rejected,
     })
