@@ -8,13 +8,16 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::error::Result;
 
+/// How long the extension's own connection waits for a lock held by another.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Opens a connection of our own to `db_file`, through the host's SQLite.
 pub fn open_connection(db_file: &str) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         db_file,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     // In WAL mode, this connection's commits skip the per-commit fsync (an app crash
     // still loses nothing; a power cut may undo its last state changes). What it
     // records is bookkeeping whose every step is idempotent and repaired by verify:
@@ -34,10 +37,14 @@ pub fn open_connection(db_file: &str) -> Result<Connection> {
 pub fn immediate<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<T> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     match f() {
-        Ok(v) => {
-            conn.execute_batch("COMMIT")?;
-            Ok(v)
-        }
+        Ok(v) => match conn.execute_batch("COMMIT") {
+            Ok(()) => Ok(v),
+            // A COMMIT that could not take its lock leaves the transaction open: end it.
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e.into())
+            }
+        },
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
             Err(e)

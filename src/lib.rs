@@ -8,6 +8,7 @@ mod connection;
 mod error;
 mod logging;
 mod names;
+mod owner;
 mod queue;
 mod reconcile;
 mod remote;

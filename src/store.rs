@@ -39,6 +39,13 @@ pub struct Staged {
     dest: PathBuf,
 }
 
+impl Staged {
+    /// Removes the temp file of a download that will not be published.
+    pub fn discard(&self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
 /// A file found in `local_dir`.
 pub struct Entry {
     pub name: String,

@@ -3,36 +3,49 @@
 //! transaction and none is held across network I/O.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{LazyLock, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection};
+use crossbeam_channel::{Receiver, Sender};
+use rusqlite::{Connection, ErrorCode};
 use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::connection::immediate;
 use crate::error::{Error, Result};
 use crate::names;
+use crate::owner;
+pub use crate::queue::table::Job;
 use crate::queue::retry::{self, Next, Op};
+use crate::queue::table::QueueTable;
 use crate::queue::{now_ms, State};
 use crate::reconcile::{self, Reconciled};
 use crate::remote::{self, ErrorKind, Object, RemoteError, RemoteStorage};
-use crate::schema::quote_ident;
 use crate::store::{LocalStore, Staged};
 use crate::verify::{self, Verified};
 
 /// A claim not renewed within this long is free for another worker to take.
 pub const CLAIM_LEASE: Duration = Duration::from_secs(2 * 60);
+
+/// The lease, shortened by `SQLITE_ATTACHMENTS_TEST_CLAIM_LEASE_MS` in tests only.
+fn claim_lease() -> Duration {
+    std::env::var("SQLITE_ATTACHMENTS_TEST_CLAIM_LEASE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(CLAIM_LEASE)
+}
 /// Claims of transfers in flight are renewed (and their progress published) this often.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
 /// After a result arrives, others finishing within this long join its batch.
 const GATHER: Duration = Duration::from_millis(10);
-
-/// Identifies this process in `claimed_by`: `pid:<pid>:<random>`.
-pub static OWNER: LazyLock<String> =
-    LazyLock::new(|| format!("pid:{}:{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]));
+/// How often a pass looks at its stop condition while it waits for transfers.
+const STOP_CHECK: Duration = Duration::from_millis(50);
+/// A write waits for the lock this long at a time; between slices the pass can stop.
+const BUSY_SLICE: Duration = Duration::from_millis(200);
+/// Writes the pass cannot do without (reconcile, verify, expiry) wait at most this long in all.
+const BUSY_LIMIT: Duration = Duration::from_secs(60);
 
 /// Bytes moved so far by transfers in flight in this process, by (database file, id).
 static PROGRESS: LazyLock<Mutex<HashMap<(String, String), u64>>> = LazyLock::new(Default::default);
@@ -71,9 +84,20 @@ pub struct Summary {
     pub pending: usize,
     pub reconciled: Reconciled,
     pub verified: Option<Verified>,
+    /// The pass was stopped before it finished.
+    pub cancelled: bool,
 }
 
 impl Summary {
+    /// Adds the transfer counts of `other`.
+    fn add(&mut self, other: &Summary) {
+        self.uploaded += other.uploaded;
+        self.downloaded += other.downloaded;
+        self.deleted += other.deleted;
+        self.archived += other.archived;
+        self.failed += other.failed;
+    }
+
     pub fn to_json(&self) -> Value {
         let mut v = json!({
             "uploaded": self.uploaded,
@@ -92,19 +116,6 @@ impl Summary {
         }
         v
     }
-}
-
-/// A claimed row.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub id: String,
-    pub filename: String,
-    pub local_uri: Option<String>,
-    pub state: State,
-    pub media_type: String,
-    pub sha256: Option<String>,
-    pub attempts: i64,
-    pub resume: Option<String>,
 }
 
 /// What a transfer ended in.
@@ -133,107 +144,193 @@ impl Syncer {
         Ok(Syncer { db_file: db_file.to_string(), config, store, remote })
     }
 
-    fn table(&self) -> String {
-        quote_ident(&self.config.table)
-    }
-
-    /// One pass; `conn` is a connection of our own (see [`open_connection`]).
-    /// Transfers run on `max_concurrency` threads; this thread claims rows, records
-    /// results in short transactions, and renews the claims of transfers in flight.
-    /// With `force`, reconciliation runs even when no watch changed. Setting `stop`
-    /// cancels transfers in flight; their rows are released untouched.
-    pub fn run_pass(&self, conn: &Connection, force: bool, stop: &AtomicBool) -> Result<Summary> {
+    /// One pass; `conn` is a connection of our own (see [`crate::connection::open_connection`]).
+    /// This thread claims rows and records results in short transactions; transfers
+    /// run on up to `max_concurrency` threads started only when there is work. Claims
+    /// of transfers in flight are renewed on a timer. With `force`, reconciliation
+    /// compares every row. When `should_stop` turns true (the worker stopping, the host
+    /// interrupting `attachment_sync()`), the pass releases the rows in flight and
+    /// returns at once, whatever the network does: transfers still blocked in I/O
+    /// finish on their own threads and their results are thrown away.
+    pub fn run_pass(self: &Arc<Self>, conn: &Connection, force: bool, should_stop: &dyn Fn() -> bool) -> Result<Summary> {
         let mut summary = Summary::default();
+        let owner = owner::current(&self.db_file);
+        let queue = QueueTable::new(conn, &self.config.table, &owner);
+        let _slices = BusySlices::install(conn)?;
         if !verified(&self.db_file) {
-            summary.verified = immediate(conn, || verify_once(conn, &self.db_file, &self.config, &self.store))?;
+            summary.verified = write(conn, should_stop, || verify_once(conn, &self.db_file, &self.config, &self.store))?;
         }
         let started = now_ms();
         // Write transactions only when there is work: the app's writers are not held up
         // by a worker that wakes on every commit.
         if reconcile::needed(conn, force)? {
-            summary.reconciled = immediate(conn, || reconcile::reconcile(conn, &self.config, started, force))?;
+            summary.reconciled = write(conn, should_stop, || reconcile::reconcile(conn, &self.config, started, force))?;
         }
         summary.archived += summary.reconciled.archived;
-        self.release_dead_claims(conn)?;
-        let threads = self.config.max_concurrency.max(1) as usize;
+        self.release_dead_claims(conn, &queue)?;
+        let last_rowid = queue.last_rowid()?;
+        let max_threads = self.config.max_concurrency.max(1) as usize;
+        // Claimed ahead of the threads, so none idles while results are recorded.
+        let capacity = max_threads * 4;
         let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
         let (done_tx, done_rx) = crossbeam_channel::unbounded::<(Job, Outcome)>();
-        // Set when this thread fails: the transfer threads then leave the jobs still
-        // queued alone (their claims lapse) instead of moving bytes nobody will record.
-        let abandoned = AtomicBool::new(false);
-        std::thread::scope(|scope| -> Result<()> {
-            for _ in 0..threads {
-                let (jobs, done, abandoned) = (job_rx.clone(), done_tx.clone(), &abandoned);
-                scope.spawn(move || {
-                    for job in jobs {
-                        if abandoned.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let outcome = self.perform(&job, stop);
-                        if done.send((job, outcome)).is_err() {
-                            break;
-                        }
-                    }
-                });
+        // Tells this pass's transfers to stop moving bytes; shared with their threads.
+        let cancel = Arc::new(AtomicBool::new(false));
+        let mut threads = 0usize;
+        let mut in_flight: HashSet<String> = HashSet::new();
+        // Results whose recording waits for the write lock (an app holding a long transaction).
+        let mut unrecorded: Vec<(Job, Outcome)> = Vec::new();
+        let lease = claim_lease();
+        // Renewals come at least three times per lease, so one late renewal loses nothing.
+        let renew_every = RENEW_EVERY.min(lease / 3);
+        let mut next_renewal = Instant::now() + renew_every;
+        let mut claiming = true;
+        loop {
+            if should_stop() {
+                cancel.store(true, Ordering::Relaxed);
+                summary.cancelled = true;
+                // What finished is recorded if the lock is free now; the rest is released.
+                let done: Vec<_> = std::mem::take(&mut unrecorded).into_iter().chain(done_rx.try_iter()).collect();
+                for (job, _) in &done {
+                    in_flight.remove(&job.id);
+                }
+                let _ = self.record_batch(conn, &queue, done, true, &mut summary);
+                let _ = immediate(conn, || in_flight.iter().try_for_each(|id| queue.release(id)));
+                break;
             }
-            let mut in_flight: HashSet<String> = HashSet::new();
-            // Claimed ahead of the threads, so none idles while results are recorded.
-            let capacity = threads * 4;
-            let result = (|| {
-                loop {
-                    if !stop.load(Ordering::Relaxed) && in_flight.len() <= threads {
-                        for job in self.claim(conn, started, capacity - in_flight.len())? {
+            if claiming && in_flight.len() <= max_threads && unrecorded.is_empty() {
+                let jobs = match queue.any_claimable(last_rowid)? {
+                    true => try_write(conn, || queue.claim(last_rowid, capacity - in_flight.len(), lease.as_millis() as i64))?,
+                    false => Some(Vec::new()),
+                };
+                match jobs {
+                    Some(jobs) if jobs.is_empty() => claiming = false,
+                    Some(jobs) => {
+                        for job in jobs {
                             in_flight.insert(job.id.clone());
                             let _ = job_tx.send(job);
                         }
-                    }
-                    if in_flight.is_empty() {
-                        return Ok(());
-                    }
-                    match done_rx.recv_timeout(RENEW_EVERY) {
-                        Ok(first) => {
-                            // Record every result that is ready in one transaction.
-                            let mut batch = vec![first];
-                            // Gather what finishes in the next moment too: one transaction (and
-                            // one flush of downloaded files) then covers several results.
-                            let gather_until = std::time::Instant::now() + GATHER;
-                            while batch.len() < in_flight.len() {
-                                match done_rx.recv_deadline(gather_until) {
-                                    Ok(more) => batch.push(more),
-                                    Err(_) => break,
-                                }
-                            }
-                            for (job, _) in &batch {
-                                in_flight.remove(&job.id);
-                            }
-                            let cancelled = stop.load(Ordering::Relaxed);
-                            let batch = self.publish_downloads(batch);
-                            immediate(conn, || {
-                                for (job, outcome) in batch {
-                                    self.record(conn, &job, outcome, cancelled, &mut summary)?;
-                                }
-                                Ok(())
-                            })?;
+                        // Threads only for work that exists, never more than the limit.
+                        while threads < max_threads.min(in_flight.len()) {
+                            self.spawn_transfer_thread(&job_rx, &done_tx, &cancel)?;
+                            threads += 1;
                         }
-                        Err(_) => self.renew_claims(conn, in_flight.iter())?,
+                    }
+                    None => {} // busy: try again on the next turn
+                }
+            }
+            if in_flight.is_empty() && unrecorded.is_empty() && !claiming {
+                break;
+            }
+            // Wake for a result, the next renewal, or a look at `should_stop`.
+            let wait = next_renewal.saturating_duration_since(Instant::now()).min(STOP_CHECK);
+            if let Ok(first) = done_rx.recv_timeout(wait) {
+                let mut batch = vec![first];
+                // Gather what finishes in the next moment too: one transaction (and one
+                // flush of downloaded files) then covers several results.
+                let gather_until = Instant::now() + GATHER;
+                while batch.len() < in_flight.len() {
+                    match done_rx.recv_deadline(gather_until) {
+                        Ok(more) => batch.push(more),
+                        Err(_) => break,
                     }
                 }
-            })();
-            if result.is_err() {
-                abandoned.store(true, Ordering::Relaxed);
+                unrecorded.extend(self.publish_downloads(batch));
             }
-            drop(job_tx);
-            result
-        })?;
-        if reconcile::expiry_needed(conn, &self.config)? {
-            summary.expired = immediate(conn, || reconcile::expire_cache(conn, &self.config, &self.store))?;
+            if !unrecorded.is_empty() {
+                let batch = std::mem::take(&mut unrecorded);
+                let ids: Vec<String> = batch.iter().map(|(job, _)| job.id.clone()).collect();
+                match self.record_batch(conn, &queue, batch, cancel.load(Ordering::Relaxed), &mut summary) {
+                    Ok(None) => ids.iter().for_each(|id| {
+                        in_flight.remove(id);
+                    }),
+                    Ok(Some(kept)) => unrecorded = kept,
+                    Err(e) => {
+                        cancel.store(true, Ordering::Relaxed);
+                        let _ = immediate(conn, || in_flight.iter().try_for_each(|id| queue.release(id)));
+                        return Err(e);
+                    }
+                }
+            }
+            if Instant::now() >= next_renewal {
+                // Renewals wait for nothing: a busy database is tried again next time.
+                let _ = try_write(conn, || self.renew_claims(&queue, in_flight.iter(), lease));
+                next_renewal = Instant::now() + renew_every;
+            }
         }
-        summary.pending = conn.query_row(
-            &format!("SELECT count(*) FROM main.{} WHERE state IN (0, 1, 2)", self.table()),
-            [],
-            |r| r.get::<_, i64>(0),
-        )? as usize;
+        drop(job_tx);
+        if summary.cancelled {
+            return Ok(summary);
+        }
+        if reconcile::expiry_needed(conn, &self.config)? {
+            summary.expired = write(conn, should_stop, || reconcile::expire_cache(conn, &self.config, &self.store))?;
+        }
+        summary.pending = queue.pending()?;
         Ok(summary)
+    }
+
+    /// Starts one transfer thread. It takes jobs until the pass drops the sender; its
+    /// results go to `done`. A result nobody waits for any more (the pass was cancelled)
+    /// is thrown away, a downloaded temp file with it.
+    fn spawn_transfer_thread(
+        self: &Arc<Self>,
+        jobs: &Receiver<Job>,
+        done: &Sender<(Job, Outcome)>,
+        cancel: &Arc<AtomicBool>,
+    ) -> Result<()> {
+        let (me, jobs, done, cancel) = (self.clone(), jobs.clone(), done.clone(), cancel.clone());
+        std::thread::Builder::new()
+            .name("attachments-transfer".into())
+            .spawn(move || {
+                for job in jobs {
+                    if cancel.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let outcome = me.perform(&job, &cancel);
+                    if let Err(crossbeam_channel::SendError((_, outcome))) = done.send((job, outcome)) {
+                        if let Outcome::Downloaded { staged, .. } = outcome {
+                            staged.discard();
+                        }
+                        break;
+                    }
+                }
+            })
+            .map(|_| ())
+            .map_err(|e| Error::Misuse(format!("cannot start a transfer thread: {e}")))
+    }
+
+    /// Records a batch of results in one transaction. `Ok(Some(batch))` hands the batch
+    /// back untouched when the database is busy, to be tried again.
+    fn record_batch(
+        &self,
+        conn: &Connection,
+        queue: &QueueTable,
+        batch: Vec<(Job, Outcome)>,
+        cancelled: bool,
+        summary: &mut Summary,
+    ) -> Result<Option<Vec<(Job, Outcome)>>> {
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        let mut counted = Summary::default();
+        let mut remove = Vec::new();
+        let recorded = try_write(conn, || {
+            (counted, remove) = (Summary::default(), Vec::new());
+            for (job, outcome) in &batch {
+                remove.extend(self.record(queue, job, outcome, cancelled, &mut counted)?);
+            }
+            Ok(())
+        })?;
+        if recorded.is_none() {
+            return Ok(Some(batch));
+        }
+        summary.add(&counted);
+        for file in remove {
+            if let Err(e) = self.store.remove(&file) {
+                log::warn!("could not remove {file}: {e}");
+            }
+        }
+        Ok(None)
     }
 
     /// Makes the batch's downloaded files durable and visible in one step (see
@@ -262,90 +359,26 @@ impl Syncer {
 
     /// Extends the claims of transfers in flight and publishes their progress, so
     /// other processes neither take them over nor see them stall.
-    fn renew_claims<'a>(&self, conn: &Connection, ids: impl Iterator<Item = &'a String>) -> Result<()> {
-        let t = self.table();
-        let until = now_ms() + CLAIM_LEASE.as_millis() as i64;
-        immediate(conn, || {
-            let mut renew = conn.prepare(&format!(
-                "UPDATE main.{t} SET claimed_until = ?2, bytes_done = ?3 WHERE id = ?1 AND claimed_by = ?4"
-            ))?;
-            for id in ids {
-                let done = bytes_done(&self.db_file, id).map(|n| n as i64);
-                renew.execute(params![id, until, done, *OWNER])?;
-            }
-            Ok(())
-        })
-    }
-
-    /// The earliest time a queued row becomes due (ms), if any is waiting.
-    pub fn next_due(&self, conn: &Connection) -> Result<Option<i64>> {
-        Ok(conn.query_row(
-            &format!("SELECT min(next_attempt_at) FROM main.{} WHERE state IN (0, 1, 2)", self.table()),
-            [],
-            |r| r.get(0),
-        )?)
-    }
-
-    /// Claims up to `limit` rows due at `due_by` that no live worker holds.
-    pub fn claim(&self, conn: &Connection, due_by: i64, limit: usize) -> Result<Vec<Job>> {
-        let t = self.table();
-        let claimable = "state IN (0, 1, 2) AND next_attempt_at <= ?1 AND (claimed_until IS NULL OR claimed_until < ?2)";
-        let any: bool = conn.query_row(
-            &format!("SELECT EXISTS (SELECT 1 FROM main.{t} WHERE {claimable})"),
-            params![due_by, now_ms()],
-            |r| r.get(0),
-        )?;
-        if !any {
-            return Ok(Vec::new());
+    fn renew_claims<'a>(&self, queue: &QueueTable, ids: impl Iterator<Item = &'a String>, lease: Duration) -> Result<()> {
+        let until = now_ms() + lease.as_millis() as i64;
+        for id in ids {
+            queue.renew(id, until, bytes_done(&self.db_file, id).map(|n| n as i64))?;
         }
-        immediate(conn, || {
-            let now = now_ms();
-            // Uploads first (their files exist nowhere else), then downloads, then deletes.
-            // language=SQLite
-            let jobs: Vec<Job> = conn
-                .prepare(&format!(
-                    "SELECT id, filename, local_uri, state, media_type, sha256, attempts, upload_resume FROM main.{t}
-                     WHERE {claimable} ORDER BY state, timestamp LIMIT ?3"
-                ))?
-                .query_map(params![due_by, now, limit as i64], |r| {
-                    Ok(Job {
-                        id: r.get(0)?,
-                        filename: r.get(1)?,
-                        local_uri: r.get(2)?,
-                        state: State::from_code(r.get(3)?).unwrap_or(State::Archived),
-                        media_type: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
-                        sha256: r.get(5)?,
-                        attempts: r.get(6)?,
-                        resume: r.get(7)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut mark = conn.prepare(&format!("UPDATE main.{t} SET claimed_by = ?2, claimed_until = ?3 WHERE id = ?1"))?;
-            for job in &jobs {
-                mark.execute(params![job.id, *OWNER, now + CLAIM_LEASE.as_millis() as i64])?;
-            }
-            Ok(jobs)
-        })
+        Ok(())
+    }
+
+    /// The earliest time a queued row becomes claimable by this process (ms), if any.
+    pub fn next_due(&self, conn: &Connection) -> Result<Option<i64>> {
+        let owner = owner::current(&self.db_file);
+        QueueTable::new(conn, &self.config.table, &owner).next_due()
     }
 
     /// Frees claims whose process is gone (a crash or SIGKILL), without waiting for the lease.
-    fn release_dead_claims(&self, conn: &Connection) -> Result<()> {
-        if !Path::new("/proc/self").exists() {
-            return Ok(());
-        }
-        let t = self.table();
-        let owners: Vec<String> = conn
-            .prepare(&format!("SELECT DISTINCT claimed_by FROM main.{t} WHERE claimed_by IS NOT NULL"))?
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        for owner in owners {
-            let pid = owner.strip_prefix("pid:").and_then(|rest| rest.split(':').next());
-            let alive = pid.map(|p| Path::new("/proc").join(p).exists()).unwrap_or(true);
-            if !alive {
-                conn.execute(
-                    &format!("UPDATE main.{t} SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = ?1"),
-                    [&owner],
-                )?;
+    fn release_dead_claims(&self, conn: &Connection, queue: &QueueTable) -> Result<()> {
+        for other in queue.claim_owners()? {
+            if owner::is_dead(&self.db_file, &other) {
+                log::info!("releasing the claims of {other}, a process that is gone");
+                try_write(conn, || queue.release_owner(&other).map(|_| ()))?;
             }
         }
         Ok(())
@@ -376,7 +409,8 @@ impl Syncer {
                 State::QueuedUpload => self.upload(job, &obj, &progress),
                 State::QueuedDownload => self.download(&obj, &progress),
                 State::QueuedDelete => self.remote.delete(&obj).map(|()| Outcome::Deleted),
-                State::Synced | State::Archived => Ok(Outcome::Deleted),
+                // Never claimed (see QueueTable::claim); nothing to move, and never a delete.
+                State::Synced | State::Archived => Err(RemoteError::new(ErrorKind::Permanent, "not a queued row")),
             },
         };
         if let Ok(mut p) = PROGRESS.lock() {
@@ -410,92 +444,62 @@ impl Syncer {
 
     /// Records a job's outcome; the caller holds the transaction. A failure while
     /// `cancelled` is the worker stopping: the row is released without counting an attempt.
-    fn record(&self, conn: &Connection, job: &Job, outcome: Outcome, cancelled: bool, summary: &mut Summary) -> Result<()> {
-        let t = self.table();
-        let now = now_ms();
-        let clear = "claimed_by = NULL, claimed_until = NULL, bytes_done = NULL";
-        let done = "attempts = 0, next_attempt_at = 0, last_error = NULL";
-        {
-            match outcome {
-                Outcome::Failed(_) if cancelled => {}
-                Outcome::Uploaded => {
-                    conn.execute(
-                        &format!(
-                            "UPDATE main.{t} SET state = CASE WHEN state = 0 THEN 3 ELSE state END,
-                                 has_synced = 1, timestamp = ?2, upload_resume = NULL, {done}, {clear} WHERE id = ?1"
-                        ),
-                        params![job.id, now],
-                    )?;
+    /// Records a job's outcome through the queue's guarded transitions; the caller holds
+    /// the transaction. Returns a local file to remove once the transaction commits (a
+    /// download or a delete whose row is gone). A failure of a cancelled transfer is the
+    /// pass stopping: the row is released without counting an attempt.
+    fn record(&self, queue: &QueueTable, job: &Job, outcome: &Outcome, cancelled: bool, summary: &mut Summary) -> Result<Option<String>> {
+        let mut remove = None;
+        match outcome {
+            Outcome::Failed(_) if cancelled => queue.release(&job.id)?,
+            Outcome::Uploaded => {
+                if queue.uploaded(&job.id)? {
                     summary.uploaded += 1;
                 }
-                Outcome::Downloaded { size, ref sha256, .. } => {
-                    let n = conn.execute(
-                        &format!(
-                            "UPDATE main.{t} SET state = CASE WHEN state = 1 THEN 3 ELSE state END,
-                                 local_uri = filename, size = ?2, sha256 = ?3, has_synced = 1, timestamp = ?4,
-                                 {done}, {clear} WHERE id = ?1"
-                        ),
-                        params![job.id, size as i64, sha256, now],
-                    )?;
-                    if n == 0 {
-                        // The row went away while we downloaded; its file has no owner.
-                        self.store.remove(&job.filename)?;
-                    }
+            }
+            Outcome::Downloaded { size, sha256, .. } => {
+                if queue.downloaded(&job.id, *size, sha256)? {
                     summary.downloaded += 1;
+                } else if !queue.holds_local_copy(&job.id)? {
+                    // The row went away or changed while we downloaded: the file is nobody's.
+                    remove = Some(job.filename.clone());
                 }
-                Outcome::Deleted => {
-                    self.store.remove(job.local_uri.as_deref().unwrap_or(&job.filename))?;
-                    conn.execute(&format!("DELETE FROM main.{t} WHERE id = ?1 AND state = 2"), [&job.id])?;
+            }
+            Outcome::Deleted => {
+                if queue.deleted(&job.id)? {
+                    remove = Some(job.local_uri.clone().unwrap_or_else(|| job.filename.clone()));
                     summary.deleted += 1;
                 }
-                Outcome::LocalMissing => {
-                    conn.execute(
-                        &format!(
-                            "UPDATE main.{t} SET state = 4, local_uri = NULL, timestamp = ?2,
-                                 last_error = 'local file missing: nothing to upload', {clear}
-                             WHERE id = ?1 AND state = 0"
-                        ),
-                        params![job.id, now],
-                    )?;
+            }
+            Outcome::LocalMissing => {
+                if queue.upload_source_missing(&job.id)? {
                     summary.failed += 1;
                     summary.archived += 1;
                 }
-                Outcome::Failed(ref err) => {
-                    let op = match job.state {
-                        State::QueuedUpload => Op::Upload,
-                        State::QueuedDownload => Op::Download,
-                        _ => Op::Delete,
-                    };
-                    let attempts = job.attempts + 1;
-                    log::info!("{} {} failed (attempt {attempts}): {err}", op_name(op), job.id);
-                    let message = err.to_string();
-                    match retry::after_failure(op, err, attempts, self.config.max_attempts, now, fastrand::f64()) {
-                        Next::RetryAt(at) => conn.execute(
-                            &format!(
-                                "UPDATE main.{t} SET attempts = ?2, next_attempt_at = ?3, last_error = ?4,
-                                     upload_resume = ?6, {clear}
-                                 WHERE id = ?1 AND state = ?5"
-                            ),
-                            params![job.id, attempts, at, message, job.state as i64, err.resume],
-                        )?,
-                        Next::Archive => {
-                            summary.archived += 1;
-                            conn.execute(
-                                &format!(
-                                    "UPDATE main.{t} SET state = 4, attempts = ?2, last_error = ?3, timestamp = ?4, {clear}
-                                     WHERE id = ?1 AND state = 1"
-                                ),
-                                params![job.id, attempts, message, now],
-                            )?
-                        }
-                    };
-                    summary.failed += 1;
-                }
             }
-            // Whatever happened above, the claim is ours to drop.
-            conn.execute(&format!("UPDATE main.{t} SET {clear} WHERE id = ?1 AND claimed_by = ?2"), params![job.id, *OWNER])?;
-            Ok(())
+            Outcome::Failed(err) => {
+                let op = match job.state {
+                    State::QueuedUpload => Op::Upload,
+                    State::QueuedDownload => Op::Download,
+                    _ => Op::Delete,
+                };
+                let attempts = job.attempts + 1;
+                log::info!("{} {} failed (attempt {attempts}): {err}", op_name(op), job.id);
+                let message = err.to_string();
+                match retry::after_failure(op, err, attempts, self.config.max_attempts, now_ms(), fastrand::f64()) {
+                    Next::RetryAt(at) => {
+                        queue.failed(job, attempts, at, &message, err.resume.as_deref())?;
+                    }
+                    Next::Archive => {
+                        if queue.give_up_download(&job.id, attempts, &message)? {
+                            summary.archived += 1;
+                        }
+                    }
+                }
+                summary.failed += 1;
+            }
         }
+        Ok(remove)
     }
 }
 
@@ -504,5 +508,47 @@ fn op_name(op: Op) -> &'static str {
         Op::Upload => "upload",
         Op::Download => "download",
         Op::Delete => "delete",
+    }
+}
+
+/// Sets the connection's busy wait to one slice for the life of a pass, and back after.
+struct BusySlices<'c>(&'c Connection);
+
+impl<'c> BusySlices<'c> {
+    fn install(conn: &'c Connection) -> Result<BusySlices<'c>> {
+        conn.busy_timeout(BUSY_SLICE)?;
+        Ok(BusySlices(conn))
+    }
+}
+
+impl Drop for BusySlices<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.busy_timeout(crate::connection::BUSY_TIMEOUT);
+    }
+}
+
+fn is_busy(e: &Error) -> bool {
+    matches!(e, Error::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+        if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
+}
+
+/// One write transaction, or `None` when the database stayed busy for a slice.
+fn try_write<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
+    match immediate(conn, f) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is_busy(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// One write transaction the pass needs, retried slice by slice while the database is
+/// busy (up to [`BUSY_LIMIT`]), giving up at once when the pass must stop.
+fn write<T>(conn: &Connection, should_stop: &dyn Fn() -> bool, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let give_up = Instant::now() + BUSY_LIMIT;
+    loop {
+        match immediate(conn, &mut f) {
+            Err(e) if is_busy(&e) && Instant::now() < give_up && !should_stop() => continue,
+            other => return other,
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! transfer. Pure decisions, no I/O; `sync` acts on them.
 
 pub mod retry;
+pub mod table;
 
 /// Row states, with PowerSync's codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use crate::store::LocalStore;
 use crate::sync::{self, Syncer};
 use crate::verify;
 use crate::worker;
-use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 pub fn register(db: &Connection) -> rusqlite::Result<()> {
     scalar(db, "attachment_init", "attachment_init(config_json TEXT)", 1..=1, EFFECTFUL, init)?;
@@ -62,11 +62,24 @@ fn sync_now(ctx: &Context) -> Result<String> {
     outside_transaction(&conn, "attachment_sync()")?;
     let config = Config::load(&conn)?;
     let db_file = db_file(&conn, "attachment_sync()")?;
-    let syncer = Syncer::new(db_file, config)?;
+    let syncer = Arc::new(Syncer::new(db_file, config)?);
     let own = crate::connection::open_connection(db_file)?;
-    let summary = syncer.run_pass(&own, true, &AtomicBool::new(false))?;
+    let summary = syncer.run_pass(&own, true, &|| host_interrupted(&conn))?;
     worker::wake(db_file);
+    if summary.cancelled {
+        let code = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERRUPT);
+        return Err(rusqlite::Error::SqliteFailure(code, Some("interrupted; transfers in flight were released".into())).into());
+    }
     Ok(summary.to_json().to_string())
+}
+
+/// Whether the host interrupted the statement that called us (the CLI's Ctrl-C calls
+/// `sqlite3_interrupt`). SQLite 3.40 has no `sqlite3_is_interrupted`, but a statement
+/// started while an interrupted one still runs fails with SQLITE_INTERRUPT, so a
+/// trivial one tells.
+fn host_interrupted(conn: &Connection) -> bool {
+    let probe = conn.query_row("SELECT 1", [], |_| Ok(()));
+    matches!(probe, Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::OperationInterrupted)
 }
 
 /// Reconciliation alone, as the worker runs it (on a connection of its own, in one

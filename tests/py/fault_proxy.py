@@ -7,6 +7,7 @@ misbehave on demand. It forwards each request to 127.0.0.1:$UPSTREAM_PORT
   flaky        every other request: 500, or a reset connection
   fail_put     the $FAIL_PUT_NUMBER-th PUT (1-based) is answered 500 after its body is read
   slow         each response waits $DELAY seconds first
+  slow_big     only requests with a body over $BIG bytes wait $DELAY seconds
 Each request line is appended to $LOG with the number of requests in flight.
 """
 import http.client
@@ -50,7 +51,7 @@ class Proxy(BaseHTTPRequestHandler):
     def forward(self, n):
         length = int(self.headers.get("Content-Length", 0) or 0)
         body = self.rfile.read(length) if length else None
-        if MODE == "slow":
+        if MODE == "slow" or (MODE == "slow_big" and length > int(os.environ.get("BIG", "0"))):
             time.sleep(float(os.environ.get("DELAY", "1")))
         if MODE == "flaky" and n % 2 == 0:
             if n % 4 == 0:
