@@ -1,7 +1,7 @@
 //! attachment_init, attachment_sync, attachment_verify, attachment_expire_cache,
 //! attachment_start_sync and attachment_stop_sync.
 
-use rusqlite::functions::Context;
+use super::Context;
 use rusqlite::Connection;
 
 use super::{caller, scalar, text_arg, EFFECTFUL};
