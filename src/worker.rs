@@ -15,7 +15,7 @@ use rusqlite::Connection;
 use crate::config::Config;
 use crate::error::Result;
 use crate::queue::now_ms;
-use crate::connection::open_connection;
+use crate::connection::{open_connection, DbTarget};
 use crate::sync::Syncer;
 
 /// How often the worker looks for commits by other connections (`PRAGMA data_version`,
@@ -32,8 +32,9 @@ struct Handle {
 
 static WORKERS: LazyLock<Mutex<HashMap<String, Handle>>> = LazyLock::new(Default::default);
 
-/// Starts the worker for `db_file` unless one runs; then wakes it.
-pub fn start(db_file: &str) -> Result<()> {
+/// Starts the worker for `target`'s file unless one runs; then wakes it.
+pub fn start(target: &DbTarget) -> Result<()> {
+    let db_file = target.path.as_str();
     let mut workers = WORKERS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(h) = workers.get(db_file) {
         if !h.thread.is_finished() {
@@ -44,13 +45,13 @@ pub fn start(db_file: &str) -> Result<()> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let (wake, woken) = crossbeam_channel::unbounded();
-    let (file, flag) = (db_file.to_string(), stop.clone());
+    let (target, flag) = (target.clone(), stop.clone());
     let thread = std::thread::Builder::new()
         .name("sqlite-attachments".into())
         .spawn(move || {
             // A panic must end this thread only, never unwind into the host.
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&file, &flag, &woken))).is_err() {
-                log::error!("worker for {file} stopped after an internal error");
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&target, &flag, &woken))).is_err() {
+                log::error!("worker for {} stopped after an internal error", target.path);
             }
         })
         .map_err(|e| crate::error::Error::Misuse(format!("cannot start the worker thread: {e}")))?;
@@ -79,8 +80,9 @@ fn data_version(conn: &Connection) -> i64 {
     conn.query_row("PRAGMA data_version", [], |r| r.get(0)).unwrap_or(-1)
 }
 
-fn run(db_file: &str, stop: &AtomicBool, woken: &Receiver<()>) {
-    let conn = match open_connection(db_file) {
+fn run(target: &DbTarget, stop: &AtomicBool, woken: &Receiver<()>) {
+    let db_file = target.path.as_str();
+    let conn = match open_connection(target) {
         Ok(c) => c,
         Err(e) => {
             log::error!("worker for {db_file} cannot open the database: {e}");
