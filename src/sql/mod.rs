@@ -143,7 +143,7 @@ pub fn scalar<T: ToSql + 'static>(
     flags: FunctionFlags,
     f: fn(&Context) -> Result<T>,
 ) -> rusqlite::Result<()> {
-    let c_name = CString::new(name).map_err(|e| rusqlite::Error::NulError(e))?;
+    let c_name = CString::new(name).map_err(rusqlite::Error::NulError)?;
     let function = Box::into_raw(Box::new(Function { name, signature, arity, f }));
     // Safety: `function` is freed by `drop_function` exactly once, which SQLite
     // calls when the function is replaced, the connection closes, or registration fails.
