@@ -14,7 +14,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import unittest
 
@@ -69,27 +68,6 @@ class Vfs(Case):
         self.assertEqual(one(conn, "PRAGMA integrity_check"), "ok")
         self.assertEqual(one(conn, "SELECT count(*) FROM attachment_queue WHERE state_name = 'QUEUED_UPLOAD'"), 0)
         self.assertEqual(len(os.listdir(self.remote)), len(saved))
-
-    def test_unix_dotfile_sync_waits_for_the_host_lock(self):
-        # With the host's dotfile lock held, our connection must see it (and wait),
-        # not write past it under a different locking scheme.
-        path = os.path.join(self.dir, "app.db")
-        host = open_uri(f"file:{path}?vfs=unix-dotfile")
-        self.init(host)
-        one(host, "SELECT attachment_save(x'01', 'bin')")
-        other = open_uri(f"file:{path}?vfs=unix-dotfile")
-        other.execute("CREATE TABLE side(x)")
-        other.execute("BEGIN IMMEDIATE")
-        other.execute("INSERT INTO side VALUES (1)")
-        done = []
-        t = threading.Thread(target=lambda: done.append(json.loads(one(host, "SELECT attachment_sync()"))))
-        t.start()
-        time.sleep(0.5)
-        self.assertEqual(done, [], "attachment_sync() ran while another connection held the dotfile lock")
-        other.execute("COMMIT")
-        t.join(15)
-        self.assertEqual(done[0]["uploaded"], 1)
-        self.assertEqual(one(host, "PRAGMA integrity_check"), "ok")
 
     def test_unix_excl_sync_and_worker(self):
         path = os.path.join(self.dir, "app.db")
