@@ -48,7 +48,8 @@ impl Remote {
     }
 
     fn parse(url: &str) -> Result<Remote> {
-        let bad = |why: &str| Error::config("remote", format!("{why} (got '{url}')"));
+        // Errors show the URL without credentials or query string: neither may be repeated.
+        let bad = |why: &str| Error::config("remote", format!("{why} (got '{}')", redacted(url)));
         if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
                 return Err(bad("a file:// remote needs an absolute path, like file:///var/attachments"));
@@ -57,10 +58,16 @@ impl Remote {
         }
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.contains('@') {
+                return Err(bad("credentials in the URL are not allowed, they would be stored in the database; give them in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"));
+            }
             let bucket_ok = (3..=63).contains(&bucket.len())
                 && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
             if !bucket_ok {
                 return Err(bad("an s3:// remote needs a bucket name of 3 to 63 lowercase letters, digits, '-' or '.'"));
+            }
+            if prefix.contains(['?', '#']) {
+                return Err(bad("a query string or fragment is not allowed"));
             }
             let prefix = match prefix.trim_end_matches('/') {
                 "" => String::new(),
@@ -72,28 +79,121 @@ impl Remote {
             Some(rest) => (true, rest),
             None => (false, url),
         };
-        let after_scheme = http.strip_prefix("http://").or_else(|| http.strip_prefix("https://"));
-        let Some(after_scheme) = after_scheme else {
+        if !(http.starts_with("http://") || http.starts_with("https://")) {
             return Err(bad("expected file:///dir, http(s)://host/prefix/, s3://bucket/prefix or signed+http(s)://backend/base"));
-        };
-        let host = after_scheme.split('/').next().unwrap_or("");
-        if host.is_empty() {
-            return Err(bad("the URL has no host"));
         }
-        if host.contains('@') {
-            return Err(bad("credentials in the URL are not allowed, they would be stored in the database; use ATTACHMENTS_HTTP_TOKEN"));
-        }
-        if url.contains(['?', '#']) {
-            return Err(bad("a query string or fragment is not allowed"));
-        }
+        let parsed = http_url(http).map_err(|why| bad(&why))?;
+        let base = parsed.as_str();
         Ok(if signed {
-            Remote::Signed(http.trim_end_matches('/').to_string())
-        } else if http.ends_with('/') {
-            Remote::Http(http.to_string())
+            Remote::Signed(base.trim_end_matches('/').to_string())
+        } else if base.ends_with('/') {
+            Remote::Http(base.to_string())
         } else {
-            Remote::Http(format!("{http}/"))
+            Remote::Http(format!("{base}/"))
         })
     }
+}
+
+/// Parses an http(s) URL that must work as a base for requests: a valid ASCII host,
+/// a port that exists, no credentials (they would be stored), no query or fragment.
+/// Returns the URL in its normal form (path percent-encoded).
+fn http_url(text: &str) -> std::result::Result<url::Url, String> {
+    let url = url::Url::parse(text).map_err(|e| match e {
+        url::ParseError::EmptyHost => "the URL has no host".to_string(),
+        url::ParseError::InvalidPort => "the port must be a number from 1 to 65535".to_string(),
+        url::ParseError::InvalidDomainCharacter | url::ParseError::IdnaError => {
+            "the host is not a valid host name (no spaces or other special characters)".to_string()
+        }
+        e => format!("not a valid URL: {e}"),
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("expected an http:// or https:// URL".into());
+    }
+    // WHATWG parsing reads "http:///x" as host "x"; an empty authority is a mistake.
+    let authority = text.split_once("://").map(|(_, rest)| rest).unwrap_or("");
+    if authority.starts_with(['/', '?', '#']) || authority.is_empty() {
+        return Err("the URL has no host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("credentials in the URL are not allowed, they would be stored in the database; \
+                    give them in the environment (ATTACHMENTS_HTTP_TOKEN, or AWS_ACCESS_KEY_ID for S3)"
+            .into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("a query string or fragment is not allowed".into());
+    }
+    if url.port() == Some(0) {
+        return Err("the port must be a number from 1 to 65535".into());
+    }
+    if !text.is_ascii() {
+        let host = url.host_str().unwrap_or("");
+        return Err(format!(
+            "the URL must be ASCII: write a host name in its ASCII form (here '{host}') and percent-encode the path"
+        ));
+    }
+    Ok(url)
+}
+
+/// `url` as safe to show in an error: userinfo and any query string or fragment
+/// replaced by `***`. Works on text that is not a valid URL as well.
+fn redacted(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let (before_query, hidden_query) = match rest.find(['?', '#']) {
+        Some(i) => (&rest[..i], true),
+        None => (rest, false),
+    };
+    let (authority, path) = match before_query.find('/') {
+        Some(i) => before_query.split_at(i),
+        None => (before_query, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_string(),
+    };
+    let query = if hidden_query { "?***" } else { "" };
+    format!("{scheme}{authority}{path}{query}")
+}
+
+/// Table names the extension's own objects use (compared without case).
+fn reserved_table_name(table: &str) -> bool {
+    let t = table.to_ascii_lowercase();
+    ["attachment_queue", "attachment_watches"].contains(&t.as_str())
+        || t.starts_with("sqlite_")
+        || t.starts_with("_attachments_")
+}
+
+/// The top-level members of a JSON object, in order and with duplicates kept
+/// (serde_json's `Map` keeps the last of two equal keys without a word).
+struct Members(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Members, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Members, A::Error> {
+                let mut keys = Vec::new();
+                while let Some((key, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                    keys.push(key);
+                }
+                Ok(Members(keys))
+            }
+        }
+        d.deserialize_map(Keys)
+    }
+}
+
+/// The first key given twice in the JSON object `text`, if any.
+fn duplicate_key(text: &str) -> Option<String> {
+    let Members(keys) = serde_json::from_str(text).ok()?;
+    let mut seen = std::collections::HashSet::new();
+    keys.into_iter().find(|k| !seen.insert(k.clone()))
 }
 
 impl Config {
@@ -104,6 +204,9 @@ impl Config {
         let Value::Object(obj) = value else {
             return Err(Error::Argument("config_json must be a JSON object, like {\"local_dir\":\"files\",\"remote\":\"file:///srv/att\"}".into()));
         };
+        if let Some(key) = duplicate_key(text) {
+            return Err(Error::config(&key, "is given more than once; give each key once"));
+        }
         const KEYS: [&str; 10] = [
             "local_dir", "remote", "table", "download_attachments", "archived_cache_limit",
             "sync_interval_ms", "max_concurrency", "max_attempts", "s3_endpoint", "s3_region",
@@ -119,18 +222,25 @@ impl Config {
         let table = optional_string(&obj, "table")?.unwrap_or_else(|| "attachments".into());
         let table_ok = table.len() <= 64
             && table.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-            && table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && !table.to_ascii_lowercase().starts_with("sqlite_")
-            && !table.to_ascii_lowercase().starts_with("_attachments_");
+            && table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !table_ok {
             return Err(Error::config("table", format!(
-                "'{table}' is not a usable table name: use letters, digits and '_', not starting with sqlite_ or _attachments_")));
+                "'{table}' is not a usable table name: use up to 64 letters, digits and '_', starting with a letter or '_'")));
+        }
+        if reserved_table_name(&table) {
+            return Err(Error::config("table", format!(
+                "'{table}' is reserved for the extension's own objects (attachment_queue, attachment_watches, \
+                 _attachments_*, sqlite_*); choose another name, like the default 'attachments'")));
         }
         let s3_endpoint = optional_string(&obj, "s3_endpoint")?;
         if let Some(ep) = &s3_endpoint {
-            if !(ep.starts_with("http://") || ep.starts_with("https://")) || ep.contains('@') {
-                return Err(Error::config("s3_endpoint", "expected an http(s):// URL without credentials"));
-            }
+            http_url(ep).map_err(|why| Error::config("s3_endpoint", format!("{why} (got '{}')", redacted(ep))))?;
+        }
+        let s3_region = optional_string(&obj, "s3_region")?.unwrap_or_else(|| "us-east-1".into());
+        // It becomes part of every request's signature scope, and of the host name on AWS.
+        if s3_region.len() > 64 || !s3_region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(Error::config("s3_region", format!(
+                "'{s3_region}' is not a region name: use letters, digits, '-' and '_', like us-east-1")));
         }
         Ok(Config {
             local_dir,
@@ -142,7 +252,7 @@ impl Config {
             max_concurrency: optional_int(&obj, "max_concurrency", 1, 64)?.unwrap_or(4),
             max_attempts: optional_int(&obj, "max_attempts", 1, 1_000_000)?.unwrap_or(DEFAULT_MAX_ATTEMPTS),
             s3_endpoint,
-            s3_region: optional_string(&obj, "s3_region")?.unwrap_or_else(|| "us-east-1".into()),
+            s3_region,
         })
     }
 
@@ -184,7 +294,12 @@ impl Config {
             Err(rusqlite::Error::SqliteFailure(_, Some(msg))) if msg.starts_with("no such table") => None,
             Err(e) => return Err(e.into()),
         };
-        Config::parse(&stored.ok_or(Error::NotInitialized)?)
+        Config::parse(&stored.ok_or(Error::NotInitialized)?).map_err(|e| match e {
+            Error::Config { key, why } => {
+                Error::config(&key, format!("{why} (in the stored config, main._attachments_config: run attachment_init again)"))
+            }
+            other => other,
+        })
     }
 
     /// Stores this config (replacing any earlier one); the schema must exist.
@@ -256,6 +371,35 @@ mod tests {
         assert!(err(r#"{"local_dir":"a","remote":"https://u:p@host/x/"}"#).contains("credentials"));
         assert!(err(r#"{"local_dir":"a","remote":"file:///x","table":"x;drop"}"#).contains("'table'"));
         assert!(err("[1]").contains("JSON object"));
+    }
+
+    #[test]
+    fn values_that_can_never_work_are_refused_at_the_door() {
+        let err = |j: &str| Config::parse(j).unwrap_err().to_string();
+        let with = |extra: &str| format!(r#"{{"local_dir":"a","remote":"s3://bkt/p"{extra}}}"#);
+        for remote in ["http://my host/x/", "http://hôst.example/x/", "https://h:99999/x/", "https://h:0/x/", "http:///x", "signed+http://a b/x"] {
+            assert!(err(&format!(r#"{{"local_dir":"a","remote":"{remote}"}}"#)).contains("'remote'"), "{remote}");
+        }
+        assert!(err(&with(r#","s3_endpoint":"http://my host:9000""#)).contains("'s3_endpoint'"));
+        assert!(err(&with(r#","s3_endpoint":"ftp://h""#)).contains("'s3_endpoint'"));
+        for region in ["us/east", "us#1", "a@b", "a b"] {
+            assert!(err(&with(&format!(r#","s3_region":"{region}""#))).contains("'s3_region'"), "{region}");
+        }
+        for table in ["attachment_queue", "Attachment_Queue", "attachment_watches", "_attachments_x", "sqlite_x"] {
+            assert!(err(&format!(r#"{{"local_dir":"a","remote":"file:///x","table":"{table}"}}"#)).contains("reserved"), "{table}");
+        }
+        assert!(err(r#"{"local_dir":"a","remote":"file:///x","table":"a","table":"b"}"#).contains("'table': is given more than once"));
+        assert!(Config::parse(&with(r#","s3_endpoint":"http://127.0.0.1:9000","s3_region":"eu-west-3""#)).is_ok());
+    }
+
+    #[test]
+    fn errors_never_repeat_credentials() {
+        for remote in ["https://u:hunter2@h/x/", "https://h/x/?sig=hunter2", "signed+https://u:hunter2@h/x", "s3://u:hunter2@bkt/x", "https://u:hunter2@h:99999/"] {
+            let e = Config::parse(&format!(r#"{{"local_dir":"a","remote":"{remote}"}}"#)).unwrap_err().to_string();
+            assert!(!e.contains("hunter2") && e.contains("'remote'"), "{e}");
+        }
+        assert_eq!(redacted("https://u:p@h:1/x/?a=b#c"), "https://***@h:1/x/?***");
+        assert_eq!(redacted("http://h/x"), "http://h/x");
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! One error type for the whole extension. `Display` is the text SQL shows,
 //! after the name of the function that failed.
 
+use std::os::raw::c_int;
 use std::{fmt, io, path::PathBuf};
+
+use rusqlite::ffi;
 
 use crate::remote::RemoteError;
 
@@ -37,16 +40,35 @@ impl Error {
         Error::Io { path: path.into(), err }
     }
 
-    /// Converts to the error a SQL function reports, prefixed with its name.
-    /// SQLite errors keep their result code (so SQLITE_BUSY stays retryable).
-    pub fn into_sql(self, function: &str) -> rusqlite::Error {
+    /// The SQLite result code a host sees for this error (contract, "Errors and
+    /// retries"): SQLite's own code unchanged (SQLITE_BUSY stays retryable), calls
+    /// that can never work SQLITE_MISUSE, local file failures SQLITE_IOERR.
+    pub fn sqlite_code(&self) -> c_int {
+        match self {
+            Error::Argument(_) | Error::Config { .. } | Error::NotInitialized | Error::UnsafeName(_) | Error::Misuse(_) => {
+                ffi::SQLITE_MISUSE
+            }
+            Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => e.extended_code,
+            Error::Sqlite(_) | Error::Remote(_) => ffi::SQLITE_ERROR,
+            Error::Io { .. } => ffi::SQLITE_IOERR,
+        }
+    }
+
+    /// The message a SQL function reports, prefixed with its name.
+    pub fn sql_message(&self, function: &str) -> String {
         match self {
             Error::Sqlite(rusqlite::Error::SqliteFailure(code, msg)) => {
-                let msg = msg.unwrap_or_else(|| code.to_string());
-                rusqlite::Error::SqliteFailure(code, Some(format!("{function}: {msg}")))
+                let msg = msg.clone().unwrap_or_else(|| code.to_string());
+                format!("{function}: {msg}")
             }
-            other => rusqlite::Error::UserFunctionError(format!("{function}: {other}").into()),
+            other => format!("{function}: {other}"),
         }
+    }
+
+    /// Converts to a rusqlite error (for the virtual table), prefixed with the function name.
+    pub fn into_sql(self, function: &str) -> rusqlite::Error {
+        let message = self.sql_message(function);
+        rusqlite::Error::SqliteFailure(ffi::Error::new(self.sqlite_code()), Some(message))
     }
 }
 

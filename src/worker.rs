@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rusqlite::Connection;
 
 use crate::config::Config;
-use crate::connection::open_connection;
+use crate::connection::{open_connection, DbTarget};
 use crate::error::Result;
 use crate::queue::now_ms;
 use crate::sync::Syncer;
@@ -56,8 +56,9 @@ fn workers() -> std::sync::MutexGuard<'static, (u32, HashMap<String, Handle>)> {
     guard
 }
 
-/// Starts the worker for `db_file` unless one runs; then wakes it.
-pub fn start(db_file: &str) -> Result<()> {
+/// Starts the worker for `target`'s file unless one runs; then wakes it.
+pub fn start(target: &DbTarget) -> Result<()> {
+    let db_file = target.path.as_str();
     let mut workers = workers();
     if let Some(h) = workers.1.get(db_file) {
         if h.is_running() && !h.stop.load(Ordering::Relaxed) {
@@ -69,14 +70,14 @@ pub fn start(db_file: &str) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let (wake, woken) = crossbeam_channel::unbounded();
     let (finished_tx, finished) = crossbeam_channel::bounded::<()>(0);
-    let (file, flag) = (db_file.to_string(), stop.clone());
+    let (target, flag) = (target.clone(), stop.clone());
     std::thread::Builder::new()
         .name("sqlite-attachments".into())
         .spawn(move || {
             let _finished = finished_tx; // dropped when this thread ends, whatever the way
             // A panic must end this thread only, never unwind into the host.
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&file, &flag, &woken))).is_err() {
-                log::error!("worker for {file} stopped after an internal error");
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&target, &flag, &woken))).is_err() {
+                log::error!("worker for {} stopped after an internal error", target.path);
             }
         })
         .map_err(|e| crate::error::Error::Misuse(format!("cannot start the worker thread: {e}")))?;
@@ -106,8 +107,9 @@ fn data_version(conn: &Connection) -> i64 {
     conn.query_row("PRAGMA data_version", [], |r| r.get(0)).unwrap_or(-1)
 }
 
-fn run(db_file: &str, stop: &AtomicBool, woken: &Receiver<()>) {
-    let conn = match open_connection(db_file) {
+fn run(target: &DbTarget, stop: &AtomicBool, woken: &Receiver<()>) {
+    let db_file = target.path.as_str();
+    let conn = match open_connection(target) {
         Ok(c) => c,
         Err(e) => {
             log::error!("worker for {db_file} cannot open the database: {e}");

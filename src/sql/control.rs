@@ -1,11 +1,12 @@
 //! attachment_init, attachment_sync, attachment_verify, attachment_expire_cache,
 //! attachment_start_sync and attachment_stop_sync.
 
-use rusqlite::functions::Context;
+use super::Context;
 use rusqlite::Connection;
 
 use super::{caller, scalar, text_arg, EFFECTFUL};
 use crate::config::Config;
+use crate::connection::DbTarget;
 use crate::error::{Error, Result};
 use crate::reconcile;
 use crate::schema;
@@ -31,6 +32,9 @@ pub fn register(db: &Connection) -> rusqlite::Result<()> {
 fn init(ctx: &Context) -> Result<String> {
     let config = Config::parse(&text_arg(ctx, 0, "config_json")?)?;
     let conn = caller(ctx)?;
+    if conn.path().is_some_and(|p| !p.is_empty()) {
+        DbTarget::of(&conn, "attachment_init()")?; // refuse a VFS our own connection cannot share
+    }
     let store = LocalStore::open(config.local_dir_for(conn.path())?)?;
     schema::ensure(&conn, &config.table)?;
     config.store(&conn)?;
@@ -61,11 +65,11 @@ fn sync_now(ctx: &Context) -> Result<String> {
     let conn = caller(ctx)?;
     outside_transaction(&conn, "attachment_sync()")?;
     let config = Config::load(&conn)?;
-    let db_file = db_file(&conn, "attachment_sync()")?;
-    let syncer = Arc::new(Syncer::new(db_file, config)?);
-    let own = crate::connection::open_connection(db_file)?;
+    let target = DbTarget::of(&conn, "attachment_sync()")?;
+    let syncer = Arc::new(Syncer::new(&target.path, config)?);
+    let own = crate::connection::open_connection(&target)?;
     let summary = syncer.run_pass(&own, true, &|| host_interrupted(&conn))?;
-    worker::wake(db_file);
+    worker::wake(&target.path);
     if summary.cancelled {
         let code = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERRUPT);
         return Err(rusqlite::Error::SqliteFailure(code, Some("interrupted; transfers in flight were released".into())).into());
@@ -88,7 +92,7 @@ fn reconcile_now(ctx: &Context) -> Result<String> {
     let conn = caller(ctx)?;
     outside_transaction(&conn, "attachment_reconcile()")?;
     let config = Config::load(&conn)?;
-    let own = crate::connection::open_connection(db_file(&conn, "attachment_reconcile()")?)?;
+    let own = crate::connection::open_connection(&DbTarget::of(&conn, "attachment_reconcile()")?)?;
     let r = crate::connection::immediate(&own, || reconcile::reconcile(&own, &config, crate::queue::now_ms(), false))?;
     Ok(serde_json::json!({
         "queued_downloads": r.queued, "restored": r.restored, "archived": r.archived, "rejected": r.rejected,
@@ -114,10 +118,10 @@ fn expire_cache(ctx: &Context) -> Result<i64> {
 fn start_sync(ctx: &Context) -> Result<i64> {
     let conn = caller(ctx)?;
     let config = Config::load(&conn)?;
-    let db_file = db_file(&conn, "attachment_start_sync()")?;
+    let target = DbTarget::of(&conn, "attachment_start_sync()")?;
     // Fail here, not silently in the worker, when the config cannot work.
-    Syncer::new(db_file, config)?;
-    worker::start(db_file)?;
+    Syncer::new(&target.path, config)?;
+    worker::start(&target)?;
     Ok(1)
 }
 

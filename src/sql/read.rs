@@ -1,7 +1,7 @@
 //! attachment_local_uri, attachment_data, and the pure helpers
 //! attachment_filename and attachment_media_type.
 
-use rusqlite::functions::Context;
+use super::Context;
 use rusqlite::{Connection, OptionalExtension};
 
 use super::{caller, text_arg, scalar, EFFECTFUL, PURE};

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::Read;
 
-use rusqlite::functions::Context;
+use super::Context;
 use rusqlite::{params, Connection};
 
 use super::{bytes_arg, caller, opt_text_arg, scalar, text_arg, EFFECTFUL};

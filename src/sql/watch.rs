@@ -1,6 +1,6 @@
 //! attachment_watch and attachment_unwatch.
 
-use rusqlite::functions::Context;
+use super::Context;
 use rusqlite::Connection;
 
 use super::{caller, scalar, text_arg, EFFECTFUL};

@@ -117,7 +117,7 @@ class StoppingNeverHangs(ClaimCase):
         self.assertFalse(worker.is_alive(), "attachment_sync() ignored the interrupt")
         self.assertLess(time.monotonic() - t0, 1.5)
         self.assertIn("interrupted", str(outcome["result"]))
-        # TODO(after the result-code fix lands): assert sqlite_errorname == "SQLITE_INTERRUPT"
+        self.assertEqual(getattr(outcome["result"], "sqlite_errorname", None), "SQLITE_INTERRUPT")
         self.assertEqual(self.row(a, id_, "state", "attempts", "claimed_by"), (0, 0, None))
 
 

@@ -12,6 +12,24 @@ SELECT attachment_init('{"local_dir":"f","remote":"file:///x","colour":"red"}');
 SELECT attachment_init('{"local_dir":"f","remote":"ftp://host/x"}');
 SELECT attachment_init('{"local_dir":"f","remote":"https://user:secret@host/x/"}');
 SELECT attachment_init('{"local_dir":"f","remote":"file:///x","table":"a; DROP TABLE b"}');
+-- Values that can never work are refused here, not at the first sync; no error repeats a credential.
+SELECT attachment_init('{"local_dir":"f","remote":"http://my host/x/"}');
+SELECT attachment_init('{"local_dir":"f","remote":"http://hôst.example/x/"}');
+SELECT attachment_init('{"local_dir":"f","remote":"https://host:99999/x/"}');
+SELECT attachment_init('{"local_dir":"f","remote":"https://user:secret@host:99999/x/?token=secret2"}');
+SELECT attachment_init('{"local_dir":"f","remote":"http://host/x/?X-Amz-Signature=secret3"}');
+SELECT attachment_init('{"local_dir":"f","remote":"s3://user:secret@bucket/x"}');
+SELECT attachment_init('{"local_dir":"f","remote":"s3://bucket/x","s3_endpoint":"http://my host:9000"}');
+SELECT attachment_init('{"local_dir":"f","remote":"s3://bucket/x","s3_endpoint":"http://ak:secret@host:9000"}');
+SELECT attachment_init('{"local_dir":"f","remote":"s3://bucket/x","s3_region":"us/east"}');
+SELECT attachment_init('{"local_dir":"f","remote":"s3://bucket/x","s3_region":"eu#1"}');
+SELECT attachment_init('{"local_dir":"f","remote":"s3://bucket/x","s3_region":"a@b"}');
+-- Names of the extension's own objects are reserved.
+SELECT attachment_init('{"local_dir":"f","remote":"file:///x","table":"attachment_queue"}');
+SELECT attachment_init('{"local_dir":"f","remote":"file:///x","table":"_attachments_config"}');
+SELECT attachment_init('{"local_dir":"f","remote":"file:///x","table":"sqlite_stat1"}');
+-- A key given twice is refused, not silently taken with its last value.
+SELECT attachment_init('{"local_dir":"f","remote":"file:///x","table":"a","table":"b"}');
 SELECT attachment_init('{"local_dir":"files","remote":"file://@TMP@/remote"}') IS NOT NULL AS initialized;
 -- Argument counts and types.
 SELECT attachment_save();
@@ -47,3 +65,6 @@ SELECT attachment_sync() AS summary;
 SELECT id, state_name, last_error FROM attachment_queue;
 SELECT count(*) AS files_outside FROM fsdir('@TMP@') WHERE name NOT LIKE '@TMP@/files%' AND name NOT LIKE '@TMP@/app.db%' AND name NOT IN ('@TMP@', '@TMP@/actual.out');
 SELECT count(*) AS local_files FROM fsdir('files') WHERE name != 'files';
+-- A stored config edited by hand with a key given twice is refused with a clear error.
+UPDATE _attachments_config SET config = substr(config, 1, length(config) - 1) || ',"table":"other"}';
+SELECT attachment_save(x'00', 'txt');
