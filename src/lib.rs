@@ -8,6 +8,7 @@ mod connection;
 mod error;
 mod logging;
 mod names;
+mod ownership;
 mod queue;
 mod reconcile;
 mod remote;

@@ -11,7 +11,7 @@ import textwrap
 import unittest
 
 import servers
-from helpers import Case, LIB, one
+from helpers import Case, LIB, files_in, one
 
 MiB = 1024 * 1024
 
@@ -122,7 +122,7 @@ class RemoteContract:
         state, attempts, error = self.row(b)
         self.assertEqual((summary["downloaded"], state, attempts), (0, "QUEUED_DOWNLOAD", 1))
         self.assertRegex(error, "incomplete|interrupted")
-        self.assertEqual(os.listdir(os.path.join(self.dir, "files-b")), [], "no partial or temp file left")
+        self.assertEqual(files_in(os.path.join(self.dir, "files-b")), [], "no partial or temp file left")
 
     def test_a_100_mib_round_trip_streams_in_flat_memory(self):
         """Peak RSS of a sqlite3 CLI process moving 100 MiB, against the same process moving 1 KiB."""

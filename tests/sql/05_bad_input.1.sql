@@ -46,4 +46,4 @@ SELECT attachment_watch('docs', 'SELECT id, ext AS file_extension FROM docs') AS
 SELECT attachment_sync() AS summary;
 SELECT id, state_name, last_error FROM attachment_queue;
 SELECT count(*) AS files_outside FROM fsdir('@TMP@') WHERE name NOT LIKE '@TMP@/files%' AND name NOT LIKE '@TMP@/app.db%' AND name NOT IN ('@TMP@', '@TMP@/actual.out');
-SELECT count(*) AS local_files FROM fsdir('files') WHERE name != 'files';
+SELECT count(*) AS local_files FROM fsdir('files') WHERE name NOT IN ('files', 'files/.attachments-owner');
