@@ -97,11 +97,17 @@ class Ownership(Case):
         with self.assertRaises(sqlite3.Error) as cm:
             self.init(c, local_dir=".")
         self.assertIn("local_dir", str(cm.exception))
+        # A config stored by an older release with local_dir ".": a later process's
+        # first sync must not delete the database or its neighbours.
+        self.init(c, local_dir="files")
+        c.execute("""UPDATE _attachments_config SET config = json_set(config, '$.local_dir', '.')""")
         c.close()
-        # A later process's first sync cannot delete the database or its neighbours.
+        old = time.time() - 600
+        os.utime(other, (old, old))
         c = connect(os.path.join(self.dir, "app.db"))
-        with self.assertRaises(sqlite3.Error):
+        with self.assertRaises(sqlite3.Error) as cm:
             c.execute("SELECT attachment_sync()")
+        self.assertIn("local_dir", str(cm.exception))
         self.assertTrue(os.path.exists(os.path.join(self.dir, "app.db")))
         self.assertTrue(os.path.exists(other))
 
