@@ -142,11 +142,12 @@ pub fn check_claim(conn: &Connection, db_file: Option<&str>, dir: &Path, table: 
                 Ok(mut stmt) => stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?,
                 Err(_) => HashSet::new(), // no queue table yet: no rows name anything
             };
-            if let Some(stranger) = names.iter().find(|n| !named.contains(*n)) {
+            // This extension's own temp files (of an interrupted write) are no reason to refuse.
+            if let Some(stranger) = names.iter().find(|n| !named.contains(*n) && !crate::store::is_temp_name(n)) {
                 return Err(Error::config(
                     "local_dir",
                     format!(
-                        "'{}' is not empty and not owned by this database (it holds '{}', which no row names); use an empty or new folder",
+                        "'{}' is not empty and not owned by this database (it holds '{}', which no row names); use an empty or new folder, or move out what no row names",
                         dir.display(),
                         stranger.escape_debug()
                     ),

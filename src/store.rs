@@ -391,7 +391,7 @@ impl LocalStore {
 }
 
 /// `.{filename}.tmp-{32 hex digits}`, exactly as `write_temp` names them.
-fn is_temp_name(name: &str) -> bool {
+pub fn is_temp_name(name: &str) -> bool {
     let Some(rest) = name.strip_prefix('.') else { return false };
     let Some((base, random)) = rest.rsplit_once(TEMP_MARK) else { return false };
     random.len() == 32 && random.bytes().all(|b| b.is_ascii_hexdigit()) && names::check_filename(base).is_ok()
