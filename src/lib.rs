@@ -9,6 +9,7 @@ mod error;
 mod logging;
 mod names;
 mod owner;
+mod ownership;
 mod queue;
 mod reconcile;
 mod remote;

@@ -62,6 +62,27 @@ pub fn ext_of(filename: &str) -> &str {
     filename.split_once('.').map(|(_, e)| e).unwrap_or("")
 }
 
+/// Longest media type accepted; real ones are far shorter.
+pub const MAX_MEDIA_TYPE_LEN: usize = 255;
+
+/// Checks a media type given to a save: `type/subtype[; params]` in printable ASCII, of sane
+/// length. It is sent as Content-Type on every upload, so a bad one would fail them forever.
+pub fn check_media_type(media_type: &str) -> Result<&str> {
+    let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b));
+    let essence = media_type.split(';').next().unwrap_or("");
+    let ok = media_type.len() <= MAX_MEDIA_TYPE_LEN
+        && media_type.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && essence.split_once('/').is_some_and(|(t, s)| token(t) && token(s));
+    if ok {
+        Ok(media_type)
+    } else {
+        Err(Error::Argument(format!(
+            "invalid media_type {}: expected type/subtype[; parameters] in printable ASCII, at most {MAX_MEDIA_TYPE_LEN} bytes (like 'image/jpeg')",
+            quote(media_type)
+        )))
+    }
+}
+
 /// MIME type guessed from an extension; `application/octet-stream` when unknown.
 pub fn guess_media_type(ext: &str) -> String {
     let last = ext.rsplit('.').next().unwrap_or("");
@@ -118,6 +139,17 @@ mod tests {
         let msg = check_id(&format!("a\0{}", "b".repeat(5000))).unwrap_err().to_string();
         assert!(msg.contains("\\0"), "{msg}");
         assert!(msg.len() < 300, "{msg}");
+    }
+
+    #[test]
+    fn media_types_are_checked() {
+        for ok in ["image/jpeg", "text/plain; charset=utf-8", "application/vnd.api+json"] {
+            assert!(check_media_type(ok).is_ok(), "{ok}");
+        }
+        let long = format!("a/{}", "b".repeat(300));
+        for bad in ["", "plain", "text/", "/x", "text/plain\r\nX: 1", "text/pl ain", "a\0/b", long.as_str(), "t\u{e9}xt/plain"] {
+            assert!(check_media_type(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

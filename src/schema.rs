@@ -71,6 +71,8 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
         (table, "bytes_done", "INTEGER"),
         ("_attachments_ref", "filename", "TEXT"),
         ("_attachments_ref", "guessed_type", "TEXT"),
+        // The id a local_dir's owner marker names (see ownership.rs).
+        ("_attachments_config", "local_dir_owner", "TEXT"),
     ];
     for (owner, column, decl) in added {
         let present: bool = conn.query_row(

@@ -3,14 +3,13 @@
 //! directory fsynced. Names go through `names`, so no path leaves the directory.
 
 use std::{
-    fs::{self, File},
-    io::{self, Read, Write},
+    fs::{self, File, OpenOptions},
+    io::{self, Read, Seek, Write},
+    os::fd::AsRawFd,
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
     time::SystemTime,
 };
-
-use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
 
 use sha2::{Digest, Sha256};
 
@@ -37,6 +36,8 @@ pub struct Written {
 pub struct Staged {
     tmp: PathBuf,
     dest: PathBuf,
+    /// Keeps verify off the file until it is published.
+    lock: Option<Held>,
 }
 
 impl Staged {
@@ -53,16 +54,166 @@ pub struct Entry {
     pub modified: SystemTime,
 }
 
+/// A shared lock on a file just written, held by a save until its INSERT has returned:
+/// verify never removes a locked file (see `verify.rs`). Dropping it releases the lock.
+#[derive(Debug)]
+pub struct Held(#[allow(dead_code)] File);
+
+/// A local file opened for upload and checked against the SHA-256 recorded at save.
+pub struct Checked {
+    pub file: File,
+    pub len: u64,
+    /// Still open after `file` is handed to the remote, to see whether it changed meanwhile.
+    watch: File,
+    stamp: Stamp,
+}
+
+/// What changes whenever a file's content does: ctime cannot be set back by its owner.
+#[derive(Debug, PartialEq)]
+struct Stamp(u64, u64, i64, i64, i64, i64);
+
+fn stamp(meta: &fs::Metadata) -> Stamp {
+    Stamp(meta.dev(), meta.ino(), meta.size() as i64, meta.mtime_nsec() + meta.mtime() * 1_000_000_000, meta.ctime(), meta.ctime_nsec())
+}
+
+/// Tells whether a checked file changed after it was hashed.
+pub struct ChangeWatch {
+    file: File,
+    stamp: Stamp,
+}
+
+impl ChangeWatch {
+    pub fn unchanged(&self) -> io::Result<bool> {
+        Ok(stamp(&self.file.metadata()?) == self.stamp)
+    }
+}
+
+impl Checked {
+    fn unchanged(&self) -> io::Result<bool> {
+        Ok(stamp(&self.watch.metadata()?) == self.stamp)
+    }
+
+    /// The file to send (rewound), its length, and the watch to ask once it is sent.
+    pub fn split(self) -> (File, u64, ChangeWatch) {
+        (self.file, self.len, ChangeWatch { file: self.watch, stamp: self.stamp })
+    }
+}
+
+/// How an upload that cannot use its local file fails: `integrity` when the file is not
+/// what the save wrote (other bytes, a symlink, not a regular file), retried only rarely
+/// since it needs a person; `local` for other local errors (I/O, a vanished `local_dir`).
+pub fn upload_refusal(e: Error) -> RemoteError {
+    match e {
+        Error::Argument(why) => RemoteError::new(ErrorKind::Permanent, format!("integrity: {why}")),
+        other => RemoteError::new(ErrorKind::Transient, format!("local: {other}")),
+    }
+}
+
+/// Opens without following a symlink and without blocking on a FIFO.
+fn open_nofollow(path: &Path) -> io::Result<File> {
+    OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC).open(path)
+}
+
+/// `flock` without waiting; false when another holder has a conflicting lock.
+fn try_flock(file: &File, op: libc::c_int) -> io::Result<bool> {
+    // Safety: a valid open descriptor.
+    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Checks that `dir` is an existing directory, with errors that name `local_dir`.
+fn check_dir(dir: &Path) -> Result<()> {
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Error::config("local_dir", format!("'{}' exists and is not a directory", dir.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::config(
+            "local_dir",
+            format!("'{}' is missing (moved, deleted or not mounted); nothing was archived or re-created: bring it back, or call attachment_init to create an empty one", dir.display()),
+        )),
+        Err(e) => Err(Error::config("local_dir", format!("'{}' cannot be used: {e}", dir.display()))),
+    }
+}
+
 impl LocalStore {
-    /// Opens `dir`, creating it if missing.
+    /// Opens an existing `local_dir`. A missing folder is an error (an unmounted card, a moved
+    /// folder): re-creating it here would make every file look lost. Only `attachment_init` creates it.
     pub fn open(dir: PathBuf) -> Result<LocalStore> {
-        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        check_dir(&dir)?;
         Ok(LocalStore { dir })
     }
 
-    #[cfg(test)]
+    /// Opens `dir`, creating it if missing (for `attachment_init`).
+    pub fn create(dir: PathBuf) -> Result<LocalStore> {
+        if let Ok(m) = fs::symlink_metadata(&dir) {
+            if !m.is_dir() && !fs::metadata(&dir).map(|m| m.is_dir()).unwrap_or(false) {
+                return Err(Error::config("local_dir", format!("'{}' exists and is not a directory", dir.display())));
+            }
+        }
+        fs::create_dir_all(&dir).map_err(|e| Error::config("local_dir", format!("cannot create '{}': {e}", dir.display())))?;
+        LocalStore::open(dir)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Turns "not found" into None while the folder itself is there; any other error, or a
+    /// vanished folder, stays an error (it does not mean the file is gone).
+    fn not_found<T>(&self, path: PathBuf, e: io::Error) -> Result<Option<T>> {
+        if e.kind() == io::ErrorKind::NotFound {
+            check_dir(&self.dir)?;
+            Ok(None)
+        } else {
+            Err(Error::io(path, e))
+        }
+    }
+
+    /// Opens `filename` for reading: never through a symlink, never a FIFO or device.
+    /// None when there is no such file (and the folder is there).
+    pub fn open_file(&self, filename: &str) -> Result<Option<(File, u64)>> {
+        let path = self.path(filename)?;
+        let file = match open_nofollow(&path) {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(Error::Argument(format!("local file {} is a symlink; it is not read", path.display())))
+            }
+            Err(e) => return self.not_found(path, e),
+        };
+        let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
+        if !meta.is_file() {
+            return Err(Error::Argument(format!("local file {} is not a regular file", path.display())));
+        }
+        Ok(Some((file, meta.len())))
+    }
+
+    /// Opens `filename` for upload and checks its bytes against `sha256` (recorded at save).
+    /// Hashes first (S3 multipart reads parts by position), then hands the file over rewound.
+    /// None when the file is gone (and the folder is there).
+    pub fn open_checked(&self, filename: &str, sha256: Option<&str>) -> Result<Option<Checked>> {
+        let Some((mut file, _)) = self.open_file(filename)? else { return Ok(None) };
+        let path = self.path(filename)?;
+        let before = stamp(&file.metadata().map_err(|e| Error::io(&path, e))?);
+        let got = hash_reader(&mut file).map_err(|e| Error::io(&path, e))?;
+        if let Some(want) = sha256.filter(|w| !w.eq_ignore_ascii_case(&got.sha256)) {
+            return Err(Error::Argument(format!(
+                "local file {filename} changed after it was saved: its SHA-256 is {}, not {want}; it is not uploaded",
+                got.sha256
+            )));
+        }
+        let watch = file.try_clone().map_err(|e| Error::io(&path, e))?;
+        file.rewind().map_err(|e| Error::io(&path, e))?;
+        let checked = Checked { file, len: got.size, watch, stamp: before };
+        if !checked.unchanged().map_err(|e| Error::io(&path, e))? {
+            return Err(Error::Argument(format!("local file {filename} changed while it was being checked")));
+        }
+        Ok(Some(checked))
     }
 
     /// The path of `filename` inside the directory; the name is checked first.
@@ -74,7 +225,7 @@ impl LocalStore {
     /// On any failure the temp file is removed and the final name is untouched.
     /// `fill` returns what the source claims (length, SHA-256); a mismatch fails the write,
     /// so a truncated or corrupt download never reaches its final name.
-    pub fn write_with(&self, filename: &str, fill: impl FnOnce(&mut dyn Write) -> Result<Fetched>) -> Result<Written> {
+    pub fn write_with(&self, filename: &str, fill: impl FnOnce(&mut dyn Write) -> Result<Fetched>) -> Result<(Written, Held)> {
         let (staged, file, written) = self.write_temp(filename, fill)?;
         let result = (|| {
             file.sync_all().map_err(|e| Error::io(&staged.tmp, e))?;
@@ -84,13 +235,16 @@ impl LocalStore {
         if result.is_err() {
             let _ = fs::remove_file(&staged.tmp);
         }
-        result.map(|()| written)
+        result.map(|()| (written, Held(file)))
     }
 
     /// Writes and checks `filename` under its temp name only. It becomes durable and
     /// visible in [`LocalStore::publish_refs`], which does that for a whole batch at once.
     pub fn stage(&self, filename: &str, fill: impl FnOnce(&mut dyn Write) -> Result<Fetched>) -> Result<(Staged, Written)> {
-        self.write_temp(filename, fill).map(|(staged, _, written)| (staged, written))
+        self.write_temp(filename, fill).map(|(mut staged, file, written)| {
+            staged.lock = Some(Held(file));
+            (staged, written)
+        })
     }
 
     /// Makes staged files durable, then gives them their final names, then makes the
@@ -138,15 +292,18 @@ impl LocalStore {
         let tmp = self.dir.join(format!(".{filename}{TEMP_MARK}{}", uuid::Uuid::new_v4().simple()));
         let result = (|| {
             let file = File::create_new(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            // Held until the file is published and recorded: verify skips locked files.
+            try_flock(&file, libc::LOCK_SH).map_err(|e| Error::io(&tmp, e))?;
+            let lock = file.try_clone().map_err(|e| Error::io(&tmp, e))?;
             let mut out = HashingWriter { inner: io::BufWriter::with_capacity(64 * 1024, file), hasher: Sha256::new(), size: 0 };
             let claimed = fill(&mut out)?;
             let sha256 = hex::encode(out.hasher.clone().finalize());
             check_claims(&claimed, out.size, &sha256)?;
-            let file = out.inner.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
-            Ok((file, Written { size: out.size, sha256 }))
+            out.inner.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
+            Ok((lock, Written { size: out.size, sha256 }))
         })();
         match result {
-            Ok((file, written)) => Ok((Staged { tmp, dest }, file, written)),
+            Ok((file, written)) => Ok((Staged { tmp, dest, lock: None }, file, written)),
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
                 Err(e)
@@ -159,18 +316,33 @@ impl LocalStore {
         sync_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))
     }
 
-    /// Writes `filename` from a reader (a blob or another file), streaming.
-    pub fn write_from(&self, filename: &str, from: &mut dyn Read) -> Result<Written> {
+    /// Writes `filename` from a reader (a blob or another file), streaming. The returned
+    /// lock keeps verify from taking the file for an orphan until the caller's row is in.
+    pub fn write_from(&self, filename: &str, from: &mut dyn Read) -> Result<(Written, Held)> {
         self.write_with(filename, |out| {
             io::copy(from, out).map_err(|e| Error::io(self.dir.join(filename), e))?;
             Ok(Fetched::default())
         })
     }
 
-    /// The path of `filename` when the file exists.
-    pub fn existing(&self, filename: &str) -> Option<PathBuf> {
-        let path = self.path(filename).ok()?;
-        path.is_file().then_some(path)
+    /// The path of `filename` when it is a regular file (a symlink is not).
+    /// Only "not found" means absent; other errors, and a vanished folder, are errors.
+    pub fn existing(&self, filename: &str) -> Result<Option<PathBuf>> {
+        let path = self.path(filename)?;
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => Ok(Some(path)),
+            Ok(_) => Ok(None),
+            Err(e) => self.not_found(path, e),
+        }
+    }
+
+    /// True when anything at all (a file, a symlink, a folder) is under `filename`.
+    pub fn name_taken(&self, filename: &str) -> Result<bool> {
+        let path = self.path(filename)?;
+        match fs::symlink_metadata(&path) {
+            Ok(_) => Ok(true),
+            Err(e) => self.not_found::<()>(path, e).map(|_| false),
+        }
     }
 
     /// Removes `filename`; true when a file was there.
@@ -183,12 +355,23 @@ impl LocalStore {
         }
     }
 
-    /// Removes a file found by [`LocalStore::entries`] (temp files included).
-    pub fn remove_entry(&self, entry: &Entry) -> Result<()> {
+    /// Removes a file found by [`LocalStore::entries`] unless a writer holds its lock (a save
+    /// whose INSERT has not returned, a download not yet published). True when removed.
+    pub fn remove_unlocked(&self, entry: &Entry) -> Result<bool> {
         let path = self.dir.join(&entry.name);
+        let file = match open_nofollow(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        if !try_flock(&file, libc::LOCK_EX).map_err(|e| Error::io(&path, e))? {
+            return Ok(false);
+        }
+        // Removed while we hold the lock: a writer cannot take it in between.
         match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io(path, e)),
-            _ => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(path, e)),
         }
     }
 
@@ -197,12 +380,14 @@ impl LocalStore {
         let mut out = Vec::new();
         for item in fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
             let item = item.map_err(|e| Error::io(&self.dir, e))?;
+            // Not following symlinks: a symlink is never ours.
             let Ok(meta) = item.metadata() else { continue };
             let Ok(name) = item.file_name().into_string() else { continue };
             if !meta.is_file() {
                 continue;
             }
-            let is_temp = name.starts_with('.') && name.contains(TEMP_MARK);
+            // Only names this extension could have written: `{id}.{ext}` and its own temp names.
+            let is_temp = is_temp_name(&name);
             if !is_temp && names::check_filename(&name).is_err() {
                 continue;
             }
@@ -210,6 +395,13 @@ impl LocalStore {
         }
         Ok(out)
     }
+}
+
+/// `.{filename}.tmp-{32 hex digits}`, exactly as `write_temp` names them.
+pub fn is_temp_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.') else { return false };
+    let Some((base, random)) = rest.rsplit_once(TEMP_MARK) else { return false };
+    random.len() == 32 && random.bytes().all(|b| b.is_ascii_hexdigit()) && names::check_filename(base).is_ok()
 }
 
 fn check_claims(claimed: &Fetched, size: u64, sha256: &str) -> Result<()> {
@@ -226,32 +418,21 @@ fn fsync_path(path: &Path) -> Result<()> {
     File::open(path).and_then(|f| f.sync_all()).map_err(|e| Error::io(path, e))
 }
 
-/// Open handles of directories we fsync, so each fsync does not pay for an open.
-static DIR_HANDLES: LazyLock<Mutex<HashMap<PathBuf, File>>> = LazyLock::new(Default::default);
-
-/// fsyncs a directory so a rename in it survives a crash. The handle is reused
-/// while it still refers to the directory at `dir` (same device and inode).
+/// fsyncs a directory so a rename in it survives a crash. No handle is kept open:
+/// one would keep the folder's file system from being unmounted.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let now = fs::metadata(dir)?;
-    let mut handles = DIR_HANDLES.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(handle) = handles.get(dir) {
-        let held = handle.metadata()?;
-        if (held.dev(), held.ino()) == (now.dev(), now.ino()) {
-            return handle.sync_all();
-        }
-    }
-    let handle = File::open(dir)?;
-    handle.sync_all()?;
-    handles.insert(dir.to_path_buf(), handle);
-    Ok(())
+    File::open(dir)?.sync_all()
 }
 
-/// SHA-256 and length of an existing file, streaming.
+/// SHA-256 and length of an existing file (never through a symlink), streaming.
 pub fn hash_file(path: &Path) -> Result<Written> {
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut file = open_nofollow(path).map_err(|e| Error::io(path, e))?;
+    hash_reader(&mut file).map_err(|e| Error::io(path, e))
+}
+
+fn hash_reader(from: &mut dyn Read) -> io::Result<Written> {
     let mut out = HashingWriter { inner: io::sink(), hasher: Sha256::new(), size: 0 };
-    io::copy(&mut file, &mut out).map_err(|e| Error::io(path, e))?;
+    io::copy(from, &mut out)?;
     Ok(Written { size: out.size, sha256: hex::encode(out.hasher.finalize()) })
 }
 
@@ -280,13 +461,13 @@ mod tests {
 
     fn temp_store() -> LocalStore {
         let dir = std::env::temp_dir().join(format!("att-store-{}", uuid::Uuid::new_v4().simple()));
-        LocalStore::open(dir).unwrap()
+        LocalStore::create(dir).unwrap()
     }
 
     #[test]
     fn writes_are_complete_and_hashed() {
         let s = temp_store();
-        let w = s.write_from("a.txt", &mut &b"hello"[..]).unwrap();
+        let (w, _) = s.write_from("a.txt", &mut &b"hello"[..]).unwrap();
         assert_eq!(w.size, 5);
         assert_eq!(w.sha256, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
         assert_eq!(fs::read(s.dir().join("a.txt")).unwrap(), b"hello");
@@ -312,9 +493,43 @@ mod tests {
             Ok(Fetched { length: Some(5), sha256: Some("00".repeat(32)) })
         });
         assert!(corrupt.unwrap_err().to_string().contains("checksum mismatch"));
-        assert!(s.existing("c.bin").is_none());
-        assert!(s.existing("b.bin").is_none());
+        assert!(s.existing("c.bin").unwrap().is_none());
+        assert!(s.existing("b.bin").unwrap().is_none());
         assert!(s.entries().unwrap().is_empty(), "temp file must be removed");
+    }
+
+    #[test]
+    fn temp_names_are_recognised_exactly() {
+        assert!(is_temp_name(&format!(".a.jpg{TEMP_MARK}{}", "0f".repeat(16))));
+        assert!(!is_temp_name(".hidden.tmp-x"));
+        assert!(!is_temp_name(&format!(".../x{TEMP_MARK}{}", "0f".repeat(16))));
+    }
+
+    #[test]
+    fn a_symlink_is_never_opened_and_a_vanished_folder_is_an_error() {
+        let s = temp_store();
+        let outside = std::env::temp_dir().join(format!("att-outside-{}", uuid::Uuid::new_v4().simple()));
+        fs::write(&outside, b"secret").unwrap();
+        std::os::unix::fs::symlink(&outside, s.dir().join("x.txt")).unwrap();
+        assert!(s.open_file("x.txt").is_err());
+        assert!(s.existing("x.txt").unwrap().is_none());
+        let (w, _) = s.write_from("y.txt", &mut &b"hello"[..]).unwrap();
+        assert!(s.open_checked("y.txt", Some(&w.sha256)).unwrap().is_some());
+        assert!(s.open_checked("y.txt", Some(&"00".repeat(32))).is_err());
+        fs::remove_dir_all(s.dir()).unwrap();
+        assert!(s.existing("y.txt").is_err());
+        assert!(s.open_file("y.txt").is_err());
+        let _ = fs::remove_file(outside);
+    }
+
+    #[test]
+    fn a_locked_file_is_not_removed() {
+        let s = temp_store();
+        let (_, held) = s.write_from("z.bin", &mut &b"z"[..]).unwrap();
+        let entry = s.entries().unwrap().into_iter().find(|e| e.name == "z.bin").unwrap();
+        assert!(!s.remove_unlocked(&entry).unwrap());
+        drop(held);
+        assert!(s.remove_unlocked(&entry).unwrap());
     }
 
     #[test]

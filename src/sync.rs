@@ -50,27 +50,19 @@ const BUSY_LIMIT: Duration = Duration::from_secs(60);
 /// Bytes moved so far by transfers in flight in this process, by (database file, id).
 static PROGRESS: LazyLock<Mutex<HashMap<(String, String), u64>>> = LazyLock::new(Default::default);
 
-/// Database files verified by this process (verify runs once per process and file).
-static VERIFIED: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Default::default);
-
 pub fn bytes_done(db_file: &str, id: &str) -> Option<u64> {
     PROGRESS.lock().ok()?.get(&(db_file.to_string(), id.to_string())).copied()
 }
 
+/// False when verify is due for `db_file` (first pass of the process, then hourly).
 fn verified(db_file: &str) -> bool {
-    VERIFIED.lock().map(|v| v.contains(db_file)).unwrap_or(false)
+    !verify::due(db_file)
 }
 
-/// Runs verify on `conn` unless this process already did for `db_file`.
+/// Runs verify on `conn` (own connection, inside `BEGIN IMMEDIATE`) when it is due.
+/// Kept for `run_pass`'s call site; new callers use `verify::run_if_due`.
 pub fn verify_once(conn: &Connection, db_file: &str, config: &Config, store: &LocalStore) -> Result<Option<Verified>> {
-    if verified(db_file) {
-        return Ok(None);
-    }
-    let v = verify::verify(conn, config, store)?;
-    if let Ok(mut set) = VERIFIED.lock() {
-        set.insert(db_file.to_string());
-    }
-    Ok(Some(v))
+    verify::run_if_due_locked(conn, db_file, config, store)
 }
 
 #[derive(Debug, Default, Clone)]
@@ -139,7 +131,10 @@ pub struct Syncer {
 
 impl Syncer {
     pub fn new(db_file: &str, config: Config) -> Result<Syncer> {
+        // A missing local_dir fails the pass (only attachment_init creates it); the
+        // database's own folder is never used (verify would take its files for orphans).
         let store = LocalStore::open(config.local_dir_for(Some(db_file))?)?;
+        crate::ownership::check_not_database_dir(store.dir(), Some(db_file))?;
         let remote = remote::open(&config)?;
         Ok(Syncer { db_file: db_file.to_string(), config, store, remote })
     }
@@ -419,15 +414,25 @@ impl Syncer {
         result.unwrap_or_else(Outcome::Failed)
     }
 
+    /// Uploads the file the save wrote, or nothing: it is opened without following a symlink,
+    /// its bytes must hash to the SHA-256 recorded at save, and it must not change meanwhile.
+    /// Only "not found" in a folder that is there counts as missing.
     fn upload(&self, job: &Job, obj: &Object, progress: remote::Progress) -> Result<Outcome, RemoteError> {
         let name = job.local_uri.as_deref().unwrap_or(&job.filename);
-        let Some(path) = self.store.existing(name) else {
-            return Ok(Outcome::LocalMissing);
+        let checked = match self.store.open_checked(name, job.sha256.as_deref()) {
+            Ok(Some(checked)) => checked,
+            Ok(None) => return Ok(Outcome::LocalMissing),
+            Err(e) => return Err(crate::store::upload_refusal(e)),
         };
-        let file = std::fs::File::open(&path).map_err(|e| RemoteError::from_io("opening the local file", &e))?;
-        let len = file.metadata().map_err(|e| RemoteError::from_io("reading the local file", &e))?.len();
+        let (file, len, watch) = checked.split();
         self.remote.upload(obj, file, len, progress)?;
-        Ok(Outcome::Uploaded)
+        match watch.unchanged() {
+            Ok(true) => Ok(Outcome::Uploaded),
+            Ok(false) => Err(crate::store::upload_refusal(Error::Argument(format!(
+                "local file {name} changed while it was uploaded; the upload does not count"
+            )))),
+            Err(e) => Err(RemoteError::new(ErrorKind::Transient, format!("local: {name}: {e}"))),
+        }
     }
 
     fn download(&self, obj: &Object, progress: remote::Progress) -> Result<Outcome, RemoteError> {

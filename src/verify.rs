@@ -1,21 +1,83 @@
 //! Repairs after crashes and outside meddling: rows whose local file is gone,
 //! files no row owns, stray temp files, `local_uri` that does not match the file.
+//!
+//! Why removing an orphan is exact, not time-based: verify runs on the extension's own
+//! connection under `BEGIN IMMEDIATE`, and a save writes its file *before* its INSERT.
+//! A save holds a shared `flock` on its file from the moment the file is created until
+//! its INSERT has returned; once the INSERT has returned, the save's connection holds the
+//! write lock until its transaction ends. So while verify holds the write lock, a file
+//! that no committed row names is either locked (a save between "file written" and
+//! "INSERT done": skipped) or belongs to no transaction that can still commit (a rolled
+//! back or crashed save): removed, under an exclusive `flock` so no writer slips in.
+//! Downloads hold the same lock on their temp file until it is published and recorded.
 
-use std::collections::HashSet;
-use std::time::{Duration, SystemTime};
+use std::collections::{HashMap, HashSet};
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::{params, Connection};
 use serde_json::{json, Value};
 
 use crate::config::Config;
+use crate::connection::immediate;
 use crate::error::Result;
+use crate::ownership;
 use crate::queue::{now_ms, State};
 use crate::schema::quote_ident;
 use crate::store::{hash_file, LocalStore};
 
-/// Files younger than this are left alone: they may belong to a save whose
-/// transaction has not committed yet on another connection, or to a download in flight.
+/// Temp files younger than this are left alone even when unlocked: a writer takes its
+/// lock just after creating the file.
 pub const GRACE: Duration = Duration::from_secs(60);
+
+/// A long-lived process verifies again this often (files of rolled-back saves, lost copies).
+pub const EVERY: Duration = Duration::from_secs(60 * 60);
+
+/// When this process last verified each database file.
+static LAST_RUN: LazyLock<Mutex<HashMap<String, Instant>>> = LazyLock::new(Default::default);
+
+/// True when `db_file` has not been verified by this process, or not within [`EVERY`].
+pub fn due(db_file: &str) -> bool {
+    due_at(LAST_RUN.lock().ok().and_then(|m| m.get(db_file).copied()), Instant::now())
+}
+
+fn due_at(last: Option<Instant>, now: Instant) -> bool {
+    last.is_none_or(|at| now.saturating_duration_since(at) >= EVERY)
+}
+
+fn mark_run(db_file: &str) {
+    if let Ok(mut m) = LAST_RUN.lock() {
+        m.insert(db_file.to_string(), Instant::now());
+    }
+}
+
+/// Verifies `db_file` if it is due (first call in this process, then hourly). `own_conn` is
+/// the extension's own connection (see [`crate::connection::open_connection`]), outside any
+/// transaction: this takes the write lock itself. For the worker's pass.
+#[allow(dead_code)] // the lead switches run_pass to this
+pub fn run_if_due(own_conn: &Connection, db_file: &str, config: &Config, store: &LocalStore) -> Result<Option<Verified>> {
+    if !due(db_file) {
+        return Ok(None);
+    }
+    immediate(own_conn, || run_if_due_locked(own_conn, db_file, config, store))
+}
+
+/// As [`run_if_due`], for a caller that already holds `BEGIN IMMEDIATE` on `own_conn`.
+pub fn run_if_due_locked(own_conn: &Connection, db_file: &str, config: &Config, store: &LocalStore) -> Result<Option<Verified>> {
+    if !due(db_file) {
+        return Ok(None);
+    }
+    let v = verify(own_conn, config, store)?;
+    mark_run(db_file);
+    Ok(Some(v))
+}
+
+/// Verifies now, taking the write lock on `own_conn` (for `attachment_verify()`).
+pub fn run_now(own_conn: &Connection, db_file: &str, config: &Config, store: &LocalStore) -> Result<Verified> {
+    let v = immediate(own_conn, || verify(own_conn, config, store))?;
+    mark_run(db_file);
+    Ok(v)
+}
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Verified {
@@ -47,8 +109,11 @@ struct Row {
     state: i64,
 }
 
-/// Runs in the caller's transaction; touches only local files.
+/// The clean-up itself. `conn` must be the extension's own connection holding
+/// `BEGIN IMMEDIATE` (see the module comment for why that makes it exact).
+/// The folder must be this database's (see `ownership`); a vanished folder is an error.
 pub fn verify(conn: &Connection, config: &Config, store: &LocalStore) -> Result<Verified> {
+    ownership::claim(conn, conn.path(), store.dir(), &config.table)?;
     let t = quote_ident(&config.table);
     let now = now_ms();
     let mut out = Verified::default();
@@ -73,13 +138,15 @@ pub fn verify(conn: &Connection, config: &Config, store: &LocalStore) -> Result<
              attempts = 0, next_attempt_at = 0, last_error = NULL WHERE id = ?1 AND state = 1"
     ))?;
     for row in &rows {
-        let present = on_disk.contains(row.filename.as_str());
+        // Something under the name that is not a plain file (a symlink) is not "missing":
+        // nothing is archived or re-downloaded for it; the upload refuses it instead.
+        let present = on_disk.contains(row.filename.as_str()) || store.name_taken(&row.filename)?;
         let state = State::from_code(row.state);
         match (present, &row.local_uri, state) {
             // A download renamed into place but not recorded before a crash: the
             // file is complete (only complete files are renamed), so record it.
             (true, None, Some(State::QueuedDownload)) => {
-                if let Some(w) = store.existing(&row.filename).and_then(|p| hash_file(&p).ok()) {
+                if let Some(w) = store.existing(&row.filename)?.and_then(|p| hash_file(&p).ok()) {
                     finish_download.execute(params![row.id, row.filename, w.size as i64, w.sha256, now])?;
                     out.repaired += 1;
                 }
@@ -106,19 +173,30 @@ pub fn verify(conn: &Connection, config: &Config, store: &LocalStore) -> Result<
         }
     }
 
+    // Only names this extension writes reach here (`{id}.{ext}` and its temp names).
     let owned: HashSet<&str> = rows.iter().map(|r| r.filename.as_str()).collect();
     let old_enough = |m: SystemTime| SystemTime::now().duration_since(m).map(|age| age >= GRACE).unwrap_or(false);
     for entry in &entries {
-        if !old_enough(entry.modified) {
-            continue;
-        }
         if entry.is_temp {
-            store.remove_entry(entry)?;
-            out.temp_removed += 1;
-        } else if !owned.contains(entry.name.as_str()) {
-            store.remove_entry(entry)?;
+            if old_enough(entry.modified) && store.remove_unlocked(entry)? {
+                out.temp_removed += 1;
+            }
+        } else if !owned.contains(entry.name.as_str()) && store.remove_unlocked(entry)? {
             out.orphans_removed += 1;
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_is_due_first_then_hourly() {
+        let now = Instant::now();
+        assert!(due_at(None, now));
+        assert!(!due_at(Some(now), now + Duration::from_secs(59 * 60)));
+        assert!(due_at(Some(now), now + EVERY));
+    }
 }

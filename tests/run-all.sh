@@ -14,6 +14,8 @@ step "Python (stdlib sqlite3 driver)" tests/py/run.sh test_core
 step "Remotes against real servers (nginx WebDAV, s3s-fs, signing backend)" tests/py/run.sh test_remotes
 step "Background worker (real processes, nginx)" tests/py/run.sh test_worker
 step "Claims, liveness, stopping (real processes, nginx)" tests/py/run.sh test_claims
+step "Connections: VFS, one SQLite, result codes, config at the door" tests/py/run.sh test_connections
+step "Local files: integrity, ownership, verify under the lock" tests/py/run.sh test_local_files
 step "Host: Python package from dist/ (stdlib sqlite3, apsw, sqlean.py)" tests/hosts/test-python.sh
 step "Host: Go example (mattn/go-sqlite3)" tests/hosts/test-go.sh
 step "Host: Node package from dist/ (better-sqlite3)" tests/hosts/test-node.sh

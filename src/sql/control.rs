@@ -8,10 +8,11 @@ use super::{caller, scalar, text_arg, EFFECTFUL};
 use crate::config::Config;
 use crate::connection::DbTarget;
 use crate::error::{Error, Result};
+use crate::ownership;
 use crate::reconcile;
 use crate::schema;
 use crate::store::LocalStore;
-use crate::sync::{self, Syncer};
+use crate::sync::Syncer;
 use crate::verify;
 use crate::worker;
 use std::sync::Arc;
@@ -27,20 +28,30 @@ pub fn register(db: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Checks and stores the config, creates the tables and `local_dir`, and runs
-/// verify once per process. Returns the effective config.
+/// Checks and stores the config, creates the tables and `local_dir` (the only place that
+/// creates it) and claims the folder for this database (see `ownership`). Returns the
+/// effective config. Verify is not run here: it needs the write lock on a connection of
+/// its own, which this caller's statement holds; the first pass of the process runs it.
 fn init(ctx: &Context) -> Result<String> {
     let config = Config::parse(&text_arg(ctx, 0, "config_json")?)?;
     let conn = caller(ctx)?;
-    if conn.path().is_some_and(|p| !p.is_empty()) {
+    let db_file = conn.path().filter(|p| !p.is_empty());
+    if db_file.is_some() {
         DbTarget::of(&conn, "attachment_init()")?; // refuse a VFS our own connection cannot share
     }
-    let store = LocalStore::open(config.local_dir_for(conn.path())?)?;
+    let dir = config.local_dir_for(db_file)?;
+    // Everything that can refuse is checked before anything is written: a failing
+    // function does not undo the writes it made on the caller's connection.
+    match Config::load(&conn) {
+        Ok(old) => ownership::check_change(&conn, &old, &config, db_file)?,
+        Err(Error::NotInitialized) => {}
+        Err(e) => return Err(e),
+    }
+    ownership::check_claim(&conn, db_file, &dir, &config.table)?;
+    let store = LocalStore::create(dir)?;
     schema::ensure(&conn, &config.table)?;
     config.store(&conn)?;
-    if let Some(db_file) = conn.path().filter(|p| !p.is_empty()) {
-        sync::verify_once(&conn, db_file, &config, &store)?;
-    }
+    ownership::claim(&conn, db_file, store.dir(), &config.table)?;
     Ok(config.to_json().to_string())
 }
 
@@ -100,18 +111,29 @@ fn reconcile_now(ctx: &Context) -> Result<String> {
     .to_string())
 }
 
+/// Verify's clean-up, on the extension's own connection under the write lock (see verify.rs).
 fn verify_now(ctx: &Context) -> Result<String> {
     let conn = caller(ctx)?;
+    outside_transaction(&conn, "attachment_verify()")?;
     let config = Config::load(&conn)?;
-    let store = LocalStore::open(config.local_dir_for(conn.path())?)?;
-    Ok(verify::verify(&conn, &config, &store)?.to_json().to_string())
+    let target = DbTarget::of(&conn, "attachment_verify()")?;
+    let db_file = target.path.as_str();
+    let store = LocalStore::open(config.local_dir_for(Some(db_file))?)?;
+    let own = crate::connection::open_connection(&target)?;
+    Ok(verify::run_now(&own, db_file, &config, &store)?.to_json().to_string())
 }
 
+/// Cache expiry deletes files: it commits on its own connection, so a rollback of the
+/// caller cannot keep a row whose file is gone.
 fn expire_cache(ctx: &Context) -> Result<i64> {
     let conn = caller(ctx)?;
+    outside_transaction(&conn, "attachment_expire_cache()")?;
     let config = Config::load(&conn)?;
-    let store = LocalStore::open(config.local_dir_for(conn.path())?)?;
-    Ok(reconcile::expire_cache(&conn, &config, &store)? as i64)
+    let target = DbTarget::of(&conn, "attachment_expire_cache()")?;
+    let db_file = target.path.as_str();
+    let store = LocalStore::open(config.local_dir_for(Some(db_file))?)?;
+    let own = crate::connection::open_connection(&target)?;
+    Ok(crate::connection::immediate(&own, || reconcile::expire_cache(&own, &config, &store))? as i64)
 }
 
 /// Starts this process's worker for the caller's database file (harmless if it runs).

@@ -1,6 +1,8 @@
 //! attachment_local_uri, attachment_data, and the pure helpers
 //! attachment_filename and attachment_media_type.
 
+use std::io::Read;
+
 use super::Context;
 use rusqlite::{Connection, OptionalExtension};
 
@@ -19,8 +21,8 @@ pub fn register(db: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Absolute path of the complete local copy of `id`, if there is one.
-fn complete_local_path(ctx: &Context) -> Result<Option<std::path::PathBuf>> {
+/// The store and the name of the local copy of `id`, if the row names one.
+fn complete_local_path(ctx: &Context) -> Result<Option<(LocalStore, String)>> {
     let id = text_arg(ctx, 0, "id")?;
     let conn = caller(ctx)?;
     let config = Config::load(&conn)?;
@@ -33,17 +35,39 @@ fn complete_local_path(ctx: &Context) -> Result<Option<std::path::PathBuf>> {
         .optional()?
         .flatten();
     let Some(local_uri) = local_uri else { return Ok(None) };
-    let store = LocalStore::open(config.local_dir_for(conn.path())?)?;
-    Ok(store.existing(&local_uri))
+    Ok(Some((LocalStore::open(config.local_dir_for(conn.path())?)?, local_uri)))
 }
 
+/// The path of the local copy; never a symlink (it could point anywhere).
 fn local_uri(ctx: &Context) -> Result<Option<String>> {
-    Ok(complete_local_path(ctx)?.map(|p| p.to_string_lossy().into_owned()))
+    let Some((store, name)) = complete_local_path(ctx)? else { return Ok(None) };
+    Ok(store.existing(&name)?.map(|p| p.to_string_lossy().into_owned()))
 }
 
+/// The local copy's bytes. Opened without following a symlink; a file above SQLite's
+/// blob limit is refused before a byte is read (it could not be returned anyway).
 fn data(ctx: &Context) -> Result<Option<Vec<u8>>> {
-    let Some(path) = complete_local_path(ctx)? else { return Ok(None) };
-    std::fs::read(&path).map(Some).map_err(|e| Error::io(path, e))
+    let Some((store, name)) = complete_local_path(ctx)? else { return Ok(None) };
+    let opened = match store.open_file(&name) {
+        Ok(opened) => opened,
+        Err(Error::Argument(_)) => None, // a symlink or special file: not ours to read
+        Err(e) => return Err(e),
+    };
+    let Some((file, len)) = opened else { return Ok(None) };
+    // Safety: the caller's open connection; with -1, sqlite3_limit only reads the limit.
+    let limit = unsafe { rusqlite::ffi::sqlite3_limit(caller(ctx)?.handle(), rusqlite::ffi::SQLITE_LIMIT_LENGTH, -1) };
+    let limit = limit.max(0) as u64;
+    if len > limit {
+        return Err(Error::Argument(format!(
+            "the local file of {name} is too big to return as a blob ({len} bytes; SQLite's limit is {limit}): read it from attachment_local_uri instead"
+        )));
+    }
+    let mut out = Vec::with_capacity(len as usize);
+    file.take(limit + 1).read_to_end(&mut out).map_err(|e| Error::io(store.dir().join(&name), e))?;
+    if out.len() as u64 > limit {
+        return Err(Error::Argument(format!("the local file of {name} grew too big to return as a blob while it was read")));
+    }
+    Ok(Some(out))
 }
 
 /// Argument `i` as borrowed text, without copying; None for anything but valid UTF-8 text.

@@ -1,8 +1,9 @@
 //! attachment_save, attachment_save_file, attachment_delete: they write in the
 //! caller's transaction, so a row appears exactly when the app's change commits.
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 
 use super::Context;
 use rusqlite::{params, Connection};
@@ -30,9 +31,20 @@ fn save(ctx: &Context) -> Result<String> {
 fn save_file(ctx: &Context) -> Result<String> {
     let path = text_arg(ctx, 0, "path")?;
     let unreadable = |e: std::io::Error| Error::Argument(format!("cannot read '{path}': {e}"));
-    let file = File::open(&path).map_err(unreadable)?;
+    let not_regular = || Error::Argument(format!("cannot read '{path}': not a regular file"));
+    // The type is checked before opening, and the open cannot block: opening a FIFO
+    // waits for a writer forever, a device may do anything.
+    if !std::fs::metadata(&path).map_err(unreadable)?.is_file() {
+        return Err(not_regular());
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(unreadable)?;
+    // Checked again on what was opened: the path may have been swapped in between.
     if !file.metadata().map_err(unreadable)?.is_file() {
-        return Err(Error::Argument(format!("cannot read '{path}': not a regular file")));
+        return Err(not_regular());
     }
     save_from(ctx, &mut std::io::BufReader::with_capacity(256 * 1024, file))
 }
@@ -41,6 +53,9 @@ fn save_file(ctx: &Context) -> Result<String> {
 fn save_from(ctx: &Context, data: &mut dyn Read) -> Result<String> {
     let ext = text_arg(ctx, 1, "ext")?;
     let media_type = opt_text_arg(ctx, 2, "media_type")?;
+    if let Some(m) = &media_type {
+        names::check_media_type(m)?;
+    }
     let meta_data = opt_text_arg(ctx, 3, "meta_data")?;
     let conn = caller(ctx)?;
     let config = Config::load(&conn)?;
@@ -48,7 +63,9 @@ fn save_from(ctx: &Context, data: &mut dyn Read) -> Result<String> {
     let id = uuid::Uuid::new_v4().to_string();
     let filename = names::filename(&id, &ext)?;
     let media_type = media_type.unwrap_or_else(|| names::guess_media_type(names::ext_of(&filename)));
-    let written = store.write_from(&filename, data)?;
+    // `_held` keeps verify off the file until the INSERT below has returned; from then on
+    // this connection holds the write lock until its transaction ends (see verify.rs).
+    let (written, _held) = store.write_from(&filename, data)?;
     // language=SQLite
     let inserted = conn.execute(
         &format!(

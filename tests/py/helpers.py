@@ -20,6 +20,11 @@ def connect(path, load=True):
     return conn
 
 
+def files_in(folder):
+    """Names in a local_dir, without the owner marker every local_dir holds."""
+    return [n for n in os.listdir(folder) if n != ".attachments-owner"]
+
+
 def one(conn, sql, *args):
     return conn.execute(sql, args).fetchone()[0]
 

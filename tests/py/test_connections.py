@@ -153,11 +153,11 @@ class ResultCodes(Case):
         conn = self.device("a")
         folder = os.path.join(self.dir, "files-a")
         shutil.rmtree(folder)
-        with open(folder, "w") as f:
-            f.write("not a folder")
+        # A folder where nobody may create files, not even root: the write itself fails.
+        os.symlink("/sys/kernel", folder)
         with self.assertRaises(sqlite3.Error) as cm:
             conn.execute("SELECT attachment_save(x'00', 'txt')").fetchone()
-        self.assertEqual(cm.exception.sqlite_errorname, "SQLITE_IOERR")
+        self.assertEqual(cm.exception.sqlite_errorname, "SQLITE_IOERR", str(cm.exception))
         self.assertIn("files-a", str(cm.exception))
 
     def test_not_initialized_and_inside_transaction_are_misuse(self):

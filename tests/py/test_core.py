@@ -6,7 +6,7 @@ import sys
 import textwrap
 import unittest
 
-from helpers import Case, LIB, connect, one
+from helpers import Case, LIB, connect, files_in, one
 
 APP_SCHEMA = "CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT, photo_id TEXT)"
 WATCH = "SELECT attachment_watch('photos', 'SELECT photo_id AS id, ''jpg'' AS file_extension FROM users')"
@@ -66,10 +66,10 @@ class Durability(Case):
         a.execute("ROLLBACK")
         self.assertEqual(one(a, "SELECT count(*) FROM attachments"), 0)
         files = os.path.join(self.dir, "files-a")
-        self.assertEqual(len(os.listdir(files)), 1)
+        self.assertEqual(len(files_in(files)), 1)
         self.age_files(files)
         self.assertEqual(one(a, "SELECT json_extract(attachment_verify(), '$.orphans_removed')"), 1)
-        self.assertEqual(os.listdir(files), [])
+        self.assertEqual(files_in(files), [])
 
     def test_a_process_killed_mid_transaction_loses_nothing_committed(self):
         a = self.device("a")
@@ -85,10 +85,10 @@ class Durability(Case):
         subprocess.run([sys.executable, "-c", script], check=False)
         self.assertEqual(one(a, "SELECT count(*) FROM attachments"), 1)
         files = os.path.join(self.dir, "files-a")
-        self.assertEqual(len(os.listdir(files)), 2, "the crashed save's file is an orphan")
+        self.assertEqual(len(files_in(files)), 2, "the crashed save's file is an orphan")
         self.age_files(files)
         a.execute("SELECT attachment_verify()")
-        self.assertEqual(len(os.listdir(files)), 1)
+        self.assertEqual(len(files_in(files)), 1)
         self.assertEqual(self.sync(a)["uploaded"], 1)
 
     def test_a_download_renamed_but_not_recorded_is_recovered_by_verify(self):

@@ -19,7 +19,7 @@ UPDATE docs SET file_id = NULL WHERE name = 'c';
 SELECT attachment_sync() AS summary;
 SELECT i.name, q.state_name, q.local_uri IS NOT NULL AS local_copy
 FROM temp.ids i LEFT JOIN attachment_queue q ON q.id = i.file_id ORDER BY i.name;
-SELECT count(*) AS local_files FROM fsdir('files') WHERE name != 'files';
+SELECT count(*) AS local_files FROM fsdir('files') WHERE name NOT IN ('files', 'files/.attachments-owner');
 SELECT count(*) AS remote_files FROM fsdir('@TMP@/remote') WHERE name != '@TMP@/remote';
 -- c is referenced again while ARCHIVED with its local copy: straight back to SYNCED.
 UPDATE docs SET file_id = (SELECT file_id FROM temp.ids WHERE name = 'c') WHERE name = 'c';
@@ -34,5 +34,5 @@ DELETE FROM docs;
 SELECT json_extract(attachment_sync(), '$.archived') AS archived;
 SELECT json_extract(attachment_init('{"local_dir":"files","remote":"file://@TMP@/remote","archived_cache_limit":1}'), '$.archived_cache_limit') AS cache_limit;
 SELECT attachment_expire_cache() AS removed;
-SELECT count(*) AS archived_rows, (SELECT count(*) FROM fsdir('files') WHERE name != 'files') AS local_files FROM attachment_queue WHERE state = 4;
+SELECT count(*) AS archived_rows, (SELECT count(*) FROM fsdir('files') WHERE name NOT IN ('files', 'files/.attachments-owner')) AS local_files FROM attachment_queue WHERE state = 4;
 SELECT count(*) AS remote_files FROM fsdir('@TMP@/remote') WHERE name != '@TMP@/remote';

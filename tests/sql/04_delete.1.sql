@@ -11,7 +11,7 @@ SELECT attachment_delete(id) = id AS marked FROM t;
 SELECT state_name FROM attachment_queue;
 SELECT attachment_sync() AS summary;
 SELECT count(*) AS rows FROM attachment_queue;
-SELECT count(*) AS local_files FROM fsdir('files') WHERE name != 'files';
+SELECT count(*) AS local_files FROM fsdir('files') WHERE name NOT IN ('files', 'files/.attachments-owner');
 SELECT count(*) AS remote_files FROM fsdir('@TMP@/remote') WHERE name != '@TMP@/remote';
 SELECT attachment_local_uri(id) AS local_uri FROM t;
 -- Deleting an id that has no row returns NULL.
