@@ -482,7 +482,7 @@ impl Syncer {
                             summary.archived += 1;
                             conn.execute(
                                 &format!(
-                                    "UPDATE main.{t} SET state = 4, attempts = ?2, last_error = ?3, timestamp = ?4, {clear}
+                                    "UPDATE main.{t} SET state = 4, given_up = 1, attempts = ?2, last_error = ?3, timestamp = ?4, {clear}
                                      WHERE id = ?1 AND state = 1"
                                 ),
                                 params![job.id, attempts, message, now],

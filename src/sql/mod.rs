@@ -4,8 +4,10 @@
 mod control;
 mod queue_vtab;
 mod read;
+mod retry;
 mod save;
 mod watch;
+mod watches_vtab;
 
 use std::ops::RangeInclusive;
 
@@ -22,6 +24,8 @@ pub fn register(db: &Connection) -> rusqlite::Result<()> {
     watch::register(db)?;
     control::register(db)?;
     queue_vtab::register(db)?;
+    retry::register(db)?;
+    watches_vtab::register(db)?;
     Ok(())
 }
 
