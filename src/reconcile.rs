@@ -208,6 +208,25 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
     let in_scope = |col: &str| {
         if force { String::new() } else { format!("AND {col} IN (SELECT id FROM main._attachments_delta)") }
     };
+    // A watch with `"download": false` references ids without downloading them; an id
+    // any other watch references with downloads on is downloaded (the most generous
+    // policy wins). Only spelled out when such a watch exists: it costs a lookup per id.
+    let quiet: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM main._attachments_watch
+                        WHERE CASE WHEN json_valid(options) THEN json_extract(options, '$.download') END = 0)",
+        [],
+        |r| r.get(0),
+    )?;
+    let downloadable = |col: &str| {
+        if !quiet {
+            return String::new();
+        }
+        format!(
+            "AND EXISTS (SELECT 1 FROM main._attachments_ref AS d JOIN main._attachments_watch AS w ON w.name = d.watch
+                         WHERE d.id = {col}
+                           AND coalesce(CASE WHEN json_valid(w.options) THEN json_extract(w.options, '$.download') END, 1) != 0)"
+        )
+    };
     let mut out = Reconciled::default();
     // One row per referenced id in scope (watches that agree on nothing: the smallest
     // file name wins); the file name is NULL when id or extension is unsafe.
@@ -229,7 +248,8 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
                 "INSERT INTO main.{t}(id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data)
                  SELECT r.id, r.filename, NULL, :now, NULL, r.media_type, 1, 0, r.meta_data
                  FROM ({referenced}) AS r
-                 WHERE r.filename IS NOT NULL AND NOT EXISTS (SELECT 1 FROM main.{t} AS q WHERE q.id = r.id)"
+                 WHERE r.filename IS NOT NULL AND NOT EXISTS (SELECT 1 FROM main.{t} AS q WHERE q.id = r.id) {}",
+                downloadable("r.id")
             ),
             named_params! {":now": now},
         )?;
@@ -242,8 +262,9 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
         &format!(
             "UPDATE main.{t} SET state = CASE WHEN local_uri IS NULL THEN 1 WHEN has_synced = 1 THEN 3 ELSE 0 END,
                  timestamp = :now, attempts = 0, next_attempt_at = 0, last_error = NULL
-             WHERE state = 4 AND given_up = 0 AND (local_uri IS NOT NULL OR :download) {}
+             WHERE state = 4 AND given_up = 0 AND (local_uri IS NOT NULL OR (:download {})) {}
                AND EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = {t}.id)",
+            downloadable(&format!("{t}.id")),
             in_scope("id")
         ),
         named_params! {":now": now, ":download": config.download_attachments},

@@ -210,6 +210,9 @@ class WatchesNeverGoBlind(Fixture):
         self.assertEqual(one(a, "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'"), 3)
         a.execute("INSERT INTO c VALUES ('c-1')")
         self.assertEqual(json.loads(one(a, "SELECT attachment_reconcile()"))["queued_downloads"], 1)
+        # SQLite compares trigger names without case, so watch names may not differ only in case.
+        with self.assertRaisesRegex(sqlite3.Error, "only in case"):
+            a.execute("SELECT attachment_watch('A_B', 'SELECT x AS id FROM c')")
 
     def _expiring(self, a, seconds, options=None):
         """A saved, uploaded file referenced by a row that expires in `seconds`."""
@@ -263,6 +266,19 @@ class WatchesNeverGoBlind(Fixture):
         self.assertEqual(json.loads(w["options"]),
                          {"download": True, "priority": 2, "max_download_size": 1000, "refresh_ms": 60000})
         self.assertEqual((w["state"], w["last_error"], w["incremental"], w["query"]), ("ok", None, 1, q))
+
+    def test_a_watch_with_download_false_references_without_downloading(self):
+        a = self.device("a")
+        a.execute("CREATE TABLE thumbs(id TEXT)")
+        a.execute("CREATE TABLE originals(id TEXT)")
+        a.execute("INSERT INTO thumbs VALUES ('x-1'), ('x-2')")
+        a.execute("""SELECT attachment_watch('thumbs', 'SELECT id FROM thumbs', '{"download": false}')""")
+        a.execute("SELECT attachment_watch('originals', 'SELECT id FROM originals')")
+        self.assertEqual(json.loads(one(a, "SELECT attachment_reconcile()"))["queued_downloads"], 0)
+        # Another watch that downloads wins for the ids it references.
+        a.execute("INSERT INTO originals VALUES ('x-2')")
+        self.assertEqual(json.loads(one(a, "SELECT attachment_reconcile()"))["queued_downloads"], 1)
+        self.assertEqual(a.execute("SELECT id FROM attachment_queue").fetchall(), [("x-2",)])
 
     def test_recursive_ctes_are_supported(self):
         a = self.device("a")
