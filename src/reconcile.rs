@@ -26,7 +26,7 @@ pub struct Reconciled {
 /// drops a table's triggers with it). A failed watch's missing triggers do not count:
 /// its tables may be gone; it is retried on an explicit sync or its `refresh_ms`.
 // language=SQLite
-const DUE: &str = "(refresh_ms IS NOT NULL AND coalesce(last_run, 0) + refresh_ms <= :now)
+const DUE: &str = "(refresh_ms IS NOT NULL AND coalesce(last_run, 0) + max(refresh_ms, 100) <= :now)
     OR (state = 'ok' AND EXISTS (
         SELECT 1 FROM main._attachments_trigger AS t
         WHERE t.watch = _attachments_watch.name
@@ -51,7 +51,7 @@ pub fn needed(conn: &Connection, force: bool) -> Result<bool> {
 #[allow(dead_code)] // for the worker's wake-up; wired in by the worker rewrite
 pub fn next_refresh_due(conn: &Connection) -> Result<Option<i64>> {
     Ok(conn.query_row(
-        "SELECT min(coalesce(last_run, 0) + refresh_ms) FROM main._attachments_watch WHERE refresh_ms IS NOT NULL",
+        "SELECT min(coalesce(last_run, 0) + max(refresh_ms, 100)) FROM main._attachments_watch WHERE refresh_ms IS NOT NULL",
         [],
         |r| r.get(0),
     )?)

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
+use std::time::{Duration, Instant};
 
 use rusqlite::{ffi, params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
@@ -50,6 +51,33 @@ struct Seen {
     unqualified: Vec<String>,
     other_schema: Option<String>,
     denied: Option<String>,
+    /// Statements prepared under the guard are stopped past this (see [`time_limit`]).
+    deadline: Option<Instant>,
+    timed_out: bool,
+}
+
+/// How long one watch run may take before it is stopped: a query that never ends (a
+/// recursive CTE without a stop condition) would otherwise hold the write lock of
+/// every pass for ever. Generous, since a legitimate watch over a million rows takes
+/// seconds; `SQLITE_ATTACHMENTS_WATCH_TIME_LIMIT_MS` overrides it (for tests).
+fn time_limit() -> Duration {
+    std::env::var("SQLITE_ATTACHMENTS_WATCH_TIME_LIMIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(60))
+}
+
+unsafe extern "C" fn on_progress(data: *mut c_void) -> c_int {
+    std::panic::catch_unwind(|| {
+        let seen = &mut *(data as *mut Seen);
+        if seen.deadline.is_some_and(|d| Instant::now() > d) {
+            seen.timed_out = true;
+            return 1;
+        }
+        0
+    })
+    .unwrap_or(1)
 }
 
 unsafe extern "C" fn on_authorize(
@@ -118,8 +146,12 @@ pub struct Guard<'c> {
 
 impl<'c> Guard<'c> {
     pub fn install(conn: &'c Connection) -> Guard<'c> {
-        let seen = Box::into_raw(Box::default());
-        unsafe { ffi::sqlite3_set_authorizer(conn.handle(), Some(on_authorize), seen as *mut c_void) };
+        let seen = Box::into_raw(Box::new(Seen { deadline: Some(Instant::now() + time_limit()), ..Seen::default() }));
+        unsafe {
+            ffi::sqlite3_set_authorizer(conn.handle(), Some(on_authorize), seen as *mut c_void);
+            // Checked every few thousand virtual machine steps: cheap.
+            ffi::sqlite3_progress_handler(conn.handle(), 4096, Some(on_progress), seen as *mut c_void);
+        }
         Guard { conn, seen }
     }
 
@@ -135,6 +167,12 @@ impl<'c> Guard<'c> {
 
     /// The error for a statement that failed to prepare: a forbidden call if that was it.
     fn explain(&self, e: rusqlite::Error) -> Error {
+        if self.seen().timed_out {
+            return Error::Argument(format!(
+                "query ran for more than {} ms and was stopped: a watch query must finish (does a recursive CTE lack a stop condition?)",
+                time_limit().as_millis()
+            ));
+        }
         match &self.seen().denied {
             Some(f) => Error::Argument(format!(
                 "query calls {f}, which a watch may not call: watch queries cannot write, read files or move data"
@@ -148,6 +186,7 @@ impl Drop for Guard<'_> {
     fn drop(&mut self) {
         unsafe {
             ffi::sqlite3_set_authorizer(self.conn.handle(), None, std::ptr::null_mut());
+            ffi::sqlite3_progress_handler(self.conn.handle(), 0, None, std::ptr::null_mut());
             drop(Box::from_raw(self.seen));
         }
     }
@@ -167,7 +206,8 @@ pub fn analyze(conn: &Connection, guard: &mut Guard, query: &str) -> Result<Anal
     if query.is_empty() {
         return Err(Error::Argument("query is empty".into()));
     }
-    *guard.seen_mut() = Seen { collect: true, ..Seen::default() };
+    let deadline = guard.seen().deadline;
+    *guard.seen_mut() = Seen { collect: true, deadline, ..Seen::default() };
     let prepared = conn.prepare(query).map(|stmt| {
         let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
         (stmt.readonly(), names)
@@ -473,6 +513,21 @@ fn sync_triggers_drop_all(conn: &Connection, name: &str) -> Result<()> {
 pub fn run(conn: &Connection, config: &Config, name: &str, query: &str) -> Result<bool> {
     let mut guard = Guard::install(conn);
     let analysis = analyze(conn, &mut guard, query)?;
+    // First a read-only run under the time limit: stopping a write statement (the
+    // INSERT … SELECT that stores the result) would roll back the whole transaction,
+    // stopping a read-only one does not. Every column is used, so none is skipped.
+    conn.query_row(
+        &format!(
+            "SELECT count(*), max(length(id)), max(length(file_extension)), max(length(media_type)), max(length(meta_data))
+             FROM ({})",
+            analysis.select_sql
+        ),
+        [],
+        |_| Ok(()),
+    )
+    .map_err(|e| guard.explain(e))?;
+    // Within one transaction the same query over the same data takes as long again.
+    guard.seen_mut().deadline = None;
     sync_triggers(conn, config, name, &analysis.reads)?;
     conn.execute("UPDATE main._attachments_watch SET select_sql = ?2 WHERE name = ?1 AND select_sql != ?2", params![name, analysis.select_sql])?;
     crate::reconcile::refresh_watch(conn, name, &analysis.select_sql).map_err(|e| match e {

@@ -93,6 +93,33 @@ class StoredQueriesAreNotTrusted(Fixture):
         one(a, "SELECT attachment_watch('w', 'SELECT id, attachment_media_type(attachment_filename(id, ''jpg'')) AS media_type FROM posts')")
 
 
+class QueriesThatNeverEnd(Fixture):
+    def setUp(self):
+        super().setUp()
+        os.environ["SQLITE_ATTACHMENTS_WATCH_TIME_LIMIT_MS"] = "1000"
+
+    def tearDown(self):
+        del os.environ["SQLITE_ATTACHMENTS_WATCH_TIME_LIMIT_MS"]
+        super().tearDown()
+
+    def test_an_endless_recursive_cte_is_stopped(self):
+        a = self.device("a")
+        a.execute(POSTS)
+        endless = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT n AS id FROM r"
+        started = time.monotonic()
+        with self.assertRaisesRegex(sqlite3.Error, "stop condition"):
+            a.execute("SELECT attachment_watch('w', ?)", (endless,))
+        # Stored by another writer: the pass stops it, marks it failed, and moves the rest.
+        a.execute(PHOTOS)
+        w = plain(self.db("a"))
+        w.execute("UPDATE _attachments_watch SET query = ?, dirty = 1", (endless,))
+        w.close()
+        self.save(a)
+        self.assertEqual(self.sync(a)["uploaded"], 1)
+        self.assertIn("stop condition", self.watches(a)["photos"]["last_error"])
+        self.assertLess(time.monotonic() - started, 20)
+
+
 class HostConnectionIsLeftAlone(Fixture):
     def test_the_host_authorizer_still_fires_after_attachment_watch(self):
         a = self.device("a")
@@ -213,6 +240,24 @@ class WatchesNeverGoBlind(Fixture):
         # SQLite compares trigger names without case, so watch names may not differ only in case.
         with self.assertRaisesRegex(sqlite3.Error, "only in case"):
             a.execute("SELECT attachment_watch('A_B', 'SELECT x AS id FROM c')")
+
+    def test_triggers_of_an_earlier_build_are_replaced(self):
+        a = self.device("a")
+        a.execute(POSTS)
+        a.execute(PHOTOS)
+        # As an earlier build left it: old names, listed in the watch row only.
+        w = plain(self.db("a"))
+        for (name,) in w.execute("SELECT name FROM _attachments_trigger").fetchall():
+            w.execute(f'DROP TRIGGER "{name}"')
+        w.execute("DELETE FROM _attachments_trigger")
+        w.execute("""CREATE TRIGGER _attachments_trg_photos_posts_ins AFTER INSERT ON posts BEGIN
+                       UPDATE _attachments_watch SET dirty = 1 WHERE name = 'photos' AND dirty != 1; END""")
+        w.execute("""UPDATE _attachments_watch SET triggers = '["_attachments_trg_photos_posts_ins"]'""")
+        w.close()
+        self.sync(a)
+        self.assertEqual(sorted(r[0] for r in a.execute("SELECT name FROM sqlite_schema WHERE type = 'trigger'")),
+                         ["_attachments_trg_photos.posts.del", "_attachments_trg_photos.posts.ins",
+                          "_attachments_trg_photos.posts.upd"])
 
     def _expiring(self, a, seconds, options=None):
         """A saved, uploaded file referenced by a row that expires in `seconds`."""
