@@ -194,9 +194,10 @@ pub fn refresh_dirty_watches(conn: &Connection, config: &Config, now: i64) -> Re
     Ok(full)
 }
 
-/// Applies the reconciliation rules, after re-running the watches that need it. Normally only to the ids whose references
-/// changed (`_attachments_delta`), so one changed reference costs one query run, not a
-/// comparison of every row; with `force`, to every row. Without any watch there is
+/// Re-runs the watches that need it, then applies the reconciliation rules. Normally
+/// only to the ids whose references changed (`_attachments_delta`), so one changed
+/// reference costs one query run, not a comparison of every row; with `force` (which
+/// also re-runs every watch), to every row. Without any watch there is
 /// nothing to compare against, so nothing is archived. Runs in the caller's transaction.
 pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> Result<Reconciled> {
     if !needed(conn, force)? {
