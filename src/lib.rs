@@ -10,6 +10,7 @@ mod logging;
 mod names;
 mod queue;
 mod reconcile;
+mod redact;
 mod remote;
 mod schema;
 mod sql;

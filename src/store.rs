@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::names;
-use crate::remote::{ErrorKind, Fetched, RemoteError};
+use crate::remote::{Fetched, RemoteError};
 
 /// Temp files are `.{filename}.tmp-{random}`; no attachment file starts with a dot.
 const TEMP_MARK: &str = ".tmp-";
@@ -207,10 +207,10 @@ impl LocalStore {
 
 fn check_claims(claimed: &Fetched, size: u64, sha256: &str) -> Result<()> {
     if let Some(len) = claimed.length.filter(|len| *len != size) {
-        return Err(RemoteError::new(ErrorKind::Transient, format!("incomplete transfer: got {size} of {len} bytes")).into());
+        return Err(RemoteError::integrity(format!("incomplete transfer: got {size} of {len} bytes")).into());
     }
     if let Some(want) = claimed.sha256.as_deref().filter(|want| !want.eq_ignore_ascii_case(sha256)) {
-        return Err(RemoteError::new(ErrorKind::Transient, format!("checksum mismatch: expected sha256 {want}, got {sha256}")).into());
+        return Err(RemoteError::integrity(format!("checksum mismatch: expected sha256 {want}, got {sha256}")).into());
     }
     Ok(())
 }

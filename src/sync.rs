@@ -250,11 +250,11 @@ impl Syncer {
             return batch;
         }
         let Err(e) = self.store.publish_refs(&staged) else { return batch };
-        let message = format!("local: {e}");
+        let message = e.to_string();
         batch
             .into_iter()
             .map(|(job, o)| match o {
-                Outcome::Downloaded { .. } => (job, Outcome::Failed(RemoteError::new(ErrorKind::Transient, message.clone()))),
+                Outcome::Downloaded { .. } => (job, Outcome::Failed(RemoteError::local(message.clone()))),
                 other => (job, other),
             })
             .collect()
@@ -390,8 +390,8 @@ impl Syncer {
         let Some(path) = self.store.existing(name) else {
             return Ok(Outcome::LocalMissing);
         };
-        let file = std::fs::File::open(&path).map_err(|e| RemoteError::from_io("opening the local file", &e))?;
-        let len = file.metadata().map_err(|e| RemoteError::from_io("reading the local file", &e))?.len();
+        let file = std::fs::File::open(&path).map_err(|e| RemoteError::local_io("opening the local file", &e))?;
+        let len = file.metadata().map_err(|e| RemoteError::local_io("reading the local file", &e))?.len();
         self.remote.upload(obj, file, len, progress)?;
         Ok(Outcome::Uploaded)
     }
@@ -404,7 +404,7 @@ impl Syncer {
         match written {
             Ok((staged, w)) => Ok(Outcome::Downloaded { size: w.size, sha256: w.sha256, staged }),
             Err(Error::Remote(e)) => Err(e),
-            Err(e) => Err(RemoteError::new(ErrorKind::Transient, format!("local: {e}"))),
+            Err(e) => Err(RemoteError::local(e.to_string())),
         }
     }
 
@@ -452,7 +452,7 @@ impl Syncer {
                     conn.execute(
                         &format!(
                             "UPDATE main.{t} SET state = 4, local_uri = NULL, timestamp = ?2,
-                                 last_error = 'local file missing: nothing to upload', {clear}
+                                 last_error = 'local: local file missing: nothing to upload', {clear}
                              WHERE id = ?1 AND state = 0"
                         ),
                         params![job.id, now],
