@@ -101,6 +101,15 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_retry_after_is_capped_and_never_overflows() {
+        let mut e = err(ErrorKind::Transient);
+        e.retry_after = Some(Duration::from_secs(9_223_372_036_854_775));
+        assert_eq!(after_failure(Op::Upload, &e, 1, 10, 1000, 0.1), Next::RetryAt(1000 + PERMANENT_DELAY.as_millis() as i64));
+        e.retry_after = Some(Duration::MAX);
+        assert_eq!(after_failure(Op::Upload, &e, 1, 10, i64::MAX - 5, 0.1), Next::RetryAt(i64::MAX));
+    }
+
+    #[test]
     fn retry_after_is_honoured() {
         let mut e = err(ErrorKind::Transient);
         e.retry_after = Some(Duration::from_secs(30));

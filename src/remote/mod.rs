@@ -246,3 +246,29 @@ pub fn copy_with_progress(from: &mut dyn Read, to: &mut dyn Write, progress: Pro
         total += n as u64;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_class_leads_the_message_and_is_read_back() {
+        let mut e = RemoteError::config("upload failed: redirected");
+        e.status = Some(302);
+        assert_eq!(e.to_string(), "config: HTTP 302: upload failed: redirected");
+        assert_eq!(ErrorClass::of_message(&e.to_string()), Some(ErrorClass::Config));
+        assert_eq!(e.kind, ErrorKind::Permanent, "config waits the longest backoff");
+        assert_eq!(RemoteError::integrity("short").kind, ErrorKind::Transient);
+        assert_eq!(RemoteError::new(ErrorKind::Auth, "x").class, ErrorClass::Auth);
+        assert_eq!(ErrorClass::of_message("local file missing: nothing to upload"), None);
+        for c in ErrorClass::ALL {
+            assert_eq!(ErrorClass::of_message(&format!("{}: x", c.as_str())), Some(c));
+        }
+    }
+
+    #[test]
+    fn shown_errors_are_redacted() {
+        let e = RemoteError::new(ErrorKind::Permanent, "bad request (Authorization: Bearer abc123)");
+        assert_eq!(e.to_string(), "config: bad request (Authorization: REDACTED");
+    }
+}

@@ -328,6 +328,38 @@ class HttpServer(Hostile):
         self.assertEqual(self.row(a)[2:], (None, None))
 
 
+class SignedBackendRedirect(Hostile):
+    """The signed-URL pattern's backend behind a login: its POST and DELETE redirected."""
+
+    env = {"ATTACHMENTS_HTTP_TOKEN": servers.TOKEN}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.root = tempfile.mkdtemp(prefix="att-hostile-signed-")
+        cls.s3 = servers.S3(cls.root)
+        cls.backend = servers.SigningBackend(cls.s3.url)
+        cls.storage_port = cls.backend.port
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.backend.stop()
+        cls.s3.stop()
+        shutil.rmtree(cls.root, ignore_errors=True)
+
+    def remote_config(self, port):
+        return {"remote": f"signed+http://127.0.0.1:{port or self.storage_port}"}
+
+    def test_a_redirected_post_for_an_upload_url_is_a_config_error(self):
+        for status in (301, 302, 303, 307, 308):
+            with self.subTest(status=status):
+                p = self.proxy("redirect", status=status, methods="POST", location="/login")
+                a = self.device(f"post{status}", port=p.port)
+                a.execute("INSERT INTO users VALUES (1, attachment_save(x'0102', 'bin'))")
+                self.assertEqual(self.sync(a)["uploaded"], 0)
+                self.assert_failed_cleanly(a, "QUEUED_UPLOAD", "config", f"HTTP {status}.*redirect")
+                self.assertEqual([r.split()[0] for r in p.requests()], ["POST"], "the redirect is not followed")
+
+
 class Secrets(Hostile):
     """Every credential set, every remote, trace logging, servers echoing the request."""
 
