@@ -1,7 +1,9 @@
 //! How long the network may take: timeouts for silence, and a minimum rate for
 //! transfers that move but too slowly to ever finish (like curl's
 //! `--speed-limit`/`--speed-time`). A trickling server would otherwise hold a
-//! transfer slot for ever.
+//! transfer slot for ever. Only the server's time is judged: time we spend
+//! ourselves (reading the file, the progress callback, a bandwidth limit) is
+//! left out.
 //!
 //! For tests only, `SQLITE_ATTACHMENTS_TEST_TIMEOUTS` overrides the constants,
 //! e.g. `connect=2,response=3,stall=3,min_rate=1024,min_rate_window=1`
@@ -72,23 +74,25 @@ impl Limits {
     }
 }
 
-/// Judges the pace of one body: after each window, the bytes moved in it must
-/// reach `min_rate` per second, or the transfer is cut.
+/// Judges the pace of one body: after each window of the server's time, the
+/// bytes moved in it must reach `min_rate` per second, or the transfer is cut.
 pub struct RateWatch {
     min_rate: u64,
     window: Duration,
-    started: Instant,
+    /// Server time and bytes moved when the current window began.
+    window_began: Duration,
     at_start: u64,
 }
 
 impl RateWatch {
     pub fn new(limits: &Limits) -> RateWatch {
-        RateWatch { min_rate: limits.min_rate, window: limits.min_rate_window, started: Instant::now(), at_start: 0 }
+        RateWatch { min_rate: limits.min_rate, window: limits.min_rate_window, window_began: Duration::ZERO, at_start: 0 }
     }
 
-    /// Called with the total moved so far, each time bytes move.
-    pub fn check(&mut self, total: u64) -> io::Result<()> {
-        let elapsed = self.started.elapsed();
+    /// Called each time bytes move, with the total so far and the time the server
+    /// has had so far (our own waits, such as a bandwidth limit, left out).
+    pub fn check(&mut self, total: u64, server_time: Duration) -> io::Result<()> {
+        let elapsed = server_time.saturating_sub(self.window_began);
         if self.min_rate == 0 || elapsed < self.window {
             return Ok(());
         }
@@ -104,10 +108,20 @@ impl RateWatch {
                 ),
             ));
         }
-        self.started = Instant::now();
+        self.window_began = server_time;
         self.at_start = total;
         Ok(())
     }
+}
+
+/// Whose time a [`RateReader`] counts as the server's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// A download: the time spent inside reads of the response body.
+    InsideReads,
+    /// An upload: the time between reads of the file, when ureq is writing to the
+    /// socket (the file read itself, and the progress callback, are ours).
+    BetweenReads,
 }
 
 /// A reader whose pace is judged by a [`RateWatch`] (both directions: ureq pulls
@@ -115,12 +129,15 @@ impl RateWatch {
 pub struct RateReader<R> {
     inner: R,
     watch: RateWatch,
+    pace: Pace,
     total: u64,
+    server_time: Duration,
+    last_return: Instant,
 }
 
 impl<R> RateReader<R> {
-    pub fn new(inner: R, limits: &Limits) -> RateReader<R> {
-        RateReader { inner, watch: RateWatch::new(limits), total: 0 }
+    pub fn new(inner: R, limits: &Limits, pace: Pace) -> RateReader<R> {
+        RateReader { inner, watch: RateWatch::new(limits), pace, total: 0, server_time: Duration::ZERO, last_return: Instant::now() }
     }
 
     pub fn total(&self) -> u64 {
@@ -130,10 +147,17 @@ impl<R> RateReader<R> {
 
 impl<R: Read> Read for RateReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let before = Instant::now();
         let n = self.inner.read(buf)?;
+        let after = Instant::now();
+        self.server_time += match self.pace {
+            Pace::InsideReads => after - before,
+            Pace::BetweenReads => before - self.last_return,
+        };
+        self.last_return = after;
         self.total += n as u64;
         if n > 0 {
-            self.watch.check(self.total)?;
+            self.watch.check(self.total, self.server_time)?;
         }
         Ok(n)
     }
@@ -155,14 +179,34 @@ mod tests {
 
     #[test]
     fn a_trickle_is_cut_after_the_window_and_a_steady_flow_is_not() {
-        let limits = Limits { min_rate: 1000, min_rate_window: Duration::from_millis(50), ..Limits::default() };
+        let limits = Limits { min_rate: 1000, min_rate_window: Duration::from_secs(30), ..Limits::default() };
         let mut w = RateWatch::new(&limits);
-        assert!(w.check(1).is_ok(), "nothing is judged before the window ends");
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(w.check(10_000).is_ok(), "10 KB in 60 ms is fast enough");
-        std::thread::sleep(Duration::from_millis(60));
-        let e = w.check(10_001).unwrap_err();
+        let secs = Duration::from_secs;
+        assert!(w.check(1, secs(29)).is_ok(), "nothing is judged before the window ends");
+        assert!(w.check(40_000, secs(31)).is_ok(), "40 KB in 31 s is fast enough");
+        assert!(w.check(60_000, secs(50)).is_ok(), "the next window is still open");
+        let e = w.check(60_001, secs(62)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         assert!(e.to_string().contains("too slow"));
+    }
+
+    #[test]
+    fn only_the_servers_time_counts() {
+        struct Slow;
+        impl Read for Slow {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                std::thread::sleep(Duration::from_millis(20));
+                buf[0] = 0;
+                Ok(1)
+            }
+        }
+        let limits = Limits { min_rate: 1000, min_rate_window: Duration::from_millis(50), ..Limits::default() };
+        let mut buf = [0u8; 8];
+        // A download whose server sends a byte per 20 ms is cut...
+        let mut down = RateReader::new(Slow, &limits, Pace::InsideReads);
+        assert!((0..10).map(|_| down.read(&mut buf)).any(|r| r.is_err()));
+        // ...while an upload whose own file reads are slow (our time, not the server's) is not.
+        let mut up = RateReader::new(Slow, &limits, Pace::BetweenReads);
+        assert!((0..10).all(|_| up.read(&mut buf).is_ok()));
     }
 }

@@ -25,7 +25,7 @@ use std::time::SystemTime;
 use ureq::http::{HeaderMap, Response, StatusCode};
 use ureq::{Agent, Body, SendBody};
 
-use super::limits::{Limits, RateReader};
+use super::limits::{Limits, Pace, RateReader};
 use super::{copy_with_progress, retry_after, ErrorClass, ErrorKind, Fetched, Progress, ProgressReader, RemoteError};
 
 /// Redirects a GET follows at most.
@@ -87,7 +87,9 @@ impl Transport {
         for (k, v) in headers {
             req = req.header(*k, v);
         }
-        let mut reader = ProgressReader::new(RateReader::new(body, &self.limits), progress);
+        // The progress callback runs inside the rate reader's reads: time spent
+        // there (ours, e.g. a bandwidth limit) is not held against the server.
+        let mut reader = RateReader::new(ProgressReader::new(body, progress), &self.limits, Pace::BetweenReads);
         let resp = req.send(SendBody::from_reader(&mut reader)).map_err(|e| transport_error("upload", e))?;
         expect_success(refuse_redirect(resp, "upload")?, "upload").map(|r| r.headers().clone())
     }
@@ -128,7 +130,7 @@ impl Transport {
         }
         // S3 returns the SHA-256 it stored, base64-encoded, when asked for it.
         let sha256 = header(h, "x-amz-checksum-sha256").and_then(base64_to_hex);
-        let mut body = RateReader::new(resp.body_mut().as_reader(), &self.limits);
+        let mut body = RateReader::new(resp.body_mut().as_reader(), &self.limits, Pace::InsideReads);
         let copied = copy_with_progress(&mut body, out, progress).map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => RemoteError::integrity(format!(
                 "incomplete transfer: the body ended after {} of {} bytes",
