@@ -151,7 +151,8 @@ impl Transport {
         let mut current = url::Url::parse(url).map_err(|_| RemoteError::config(format!("{what} failed: invalid URL")))?;
         let origin = current.origin();
         for hop in 0..=MAX_REDIRECTS {
-            let mut req = self.agent.get(current.as_str());
+            // The first request goes to the URL exactly as given (a presigned URL's encoding is signed).
+            let mut req = self.agent.get(if hop == 0 { url } else { current.as_str() });
             for (k, v) in headers {
                 // Credentials stay with the origin they were meant for.
                 if current.origin() != origin && k.eq_ignore_ascii_case("authorization") {
@@ -309,7 +310,8 @@ fn reason_from_body(body: &str) -> String {
         }
     }
     let line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
-    if line.starts_with('<') || line.contains("http") || line.contains('?') {
+    // A URL, or what looks like a query string, may carry a signature under a name we do not know.
+    if line.starts_with('<') || line.contains("http") || (line.contains('?') && line.contains('=')) {
         return String::new();
     }
     crate::redact::shorten(&crate::redact::redact(&line), MAX_REASON)
