@@ -132,11 +132,10 @@ impl Transport {
         let sha256 = header(h, "x-amz-checksum-sha256").and_then(base64_to_hex);
         let mut body = RateReader::new(resp.body_mut().as_reader(), &self.limits, Pace::InsideReads);
         let copied = copy_with_progress(&mut body, out, progress).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => RemoteError::integrity(format!(
-                "incomplete transfer: the body ended after {} of {} bytes",
-                body.total(),
-                length.map_or("?".to_string(), |l| l.to_string())
-            )),
+            std::io::ErrorKind::UnexpectedEof => RemoteError::integrity(match length {
+                Some(len) => format!("incomplete transfer: the body ended after {} of {len} bytes", body.total()),
+                None => format!("incomplete transfer: the chunked body ended after {} bytes, before its last chunk", body.total()),
+            }),
             _ => RemoteError::new(ErrorKind::Transient, format!("download interrupted: {e}")),
         })?;
         if let Some(len) = length.filter(|len| *len != copied) {
