@@ -419,8 +419,19 @@ class Secrets(Hostile):
         self.assertTrue(err.strip(), "trace logging wrote something")
         return [out, err, *errors]
 
+    def run_clean(self, name, config):
+        """A successful upload with trace logging; returns what it printed."""
+        self.config = config
+        a = self.device(name)
+        a.execute("INSERT INTO users VALUES (1, attachment_save(x'0102', 'bin'))")
+        a.close()
+        _, out, err = self.sync_in_subprocess(os.path.join(self.dir, f"{name}.db"), timeout=60)
+        self.assertEqual(json.loads(out)["uploaded"], 1, err)
+        return [out, err]
+
     def test_http_webdav(self):
         self.storage_port = self.nginx.port
+        self.check_clean("http-ok", self.run_clean("http-ok", {"remote": f"http://127.0.0.1:{self.nginx.port}/files/"}))
         p = self.proxy("echo", status=400)
         texts = self.run_echoed("http", {"remote": f"http://127.0.0.1:{p.port}/files/"})
         self.check_clean("http", texts)
@@ -429,6 +440,7 @@ class Secrets(Hostile):
 
     def test_s3(self):
         self.storage_port = self.s3.port
+        self.check_clean("s3-ok", self.run_clean("s3-ok", {"remote": f"s3://{servers.BUCKET}/app", "s3_endpoint": self.s3.url}))
         p = self.proxy("echo", status=400)
         texts = self.run_echoed("s3", {"remote": f"s3://{servers.BUCKET}/app", "s3_endpoint": f"http://127.0.0.1:{p.port}"})
         self.check_clean("s3", texts)
