@@ -145,10 +145,13 @@ impl S3Remote {
                         progress(sent.fetch_add(delta, Ordering::Relaxed) + delta)
                     };
                     let url = self.bucket.upload_part(Some(creds), &key, n as u16, &upload_id).sign(URL_LIFETIME);
+                    // A part is big: let the store refuse it (an upload id it no longer knows)
+                    // before the body goes, so its answer is read instead of a cut connection.
+                    let expect = [("Expect", "100-continue".to_string())];
                     let mut part = PartReader { file: &file, pos: offset, end: offset + part_len(n) };
                     let result = self
                         .transport
-                        .put_reader(url.as_str(), &[], &mut part, part_len(n), &part_progress)
+                        .put_reader(url.as_str(), &expect, &mut part, part_len(n), &part_progress)
                         .and_then(|headers| {
                             headers.get("etag").and_then(|v| v.to_str().ok()).map(str::to_string).ok_or_else(|| {
                                 RemoteError::new(ErrorKind::Transient, "S3 answered a part without an ETag").with_class(ErrorClass::Server)

@@ -502,6 +502,23 @@ class S3Multipart(Hostile):
         self.assertEqual(self.sync(a)["deleted"], 1, self.row(a))
         self.assertEqual(self.pending_uploads(), [], "no billed parts left behind")
 
+    def test_an_upload_id_answered_404_is_aborted_and_the_upload_starts_over(self):
+        a = self.interrupted_upload("forgot")
+        # Every PUT now answered 404, as S3 answers an upload id it no longer knows
+        # (s3s-fs itself answers 403 there, which we must not read as "gone").
+        p = self.proxy("status", status=404, methods="PUT")
+        a.execute("SELECT attachment_init(?)", (json.dumps({"local_dir": "files-forgot", **self.remote_config(p.port)}),))
+        a.execute("UPDATE attachments SET next_attempt_at = 0")
+        self.assertEqual(self.sync(a)["uploaded"], 0)
+        state, _, error_class, error = self.row(a)
+        self.assertEqual((state, error_class), ("QUEUED_UPLOAD", "not_found"), error)
+        self.assertIsNone(one(a, "SELECT upload_resume FROM attachments"), "the dead upload id is dropped")
+        self.assertEqual(self.pending_uploads(), [], "and aborted, in case the store still holds parts")
+        a.execute("SELECT attachment_init(?)", (json.dumps({"local_dir": "files-forgot", **self.remote_config(None)}),))
+        a.execute("UPDATE attachments SET next_attempt_at = 0")
+        self.assertEqual(self.sync(a)["uploaded"], 1, self.row(a))
+        self.assertEqual(self.pending_uploads(), [])
+
     def test_a_changed_part_size_aborts_the_old_upload(self):
         a = self.interrupted_upload("size")
         resume = json.loads(one(a, "SELECT upload_resume FROM attachments"))
