@@ -140,6 +140,16 @@ impl<'c> QueueTable<'c> {
         Ok(self.conn.execute(&format!("UPDATE main.{t} SET {UNCLAIM} WHERE claimed_by = ?1"), [owner])?)
     }
 
+    /// Rows this owner holds claims on.
+    pub fn held_by_owner(&self) -> Result<Vec<String>> {
+        let t = &self.t;
+        Ok(self
+            .conn
+            .prepare(&format!("SELECT id FROM main.{t} WHERE claimed_by = ?1"))?
+            .query_map([self.owner], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
     /// The distinct owners holding claims.
     pub fn claim_owners(&self) -> Result<Vec<String>> {
         let t = &self.t;
@@ -206,7 +216,7 @@ impl<'c> QueueTable<'c> {
         let n = self.conn.execute(
             &format!(
                 "UPDATE main.{t} SET state = 4, local_uri = NULL, timestamp = ?2,
-                     last_error = 'local file missing: nothing to upload', {UNCLAIM}
+                     last_error = 'local: local file missing: nothing to upload', {UNCLAIM}
                  WHERE id = ?1 AND state = 0 AND claimed_by = ?3"
             ),
             params![id, now_ms(), self.owner],
