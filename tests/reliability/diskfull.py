@@ -50,6 +50,60 @@ def check_rows(fails, label, db, folder, expected, want_all):
         fails.add(f"{label}: integrity_check: {integrity(db)}")
 
 
+def db_full_sweep(fails, seed, folder, remote, expected_files):
+    """Mid-download with only the database full: B's local_dir has room, its database's
+    file system has `room` bytes left, swept so that some pass fails after claiming rows
+    (the claims are written) and before recording them. Once the space returns, the next
+    passes of the same process must download everything."""
+    stuck = 0
+    for room in range(4096, 40960, 4096):
+        small = os.path.join(folder, f"db-{room}")
+        if mount(small, "1m").returncode:
+            return None
+        b = None
+        try:
+            db = os.path.join(small, "b.db")
+            files = os.path.join(folder, f"files-db-{room}")
+            b = connect(db)
+            b.execute("SELECT attachment_init(?)", (json.dumps({"local_dir": files, "max_attempts": 1000, **remote.config()}),))
+            b.execute("CREATE TABLE refs(id TEXT PRIMARY KEY)")
+            b.execute("SELECT attachment_watch('refs', 'SELECT id, ''bin'' AS file_extension FROM refs')")
+            b.executemany("INSERT INTO refs VALUES (?)", [(i,) for i in expected_files])
+            one(b, "SELECT attachment_reconcile()")
+            b.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            ballast = os.path.join(small, "ballast")
+            fd = os.open(ballast, os.O_WRONLY | os.O_CREAT)
+            try:
+                while True:
+                    os.write(fd, bytes(65536))
+            except OSError:
+                pass
+            os.close(fd)
+            os.truncate(ballast, max(0, os.path.getsize(ballast) - room))
+            try:
+                one(b, "SELECT attachment_sync()")
+            except Exception as e:
+                if not any(w in str(e).lower() for w in FULL):
+                    fails.add(f"db full ({room} bytes left): unclear error {e!r}")
+            check_rows(fails, f"B, database full ({room} bytes left)", db, files, expected_files, want_all=False)
+            os.remove(ballast)
+            if not converge(b, limit=5):
+                stuck += 1
+                q = rows(db)
+                held = [r for r in q.values() if r["state"] != SYNCED and r["claimed_until"]]
+                fails.add(f"db full ({room} bytes left): once space returned, {len(held) or 'some'} download(s) stayed "
+                          f"pending in the same process; {len(held)} still claimed for "
+                          f"{max((r['claimed_until'] / 1000 - time.time() for r in held), default=0):.0f} s more "
+                          f"by the pass that failed with 'database or disk is full'", key=("db-full-stuck",))
+            check_rows(fails, f"B, database full ({room} bytes left), after space returned", db, files, expected_files,
+                       want_all=not stuck)
+        finally:
+            if b is not None:
+                b.close()
+            subprocess.run(["umount", "-l", small], capture_output=True)
+    return stuck
+
+
 def run(seed):
     fails = Failures("diskfull")
     t0 = time.time()
@@ -141,10 +195,20 @@ def run(seed):
             if not converge(b):
                 fails.add("B: downloads did not converge after space returned")
             check_rows(fails, "B after space returned", db_b, files_b, expected, want_all=True)
+        small_files = {}
+        for seq in range(12):
+            data = content(seed, f"dbfull-{seq}", 50_000 + seq)
+            id_ = one(a, "SELECT attachment_save(?, 'bin')", data)
+            small_files[id_] = sha(data)
+        if not converge(a):
+            fails.add("A: small uploads for the database-full sweep did not converge")
+        stuck = db_full_sweep(fails, seed, folder, remote, small_files)
         line = (f"diskfull: {saved_before_full} saves fit before the disk filled, then "
                 f"{'error ' + repr(save_error[-90:]) if save_error else 'NO error'}; "
                 f"mid-download: {'error ' + repr((download_error or (errors[0] if errors else ''))[:80]) if small_b in mounted else 'not run'}; "
-                f"{len(expected)} files {'converged' if not fails else 'checked'} once space returned; {time.time() - t0:.0f} s")
+                f"{len(expected)} files {'converged' if not fails else 'checked'} once space returned; "
+                f"database-full sweep: {'not run' if stuck is None else f'{stuck} of 9 stuck after space returned'}; "
+                f"{time.time() - t0:.0f} s")
         return fails, line
     finally:
         for conn in (a, b):
