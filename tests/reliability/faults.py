@@ -34,6 +34,16 @@ class Proxy(servers.Server):
             f.write(mode)
         os.replace(self.control + ".new", self.control)
 
+    def causes(self, wrong):
+        """For each wrongly SYNCED (filename, method): the fault the proxy put on that file's
+        last request of that method, e.g. "GET redirect_302"."""
+        last = {}
+        with open(self.log) as f:
+            for line in f:
+                method, path, fault, _ = line.split()
+                last[(os.path.basename(path), method)] = fault
+        return collections.Counter(f"{m} {last.get((name, m), '?')}" for name, m in wrong)
+
     def counts(self):
         if not os.path.exists(self.log):
             return collections.Counter()
@@ -43,14 +53,14 @@ class Proxy(servers.Server):
 
 def check_synced(fails, label, q, folder, expected, remote=None):
     """Every SYNCED row: local file == the saved bytes, and (uploads) the server's copy too."""
-    bad = 0
+    bad = []
     for id_, r in q.items():
         if r["state"] != SYNCED:
             continue
         want = expected.get(id_)
         local = file_sha(os.path.join(folder, r["local_uri"] or "?"))
         if local != want:
-            bad += 1
+            bad.append((r["filename"], "GET" if remote is None else "local"))
             with open(os.path.join(folder, r["local_uri"] or "?"), "rb") as f:
                 head = f.read(60)
             fails.add(f"{label}: {id_} is SYNCED but its local file is not the saved bytes "
@@ -58,19 +68,19 @@ def check_synced(fails, label, q, folder, expected, remote=None):
         if remote is not None:
             stored = file_sha(remote.stored(r["filename"]))
             if stored != want:
-                bad += 1
+                bad.append((r["filename"], "PUT"))
                 fails.add(f"{label}: {id_} is SYNCED but the server's copy is {'missing' if stored is None else 'different'}",
                           key=(id_, "remote"))
     return bad
 
 
-def drive(fails, label, conn, q_of, folder, expected, remote, passes):
+def drive(fails, label, conn, q_of, folder, expected, remote, passes, wrong):
     for i in range(passes):
         try:
             one(conn, "SELECT attachment_sync()")
         except Exception as e:  # a pass may fail as a whole; the rows must stay right
             fails.add(f"{label}: attachment_sync() raised under faults: {e}") if "locked" in str(e) else None
-        check_synced(fails, f"{label} pass {i + 1}", q_of(), folder, expected, remote)
+        wrong.update(check_synced(fails, f"{label} pass {i + 1}", q_of(), folder, expected, remote))
         conn.execute("UPDATE attachments SET next_attempt_at = 0 WHERE state IN (0, 1, 2)")  # time passes
 
 
@@ -100,7 +110,7 @@ def run_remote(fails, kind, seed, uploads, totals):
         a.execute("SELECT attachment_watch('photos', 'SELECT id, ''bin'' AS file_extension FROM photos')")
         b.execute("CREATE TABLE refs(id TEXT PRIMARY KEY)")
         b.execute("SELECT attachment_watch('refs', 'SELECT id, ''bin'' AS file_extension FROM refs')")
-        expected = {}
+        expected, wrong = {}, set()
         for seq in range(uploads):
             data = content(seed, f"{kind}-{seq}", rng.choice([1, 100, 4096]) if seq % 10 == 0 else rng.randrange(1, 300_000))
             a.execute("BEGIN IMMEDIATE")
@@ -109,7 +119,7 @@ def run_remote(fails, kind, seed, uploads, totals):
             expected[one(a, "SELECT id FROM photos WHERE seq = ?", seq)] = sha(data)
         files_a, files_b = os.path.join(folder, "files-a"), os.path.join(folder, "files-b")
         proxy.set("faults")
-        drive(fails, f"{kind} uploads under faults", a, lambda: rows(db_a), files_a, expected, remote, FAULTY_PASSES)
+        drive(fails, f"{kind} uploads under faults", a, lambda: rows(db_a), files_a, expected, remote, FAULTY_PASSES, wrong)
         synced_under_faults = sum(1 for r in rows(db_a).values() if r["state"] == SYNCED)
         proxy.set("pass")
         converge(fails, f"{kind} uploads", a)
@@ -118,7 +128,7 @@ def run_remote(fails, kind, seed, uploads, totals):
         b.executemany("INSERT INTO refs VALUES (?)", [(i,) for i in expected])
         b.execute("COMMIT")
         proxy.set("faults")
-        drive(fails, f"{kind} downloads under faults", b, lambda: rows(db_b), files_b, expected, None, FAULTY_PASSES)
+        drive(fails, f"{kind} downloads under faults", b, lambda: rows(db_b), files_b, expected, None, FAULTY_PASSES, wrong)
         synced_under_faults += sum(1 for r in rows(db_b).values() if r["state"] == SYNCED)
         proxy.set("pass")
         converge(fails, f"{kind} downloads", b)
@@ -126,7 +136,10 @@ def run_remote(fails, kind, seed, uploads, totals):
             q = rows(db)
             not_synced = [i for i in expected if q.get(i, {}).get("state") != SYNCED]
             if not_synced:
-                fails.add(f"{kind}: {len(not_synced)} of {len(expected)} not SYNCED on {label} after faults stopped")
+                why = collections.Counter(f"state {q[i]['state']}: {(q[i]['last_error'] or '')[:60]}" if i in q else "no row"
+                                          for i in not_synced)
+                fails.add(f"{kind}: {len(not_synced)} of {len(expected)} not SYNCED on {label} after faults stopped "
+                          f"({'; '.join(f'{v} x {k}' for k, v in why.most_common(3))})")
             check_synced(fails, f"{kind} {label} converged", q, files, expected, remote if label == "A" else None)
             if temp_files(files):
                 fails.add(f"{kind}: temp files left in {label}'s local_dir after converging: {temp_files(files)[:3]}")
@@ -135,6 +148,7 @@ def run_remote(fails, kind, seed, uploads, totals):
         totals["transfers"] += 2 * uploads
         totals["synced_under_faults"] += synced_under_faults
         totals["faults"].update(proxy.counts())
+        totals["causes"].update(proxy.causes(wrong))
         a.close()
         b.close()
     finally:
@@ -145,7 +159,7 @@ def run_remote(fails, kind, seed, uploads, totals):
 
 def run(seed, transfers):
     fails = Failures("faults")
-    totals = {"transfers": 0, "synced_under_faults": 0, "faults": collections.Counter()}
+    totals = {"transfers": 0, "synced_under_faults": 0, "faults": collections.Counter(), "causes": collections.Counter()}
     t0 = time.time()
     per_remote = max(1, transfers // 4)  # half uploads, half downloads, over two remotes
     for kind in ("webdav", "s3"):
@@ -155,7 +169,8 @@ def run(seed, transfers):
     wrong = len([x for x in fails.items if "SYNCED but" in x])
     line = (f"faults: {totals['transfers']} transfers, {sum(f.values())} requests, {injected} faults injected "
             f"({', '.join(f'{k} {v}' for k, v in sorted(f.items()) if k != 'none')}), "
-            f"{totals['synced_under_faults']} SYNCED under faults, {wrong} wrong SYNCED rows, "
+            f"{totals['synced_under_faults']} SYNCED under faults, {wrong} wrong SYNCED rows"
+            f"{' (by last fault: ' + ', '.join(f'{k} {v}' for k, v in sorted(totals['causes'].items())) + ')' if totals['causes'] else ''}, "
             f"{'converged' if not any('not SYNCED' in x or 'not converged' in x for x in fails.items) else 'NOT converged'} "
             f"byte-identical; {time.time() - t0:.0f} s")
     return fails, line
