@@ -5,7 +5,7 @@ extension the way an app does: Debian's /usr/bin/python3, stdlib sqlite3.
   child.py cycle  DB_A DB_B SEED FIRST_SEQ SAVES LARGE JOURNAL   (killed at a random instant)
   child.py recover DB_A DB_B SEED                                 (the restart after a kill)
   child.py worker DB STOP_FILE                                    (attachment_start_sync until STOP_FILE exists)
-  child.py writer DB SEED FIRST_SEQ TXNS PER_TXN HOLD_S JOURNAL   (long write transactions that save files)
+  child.py writer DB SEED FIRST_SEQ TXNS PER_TXN HOLD_S GAP_S JOURNAL  (long write transactions that save files)
 """
 import json
 import os
@@ -151,7 +151,7 @@ def worker(db, stop_file):
     print("worker stopped cleanly")
 
 
-def writer(db, seed, first, txns, per_txn, hold, journal_path):
+def writer(db, seed, first, txns, per_txn, hold, gap, journal_path):
     j = Journal(journal_path)
     conn = connect(db)
     seq = first
@@ -164,7 +164,7 @@ def writer(db, seed, first, txns, per_txn, hold, journal_path):
             seq += 1
         time.sleep(hold)  # a long write transaction, as a slow app holds one
         conn.execute("COMMIT")
-        time.sleep(0.05)
+        time.sleep(gap)  # then the next one soon after: a busy app leaves the lock free only briefly
     print("writer done")
 
 
@@ -179,6 +179,6 @@ if __name__ == "__main__":
     elif cmd == "worker":
         worker(args[0], args[1])
     elif cmd == "writer":
-        writer(args[0], args[1], int(args[2]), int(args[3]), int(args[4]), float(args[5]), args[6])
+        writer(args[0], args[1], int(args[2]), int(args[3]), int(args[4]), float(args[5]), float(args[6]), args[7])
     else:
         raise SystemExit(f"unknown command {cmd}")

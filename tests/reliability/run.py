@@ -20,7 +20,7 @@ COUNTS = {
     "crash_kills": (21, 200),
     "crash_large": (2, 12),
     "fault_transfers": (100, 1000),
-    "three_files": (24, 120),
+    "three_files": (36, 120),
 }
 
 
