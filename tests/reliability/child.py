@@ -123,6 +123,15 @@ def cycle(db_a, db_b, seed, first, saves, large, journal_path):
         a.execute("UPDATE photos SET keep = 0 WHERE seq = ?", (rng.choice(kept),))
         one(a, "SELECT attachment_sync()")
         one(a, "SELECT attachment_expire_cache()")
+    j.phase("worker")
+    # The background worker moves two more saves by itself (a kill here lands in its thread).
+    one(a, "SELECT attachment_start_sync()")
+    for k in range(2):
+        save(a, j, seed, first + 50 + k)
+    deadline = time.time() + 20
+    while time.time() < deadline and one(a, "SELECT count(*) FROM attachments WHERE state IN (0, 1, 2)"):
+        time.sleep(0.01)
+    one(a, "SELECT attachment_stop_sync()")
     j.phase("verify")
     one(a, "SELECT attachment_verify()")
     one(b, "SELECT attachment_verify()")

@@ -142,7 +142,7 @@ class World:
         cleanup(self.dir)
 
 
-SMALL_PHASES = ("save", "upload", "download", "delete", "expire", "verify")
+SMALL_PHASES = ("save", "upload", "download", "delete", "expire", "worker", "verify")
 LARGE_PHASES = ("save-large", "upload", "download")
 
 
