@@ -75,6 +75,10 @@ unsafe extern "C" fn on_progress(data: *mut c_void) -> c_int {
             seen.timed_out = true;
             return 1;
         }
+        // The pass is stopping (attachment_stop_sync, Ctrl-C): end the query now.
+        if crate::cancel::requested() {
+            return 1;
+        }
         0
     })
     .unwrap_or(1)

@@ -56,12 +56,21 @@ fn init(ctx: &Context) -> Result<String> {
 }
 
 /// Functions that commit on their own connection cannot wait inside the caller's transaction.
+/// Nor inside a statement that reads or writes tables (`SELECT attachment_sync() FROM t`):
+/// that statement holds a lock the extension's own connection would wait on for ever.
 fn outside_transaction(conn: &Connection, what: &str) -> Result<()> {
-    if conn.is_autocommit() {
-        Ok(())
-    } else {
-        Err(Error::Misuse(format!("call {what} outside BEGIN ... COMMIT: it commits its own short transactions")))
+    if !conn.is_autocommit() {
+        return Err(Error::Misuse(format!("call {what} outside BEGIN ... COMMIT: it commits its own short transactions")));
     }
+    // Safety: a valid handle and a NUL-terminated schema name.
+    let state = unsafe { rusqlite::ffi::sqlite3_txn_state(conn.handle(), c"main".as_ptr()) };
+    if state != rusqlite::ffi::SQLITE_TXN_NONE {
+        return Err(Error::Misuse(format!(
+            "call {what} in a statement of its own (SELECT {what};), not in one that reads or writes tables: \
+             it commits on its own connection, which would wait for the lock this statement holds"
+        )));
+    }
+    Ok(())
 }
 
 /// The database file of the caller, required by everything that opens its own connection.
