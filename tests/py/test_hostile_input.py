@@ -242,9 +242,11 @@ def sql_cases():
     ]
     for label, value, needle in bad_configs:
         specials.append((f"config {label}", "attachment_init", [value], "misuse", needle))
-    # Accepted: the URL parser drops CR/LF (WHATWG rules), and a long URL is still a URL.
-    specials.append(("config remote with CRLF", "attachment_init", [config(remote="http://host/x\r\nX: y/")],
-                     "safe", None))
+    # Control characters would be silently dropped by the URL parser (WHATWG rules) or end up in keys.
+    for label, remote in (("http:// with CRLF", "http://host/x\r\nX: y/"), ("http:// with a tab", "http://ho\tst/x/"),
+                          ("s3:// prefix with CRLF", "s3://bucket/p\r\nX: y"), ("file:// with NUL", "file:///tmp/a\x00b")):
+        specials.append((f"config remote {label}", "attachment_init", [config(remote=remote)], "misuse", "remote"))
+    # Accepted: a long URL is still a URL.
     specials.append(("config remote 1 MB", "attachment_init", [config(remote="http://h/" + HUGE)], "safe", None))
     watch = lambda q, o="{}": ("attachment_watch", ["w2", q, o])  # noqa: E731
     bad_watches = [
