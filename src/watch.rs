@@ -414,7 +414,7 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
     if !legacy.is_empty() {
         // Only our own names: the column may have been edited by hand to name the app's triggers.
         for t in legacy.iter().filter(|t| t.starts_with("_attachments_")) {
-            conn.execute_batch(&format!("DROP TRIGGER IF EXISTS main.{}", quote_ident(&t)))?;
+            conn.execute_batch(&format!("DROP TRIGGER IF EXISTS main.{}", quote_ident(t)))?;
         }
         conn.execute("UPDATE main._attachments_watch SET triggers = '[]' WHERE name = ?1", [name])?;
     }
