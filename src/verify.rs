@@ -118,7 +118,12 @@ pub fn verify(conn: &Connection, config: &Config, store: &LocalStore) -> Result<
     let now = now_ms();
     let mut out = Verified::default();
     let rows: Vec<Row> = conn
-        .prepare(&format!("SELECT id, filename, local_uri, state FROM main.{t}"))?
+        // Rows edited by hand with wrong types are left alone rather than failing every pass.
+        .prepare(&format!(
+            "SELECT id, filename, local_uri, state FROM main.{t}
+             WHERE typeof(id) = 'text' AND typeof(filename) = 'text' AND typeof(state) = 'integer'
+               AND typeof(local_uri) IN ('text', 'null')"
+        ))?
         .query_map([], |r| Ok(Row { id: r.get(0)?, filename: r.get(1)?, local_uri: r.get(2)?, state: r.get(3)? }))?
         .collect::<rusqlite::Result<_>>()?;
     let entries = store.entries()?;
@@ -137,7 +142,15 @@ pub fn verify(conn: &Connection, config: &Config, store: &LocalStore) -> Result<
         "UPDATE main.{t} SET state = 3, local_uri = ?2, size = ?3, sha256 = ?4, has_synced = 1, timestamp = ?5,
              attempts = 0, next_attempt_at = 0, last_error = NULL WHERE id = ?1 AND state = 1"
     ))?;
+    let mut unsafe_name = conn.prepare(&format!(
+        "UPDATE main.{t} SET last_error = ?2 WHERE id = ?1 AND last_error IS NOT ?2"
+    ))?;
     for row in &rows {
+        // A file name edited by hand to leave local_dir is that row's error, not the pass's.
+        if let Err(e) = crate::names::check_filename(&row.filename) {
+            unsafe_name.execute(params![row.id, format!("local: the row's filename is unsafe and is never used: {e}")])?;
+            continue;
+        }
         // Something under the name that is not a plain file (a symlink) is not "missing":
         // nothing is archived or re-downloaded for it; the upload refuses it instead.
         let present = on_disk.contains(row.filename.as_str()) || store.name_taken(&row.filename)?;

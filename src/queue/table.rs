@@ -50,11 +50,13 @@ impl<'c> QueueTable<'c> {
     /// a rowid, not a time, so a clock that steps back delays nothing), and not held by
     /// a live claim. Rows this process holds are never taken
     /// again, even when their lease has lapsed (a renewal may be late; the transfer is
-    /// still ours).
+    /// still ours). Rows whose id or filename is not TEXT (edited by hand) are never
+    /// claimed: they cannot name a file, and reading them would fail the whole pass.
     fn claimable(&self) -> String {
         format!(
             "state IN {QUEUED} AND next_attempt_at <= ?2 AND rowid <= ?1
-             AND (claimed_until IS NULL OR claimed_until < ?2) AND claimed_by IS NOT ?3"
+             AND (claimed_until IS NULL OR claimed_until < ?2) AND claimed_by IS NOT ?3
+             AND typeof(id) = 'text' AND typeof(filename) = 'text'"
         )
     }
 
