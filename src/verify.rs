@@ -142,6 +142,15 @@ pub fn verify(conn: &Connection, config: &Config, store: &LocalStore) -> Result<
         "UPDATE main.{t} SET state = 3, local_uri = ?2, size = ?3, sha256 = ?4, has_synced = 1, timestamp = ?5,
              attempts = 0, next_attempt_at = 0, last_error = NULL WHERE id = ?1 AND state = 1"
     ))?;
+    // Rows the loop above leaves alone say why, once.
+    conn.execute(
+        &format!(
+            "UPDATE main.{t} SET last_error = ?1
+             WHERE (typeof(id) != 'text' OR typeof(filename) != 'text' OR typeof(state) != 'integer'
+                    OR state NOT BETWEEN 0 AND 4) AND last_error IS NOT ?1"
+        ),
+        ["local: the row was edited by hand and is left alone: id and filename must be TEXT, state 0 to 4"],
+    )?;
     let mut unsafe_name = conn.prepare(&format!(
         "UPDATE main.{t} SET last_error = ?2 WHERE id = ?1 AND last_error IS NOT ?2"
     ))?;

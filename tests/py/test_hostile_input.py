@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -716,6 +717,17 @@ class InternalTables(Catalogue):
                 if bad_name:
                     error = c.execute("SELECT last_error FROM attachments WHERE id = 'evil'").fetchone()
                     self.assertIn(bad_name, error[0] if error and error[0] else "", "the error names the bad filename")
+                if name in ("queue state 9", "queue state -1", "queue state text", "queue id BLOB",
+                            "queue filename BLOB"):
+                    errors = c.execute("SELECT last_error FROM attachments WHERE id IS NOT ? AND id IS NOT 'keep'", (saved,)).fetchall()
+                    self.assertTrue(errors and all(e[0] for e in errors), f"the row says what is wrong: {errors}")
+                c.close()
+                c = connect(db)  # the live view copes with whatever the table holds
+                for view in ("attachment_queue", "attachment_watches"):
+                    try:
+                        c.execute(f"SELECT * FROM {view}").fetchall()
+                    except sqlite3.Error as e:  # a bad stored config is refused by name, never a crash
+                        self.assertTrue(str(e).startswith(f"{view}: config"), e)
                 if os.environ.get("HOSTILE_DEBUG"):
                     print(name, rc, err.strip()[:200], c.execute(
                         "SELECT id, state, last_error FROM attachments WHERE id NOT IN (?, 'keep')", (saved,)).fetchall(),
