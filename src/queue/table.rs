@@ -61,6 +61,24 @@ impl<'c> QueueTable<'c> {
         QueueTable::new(conn, table, "")
     }
 
+    /// `attachment_init` with another `remote`: the new remote holds none of the files.
+    /// SYNCED rows with their local copy → QUEUED_UPLOAD; other rows forget they were
+    /// uploaded (an ARCHIVED copy restored later goes up again) and any half-done multipart
+    /// upload, which belonged to the old remote. Rows without a local copy cannot be moved:
+    /// their downloads will find what the new remote has.
+    pub fn remote_changed(&self) -> Result<usize> {
+        let t = &self.t;
+        let moved = self.conn.execute(
+            &format!(
+                "UPDATE main.{t} SET state = {UPLOAD}, has_synced = 0, timestamp = ?1, upload_resume = NULL, {SUCCESS}
+                 WHERE state = {SYNCED} AND local_uri IS NOT NULL"
+            ),
+            [now_ms()],
+        )?;
+        self.conn.execute(&format!("UPDATE main.{t} SET has_synced = 0, upload_resume = NULL WHERE has_synced = 1 OR upload_resume IS NOT NULL"), [])?;
+        Ok(moved)
+    }
+
     /// → QUEUED_UPLOAD: a file saved here, complete and durable in `local_dir`.
     #[allow(clippy::too_many_arguments)]
     pub fn insert_upload(&self, id: &str, filename: &str, size: u64, media_type: &str, meta_data: Option<&str>, sha256: &str) -> Result<()> {

@@ -140,6 +140,18 @@ class Transitions(Case):
         self.sync(a)
         self.assertEqual(self.row(a, id_)[0], SYNCED)
 
+    def test_a_new_remote_gets_every_file_again(self):
+        a = self.device("a")
+        id_ = one(a, "SELECT attachment_save(x'0102', 'bin')")
+        self.sync(a)
+        other = os.path.join(self.dir, "remote-b")
+        a.execute("SELECT attachment_init(?)", (json.dumps({"local_dir": "files-a", "remote": f"file://{other}"}),))
+        # Not SYNCED any more: the new remote does not hold the file yet.
+        self.assertEqual(self.row(a, id_)[:2], (QUEUED_UPLOAD, 0))
+        self.assertEqual(self.sync(a)["uploaded"], 1)
+        self.assertEqual(self.row(a, id_)[:2], (SYNCED, 1))
+        self.assertEqual(os.listdir(other), [f"{id_}.bin"])
+
     def test_a_row_in_an_unknown_state_is_left_alone(self):
         a = self.device("a")
         id_ = one(a, "SELECT attachment_save(x'01', 'bin')")
