@@ -6,6 +6,7 @@ mod queue_vtab;
 mod read;
 mod retry;
 mod save;
+mod snapshot;
 mod watch;
 mod watches_vtab;
 

@@ -9,9 +9,11 @@ use std::marker::PhantomData;
 
 use rusqlite::types::Value;
 use rusqlite::vtab::{
-    Context, Filters, IndexConstraintOp, IndexInfo, Module, VTab, VTabConfig, VTabConnection, VTabCursor,
+    Context, Filters, IndexConstraintOp, IndexInfo, Module, VTab, VTabConnection, VTabCursor,
 };
 use rusqlite::{ffi, Connection};
+
+use super::snapshot::{self, Rows};
 
 use crate::config::Config;
 use crate::queue::State;
@@ -51,11 +53,8 @@ unsafe impl<'vtab> VTab<'vtab> for QueueTab {
         _table_name: &[u8],
         _args: &[&[u8]],
     ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
-        db.config(VTabConfig::DirectOnly)?;
-        let handle = unsafe { db.handle() };
-        let sql = std::ffi::CString::new(format!("CREATE TABLE x({})", COLUMNS.join(", ")))
-            .map_err(|e| rusqlite::Error::ModuleError(e.to_string()))?;
-        Ok((Cow::Owned(sql), QueueTab { base: ffi::sqlite3_vtab::default(), db: handle }))
+        let (sql, handle) = snapshot::declare(db, &COLUMNS)?;
+        Ok((sql, QueueTab { base: ffi::sqlite3_vtab::default(), db: handle }))
     }
 
     fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
@@ -81,7 +80,7 @@ unsafe impl<'vtab> VTab<'vtab> for QueueTab {
     }
 
     fn open(&'vtab mut self) -> rusqlite::Result<QueueCursor<'vtab>> {
-        Ok(QueueCursor { base: ffi::sqlite3_vtab_cursor::default(), db: self.db, rows: Vec::new(), pos: 0, db_file: String::new(), phantom: PhantomData })
+        Ok(QueueCursor { base: ffi::sqlite3_vtab_cursor::default(), db: self.db, rows: Rows::default(), db_file: String::new(), phantom: PhantomData })
     }
 }
 
@@ -89,8 +88,7 @@ unsafe impl<'vtab> VTab<'vtab> for QueueTab {
 struct QueueCursor<'vtab> {
     base: ffi::sqlite3_vtab_cursor,
     db: *mut ffi::sqlite3,
-    rows: Vec<Vec<Value>>,
-    pos: usize,
+    rows: Rows,
     db_file: String,
     phantom: PhantomData<&'vtab QueueTab>,
 }
@@ -146,7 +144,6 @@ impl QueueCursor<'_> {
             row[COL_BYTES_DONE] = Value::Integer(done);
             self.rows.push(row);
         }
-        self.pos = 0;
         Ok(())
     }
 }
@@ -158,29 +155,22 @@ unsafe impl VTabCursor for QueueCursor<'_> {
             self.rows.clear();
             return Ok(());
         }
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.load(id))) {
-            Ok(result) => result.map_err(|e| e.into_sql("attachment_queue")),
-            Err(_) => Err(crate::error::Error::Misuse("internal error".into()).into_sql("attachment_queue")),
-        }
+        snapshot::load("attachment_queue", || self.load(id))
     }
 
     fn next(&mut self) -> rusqlite::Result<()> {
-        self.pos += 1;
-        Ok(())
+        self.rows.next()
     }
 
     fn eof(&self) -> bool {
-        self.pos >= self.rows.len()
+        self.rows.eof()
     }
 
     fn column(&self, ctx: &mut Context, i: c_int) -> rusqlite::Result<()> {
-        match self.rows.get(self.pos).and_then(|r| r.get(i as usize)) {
-            Some(v) => ctx.set_result(v),
-            None => ctx.set_result(&Value::Null),
-        }
+        self.rows.column(ctx, i)
     }
 
     fn rowid(&self) -> rusqlite::Result<i64> {
-        Ok(self.pos as i64)
+        self.rows.rowid()
     }
 }

@@ -6,9 +6,10 @@ use std::borrow::Cow;
 use std::ffi::{c_int, CStr};
 use std::marker::PhantomData;
 
-use rusqlite::types::Value;
-use rusqlite::vtab::{Context, Filters, IndexInfo, Module, VTab, VTabConfig, VTabConnection, VTabCursor};
+use rusqlite::vtab::{Context, Filters, IndexInfo, Module, VTab, VTabConnection, VTabCursor};
 use rusqlite::{ffi, Connection};
+
+use super::snapshot::{self, Rows};
 
 const COLUMNS: [&str; 7] = ["name", "query", "options", "state", "last_error", "last_run", "incremental"];
 
@@ -35,11 +36,8 @@ unsafe impl<'vtab> VTab<'vtab> for WatchesTab {
         _table_name: &[u8],
         _args: &[&[u8]],
     ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
-        db.config(VTabConfig::DirectOnly)?;
-        let handle = unsafe { db.handle() };
-        let sql = std::ffi::CString::new(format!("CREATE TABLE x({})", COLUMNS.join(", ")))
-            .map_err(|e| rusqlite::Error::ModuleError(e.to_string()))?;
-        Ok((Cow::Owned(sql), WatchesTab { base: ffi::sqlite3_vtab::default(), db: handle }))
+        let (sql, handle) = snapshot::declare(db, &COLUMNS)?;
+        Ok((sql, WatchesTab { base: ffi::sqlite3_vtab::default(), db: handle }))
     }
 
     fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
@@ -49,7 +47,7 @@ unsafe impl<'vtab> VTab<'vtab> for WatchesTab {
     }
 
     fn open(&'vtab mut self) -> rusqlite::Result<WatchesCursor<'vtab>> {
-        Ok(WatchesCursor { base: ffi::sqlite3_vtab_cursor::default(), db: self.db, rows: Vec::new(), pos: 0, phantom: PhantomData })
+        Ok(WatchesCursor { base: ffi::sqlite3_vtab_cursor::default(), db: self.db, rows: Rows::default(), phantom: PhantomData })
     }
 }
 
@@ -57,8 +55,7 @@ unsafe impl<'vtab> VTab<'vtab> for WatchesTab {
 struct WatchesCursor<'vtab> {
     base: ffi::sqlite3_vtab_cursor,
     db: *mut ffi::sqlite3,
-    rows: Vec<Vec<Value>>,
-    pos: usize,
+    rows: Rows,
     phantom: PhantomData<&'vtab WatchesTab>,
 }
 
@@ -68,7 +65,6 @@ impl WatchesCursor<'_> {
         // Connection made here does not own (and will not close) the handle.
         let conn = unsafe { Connection::from_handle(self.db)? };
         self.rows.clear();
-        self.pos = 0;
         let exists: bool = conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = '_attachments_watch')",
             [],
@@ -90,29 +86,22 @@ impl WatchesCursor<'_> {
 
 unsafe impl VTabCursor for WatchesCursor<'_> {
     fn filter(&mut self, _idx_num: c_int, _idx_str: Option<&str>, _args: &Filters<'_>) -> rusqlite::Result<()> {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.load())) {
-            Ok(result) => result.map_err(|e| e.into_sql("attachment_watches")),
-            Err(_) => Err(crate::error::Error::Misuse("internal error".into()).into_sql("attachment_watches")),
-        }
+        snapshot::load("attachment_watches", || self.load())
     }
 
     fn next(&mut self) -> rusqlite::Result<()> {
-        self.pos += 1;
-        Ok(())
+        self.rows.next()
     }
 
     fn eof(&self) -> bool {
-        self.pos >= self.rows.len()
+        self.rows.eof()
     }
 
     fn column(&self, ctx: &mut Context, i: c_int) -> rusqlite::Result<()> {
-        match self.rows.get(self.pos).and_then(|r| r.get(i as usize)) {
-            Some(v) => ctx.set_result(v),
-            None => ctx.set_result(&Value::Null),
-        }
+        self.rows.column(ctx, i)
     }
 
     fn rowid(&self) -> rusqlite::Result<i64> {
-        Ok(self.pos as i64)
+        self.rows.rowid()
     }
 }
