@@ -173,11 +173,13 @@ fn write_marker(dir: &Path, owner: &str, table: &str, db: Option<&DbFile>) -> Re
     result.map_err(|e| Error::io(path, e))
 }
 
-/// The owner id stored in another database file, read on a read-only connection of its own.
-fn owner_in_file(path: &Path) -> Result<Option<String>> {
+/// The owner id stored in another database file and the local_dir its config names,
+/// read on a read-only connection of its own.
+fn owner_in_file(path: &Path) -> Result<(Option<String>, Option<PathBuf>)> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     conn.busy_timeout(std::time::Duration::from_secs(2))?;
-    stored_owner(&conn)
+    let dir = crate::config::Config::load(&conn).ok().and_then(|c| c.local_dir_for(path.to_str()).ok());
+    Ok((stored_owner(&conn)?, dir))
 }
 
 /// Names in `dir` other than the marker (everything: hidden files, folders, symlinks).
@@ -247,7 +249,11 @@ fn standing(dir: &Path, db_file: Option<&str>, stored: Option<&str>) -> Result<S
     };
     // Another file is at the recorded path: does it still own the folder?
     let holds_owner = match owner_in_file(&recorded.path) {
-        Ok(id) => id.as_deref() == Some(marker.owner.as_str()),
+        // It holds the marker's id and still uses this folder (not when this folder is a
+        // copy of its folder, made with a copy of the database).
+        Ok((id, its_dir)) => {
+            id.as_deref() == Some(marker.owner.as_str()) && its_dir.is_none_or(|d| resolve(&d) == resolve(dir))
+        }
         // Unreadable (locked, not a database): it may be the owner, so the folder stays its.
         Err(_) => true,
     };

@@ -364,7 +364,9 @@ class OwnershipAttacks(Case):
         self.init(app, local_dir="files")
         other = connect(os.path.join(self.dir, "other.db"))
         self.init(other, local_dir="files-other")
-        # The folder's marker now names other.db (as an older build let it happen).
+        # other.db took the folder over, as an older build let it: its config names the
+        # folder and the folder's marker names it.
+        other.execute("""UPDATE _attachments_config SET config = json_set(config, '$.local_dir', 'files')""")
         shutil.copy(os.path.join(self.dir, "files-other", ".attachments-owner"),
                     os.path.join(self.dir, "files", ".attachments-owner"))
         with self.assertRaises(sqlite3.Error) as cm:
@@ -401,6 +403,22 @@ class OwnershipAttacks(Case):
         self.init(backup, local_dir="files-backup")
         self.assertEqual(self.sync(app)["uploaded"], 2)
         self.assertTrue(os.path.exists(path))
+
+    def test_a_copy_with_a_copy_of_the_folder_gets_that_folder(self):
+        app = connect(os.path.join(self.dir, "app.db"))
+        self.init(app, local_dir="files")
+        att = one(app, "SELECT attachment_save(?, 'bin')", b"in both")
+        app.close()
+        # A whole backup: the database and its folder (marker included), side by side.
+        shutil.copy(os.path.join(self.dir, "app.db"), os.path.join(self.dir, "backup.db"))
+        shutil.copytree(os.path.join(self.dir, "files"), os.path.join(self.dir, "files-backup"))
+        backup = connect(os.path.join(self.dir, "backup.db"))
+        self.init(backup, local_dir="files-backup")
+        self.assertEqual(self.sync(backup)["uploaded"], 1)
+        self.assertTrue(os.path.exists(os.path.join(self.dir, "files-backup", f"{att}.bin")))
+        app = connect(os.path.join(self.dir, "app.db"))
+        one(app, "SELECT attachment_save(?, 'bin')", b"after the backup")
+        self.assertEqual(one(app, "SELECT count(*) FROM attachments"), 2)
 
     def test_a_restored_or_moved_database_takes_its_folder_back(self):
         app = connect(os.path.join(self.dir, "app.db"))
