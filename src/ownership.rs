@@ -1,8 +1,10 @@
 //! Who a `local_dir` belongs to. Verify deletes files no row names, so a folder shared
 //! with anything else (the database's own folder, another database, another table)
 //! would lose files that were not verify's to delete. A marker file in the folder names
-//! an owner id that is stored in the database (not the path: a moved database keeps its
-//! folder); anyone else is refused.
+//! an owner id that is stored in the database, and the database file that owns the folder
+//! (path, device, inode). The id tells databases apart; the file tells the original from a
+//! copy of it (a backup carries the same id). A moved or restored database keeps its folder
+//! (the recorded path is gone, or is this very file); anyone else is refused.
 
 use std::collections::HashSet;
 use std::fs;
@@ -286,10 +288,19 @@ pub fn claim(conn: &Connection, db_file: Option<&str>, dir: &Path, table: &str) 
 }
 
 /// Refuses a save into a folder that is not this database's (another database's, or
-/// the original's when this database is a copy). Cheap: one small read and two stats.
-/// A folder still to be adopted or re-recorded is left to init and verify.
-pub fn check_save(conn: &Connection, db_file: Option<&str>, dir: &Path) -> Result<()> {
-    standing(dir, db_file, stored_owner(conn)?.as_deref()).map(|_| ())
+/// the original's when this database is a copy). Cheap when the folder is ours: one
+/// small read and a few stats. A marker still to be re-recorded (an earlier build's, a
+/// moved database's) is rewritten now, so the original claims its folder before any copy
+/// of it can; an unowned folder is left to init and verify.
+pub fn check_save(conn: &Connection, db_file: Option<&str>, dir: &Path, table: &str) -> Result<()> {
+    let stored = stored_owner(conn)?;
+    if standing(dir, db_file, stored.as_deref())? == Standing::OursToRecord {
+        if let Some(id) = &stored {
+            let me = db_file.filter(|f| !f.is_empty()).and_then(|f| DbFile::at(Path::new(f)));
+            write_marker(dir, id, table, me.as_ref())?;
+        }
+    }
+    Ok(())
 }
 
 /// What [`claim`] decides, without writing anything: an error when `dir` is not this
@@ -373,4 +384,29 @@ pub fn check_change(conn: &Connection, old: &crate::config::Config, new: &crate:
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Remote;
+
+    #[test]
+    fn a_file_remote_must_be_apart_from_local_dir() {
+        let dir = std::env::temp_dir().join(format!("att-own-{}", uuid::Uuid::new_v4().simple()));
+        fs::create_dir_all(dir.join("files")).unwrap();
+        let refused = |remote: &str, local: &str| {
+            check_remote_apart(&Remote::Dir(dir.join(remote)), &dir.join(local)).is_err()
+        };
+        assert!(refused("files", "files"));
+        assert!(refused("files/up", "files"));
+        assert!(refused("files", "files/down"));
+        assert!(refused("x/../files", "./files"));
+        assert!(!refused("files2", "files"));
+        assert!(!refused("remote", "files"));
+        assert!(check_remote_apart(&Remote::S3 { bucket: "b".into(), prefix: String::new() }, &dir).is_ok());
+        let msg = check_remote_apart(&Remote::Dir(dir.join("files")), &dir.join("files")).unwrap_err().to_string();
+        assert!(msg.contains("remote"), "{msg}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -420,6 +420,25 @@ class OwnershipAttacks(Case):
         one(app, "SELECT attachment_save(?, 'bin')", b"after the backup")
         self.assertEqual(one(app, "SELECT count(*) FROM attachments"), 2)
 
+    def test_after_an_upgrade_the_originals_first_save_claims_the_folder_before_a_copy(self):
+        app = connect(os.path.join(self.dir, "app.db"))
+        self.init(app, local_dir="files")
+        marker = os.path.join(self.dir, "files", ".attachments-owner")
+        owner = json.load(open(marker))["owner"]
+        with open(marker, "w") as f:  # as an earlier build wrote it: no database file recorded
+            json.dump({"owner": owner, "table": "attachments"}, f)
+        app.close()
+        shutil.copy(os.path.join(self.dir, "app.db"), os.path.join(self.dir, "backup.db"))
+        app = connect(os.path.join(self.dir, "app.db"))
+        att = one(app, "SELECT attachment_save(?, 'bin')", b"saved after the backup")
+        self.age_files(os.path.join(self.dir, "files"))
+        backup = connect(os.path.join(self.dir, "backup.db"))
+        with self.assertRaises(sqlite3.Error) as cm:
+            backup.execute("SELECT attachment_verify()")
+        self.assertIn("copy", str(cm.exception))
+        self.assertTrue(os.path.exists(os.path.join(self.dir, "files", f"{att}.bin")))
+        self.assertEqual(self.sync(app)["uploaded"], 1)
+
     def test_a_restored_or_moved_database_takes_its_folder_back(self):
         app = connect(os.path.join(self.dir, "app.db"))
         self.init(app, local_dir="files")
