@@ -41,6 +41,7 @@ fn init(ctx: &Context) -> Result<String> {
         DbTarget::of(&conn, "attachment_init()")?; // refuse a VFS our own connection cannot share
     }
     let dir = config.local_dir_for(db_file)?;
+    ownership::check_remote_apart(&config.remote, &dir)?;
     // Everything that can refuse is checked before anything is written: a failing
     // function does not undo the writes it made on the caller's connection.
     let old = match Config::load(&conn) {

@@ -59,6 +59,7 @@ fn save_from(ctx: &Context, data: &mut dyn Read) -> Result<String> {
     let conn = caller(ctx)?;
     let config = Config::load(&conn)?;
     let store = LocalStore::open(config.local_dir_for(conn.path())?)?;
+    crate::ownership::check_save(&conn, conn.path(), store.dir(), &config.table)?; // not another database's folder, nor the original's
     let id = uuid::Uuid::new_v4().to_string();
     let filename = names::filename(&id, &ext)?;
     let media_type = media_type.unwrap_or_else(|| names::guess_media_type(names::ext_of(&filename)));

@@ -333,3 +333,145 @@ class Smaller(Case):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class OwnershipAttacks(Case):
+    """Holes an adversarial review found in who may use a local_dir (Task I)."""
+
+    def init(self, conn, **cfg):
+        conn.execute("SELECT attachment_init(?)", (json.dumps({"remote": f"file://{self.remote}", **cfg}),))
+
+    def test_a_second_database_cannot_take_an_empty_folder_in_use(self):
+        app = connect(os.path.join(self.dir, "app.db"))
+        self.init(app, local_dir="files")
+        other = connect(os.path.join(self.dir, "other.db"))
+        with self.assertRaises(sqlite3.Error) as cm:
+            self.init(other, local_dir="files")
+        self.assertIn("another database", str(cm.exception))
+        other.close()
+        att = one(app, "SELECT attachment_save(?, 'bin')", b"not uploaded yet")
+        path = os.path.join(self.dir, "files", f"{att}.bin")
+        self.age_files(os.path.join(self.dir, "files"))
+        # other.db's next process: it has no config, so nothing of app.db's is touched.
+        other = connect(os.path.join(self.dir, "other.db"))
+        with self.assertRaises(sqlite3.Error):
+            other.execute("SELECT attachment_sync()")
+        self.assertTrue(os.path.exists(path))
+        self.assertEqual(self.sync(app)["uploaded"], 1)
+
+    def test_a_save_into_a_folder_another_database_owns_fails(self):
+        app = connect(os.path.join(self.dir, "app.db"))
+        self.init(app, local_dir="files")
+        other = connect(os.path.join(self.dir, "other.db"))
+        self.init(other, local_dir="files-other")
+        # other.db took the folder over, as an older build let it: its config names the
+        # folder and the folder's marker names it.
+        other.execute("""UPDATE _attachments_config SET config = json_set(config, '$.local_dir', 'files')""")
+        shutil.copy(os.path.join(self.dir, "files-other", ".attachments-owner"),
+                    os.path.join(self.dir, "files", ".attachments-owner"))
+        with self.assertRaises(sqlite3.Error) as cm:
+            one(app, "SELECT attachment_save(?, 'bin')", b"x")
+        self.assertIn("another database", str(cm.exception))
+        self.assertEqual(one(app, "SELECT count(*) FROM attachments"), 0)
+
+    def test_a_copy_of_the_database_does_not_delete_the_originals_files(self):
+        app = connect(os.path.join(self.dir, "app.db"))
+        self.init(app, local_dir="files")
+        one(app, "SELECT attachment_save(?, 'bin')", b"saved before the backup")
+        app.close()
+        shutil.copy(os.path.join(self.dir, "app.db"), os.path.join(self.dir, "backup.db"))
+        app = connect(os.path.join(self.dir, "app.db"))
+        att = one(app, "SELECT attachment_save(?, 'bin')", b"saved after the backup")
+        path = os.path.join(self.dir, "files", f"{att}.bin")
+        self.age_files(os.path.join(self.dir, "files"))
+        backup = connect(os.path.join(self.dir, "backup.db"))
+        with self.assertRaises(sqlite3.Error) as cm:
+            backup.execute("SELECT attachment_verify()")
+        self.assertIn("copy", str(cm.exception))
+        self.assertIn("local_dir", str(cm.exception))
+        with self.assertRaises(sqlite3.Error) as cm:
+            backup.execute("SELECT attachment_sync()")
+        self.assertIn("copy", str(cm.exception))
+        with self.assertRaises(sqlite3.Error) as cm:
+            one(backup, "SELECT attachment_save(?, 'bin')", b"into the original's folder")
+        self.assertIn("copy", str(cm.exception))
+        with self.assertRaises(sqlite3.Error) as cm:
+            self.init(backup, local_dir="files")
+        self.assertIn("copy", str(cm.exception))
+        self.assertTrue(os.path.exists(path))
+        # The copy works once it has a folder of its own; the original is untouched.
+        self.init(backup, local_dir="files-backup")
+        self.assertEqual(self.sync(app)["uploaded"], 2)
+        self.assertTrue(os.path.exists(path))
+
+    def test_a_copy_with_a_copy_of_the_folder_gets_that_folder(self):
+        app = connect(os.path.join(self.dir, "app.db"))
+        self.init(app, local_dir="files")
+        att = one(app, "SELECT attachment_save(?, 'bin')", b"in both")
+        app.close()
+        # A whole backup: the database and its folder (marker included), side by side.
+        shutil.copy(os.path.join(self.dir, "app.db"), os.path.join(self.dir, "backup.db"))
+        shutil.copytree(os.path.join(self.dir, "files"), os.path.join(self.dir, "files-backup"))
+        backup = connect(os.path.join(self.dir, "backup.db"))
+        self.init(backup, local_dir="files-backup")
+        self.assertEqual(self.sync(backup)["uploaded"], 1)
+        self.assertTrue(os.path.exists(os.path.join(self.dir, "files-backup", f"{att}.bin")))
+        app = connect(os.path.join(self.dir, "app.db"))
+        one(app, "SELECT attachment_save(?, 'bin')", b"after the backup")
+        self.assertEqual(one(app, "SELECT count(*) FROM attachments"), 2)
+
+    def test_after_an_upgrade_the_originals_first_save_claims_the_folder_before_a_copy(self):
+        app = connect(os.path.join(self.dir, "app.db"))
+        self.init(app, local_dir="files")
+        marker = os.path.join(self.dir, "files", ".attachments-owner")
+        owner = json.load(open(marker))["owner"]
+        with open(marker, "w") as f:  # as an earlier build wrote it: no database file recorded
+            json.dump({"owner": owner, "table": "attachments"}, f)
+        app.close()
+        shutil.copy(os.path.join(self.dir, "app.db"), os.path.join(self.dir, "backup.db"))
+        app = connect(os.path.join(self.dir, "app.db"))
+        att = one(app, "SELECT attachment_save(?, 'bin')", b"saved after the backup")
+        self.age_files(os.path.join(self.dir, "files"))
+        backup = connect(os.path.join(self.dir, "backup.db"))
+        with self.assertRaises(sqlite3.Error) as cm:
+            backup.execute("SELECT attachment_verify()")
+        self.assertIn("copy", str(cm.exception))
+        self.assertTrue(os.path.exists(os.path.join(self.dir, "files", f"{att}.bin")))
+        self.assertEqual(self.sync(app)["uploaded"], 1)
+
+    def test_a_restored_or_moved_database_takes_its_folder_back(self):
+        app = connect(os.path.join(self.dir, "app.db"))
+        self.init(app, local_dir="files")
+        one(app, "SELECT attachment_save(?, 'bin')", b"x")
+        app.close()
+        backup = os.path.join(self.dir, "backup.db")
+        shutil.copy(os.path.join(self.dir, "app.db"), backup)
+        # Restored with cp over the original: same path, new inode.
+        os.remove(os.path.join(self.dir, "app.db"))
+        shutil.copy(backup, os.path.join(self.dir, "app.db"))
+        os.remove(backup)
+        app = connect(os.path.join(self.dir, "app.db"))
+        one(app, "SELECT attachment_save(?, 'bin')", b"y")
+        self.assertEqual(self.sync(app)["uploaded"], 2)
+        app.close()
+        # Renamed in place (the old path is gone): the folder follows.
+        os.rename(os.path.join(self.dir, "app.db"), os.path.join(self.dir, "renamed.db"))
+        app = connect(os.path.join(self.dir, "renamed.db"))
+        one(app, "SELECT attachment_save(?, 'bin')", b"z")
+        self.assertEqual(self.sync(app)["uploaded"], 1)
+        with open(os.path.join(self.dir, "files", ".attachments-owner")) as f:
+            self.assertIn("renamed.db", f.read())
+
+    def test_a_file_remote_equal_to_or_nested_with_local_dir_is_refused(self):
+        os.makedirs(os.path.join(self.dir, "files", "up"))
+        for remote, local_dir in ((os.path.join(self.dir, "files"), "files"),
+                                  (os.path.join(self.dir, "files", "up"), "files"),
+                                  (self.dir + "/files/../files", "files/up"),
+                                  (os.path.join(self.dir, "files"), "files/up")):
+            c = connect(os.path.join(self.dir, "app.db"))
+            with self.assertRaises(sqlite3.Error, msg=(remote, local_dir)) as cm:
+                c.execute("SELECT attachment_init(?)", (json.dumps({"remote": f"file://{remote}", "local_dir": local_dir}),))
+            self.assertIn("remote", str(cm.exception))
+            c.close()
+        c = connect(os.path.join(self.dir, "app.db"))
+        self.init(c, local_dir="files-ok")
