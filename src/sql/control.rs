@@ -52,6 +52,7 @@ fn init(ctx: &Context) -> Result<String> {
     schema::ensure(&conn, &config.table)?;
     config.store(&conn)?;
     ownership::claim(&conn, db_file, store.dir(), &config.table)?;
+    crate::remote::prepare(&config);
     Ok(config.to_json().to_string())
 }
 
