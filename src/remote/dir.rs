@@ -120,3 +120,45 @@ impl RemoteStorage for DirRemote {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that appends to the remote file every time it is given bytes: the file
+    /// grows exactly as fast as it is read. Fails past `cap` so a broken reader ends.
+    struct Grower {
+        remote: File,
+        got: u64,
+        cap: u64,
+    }
+
+    impl Write for Grower {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.got += buf.len() as u64;
+            if self.got > self.cap {
+                return Err(std::io::Error::other("read past the length the file had when opened"));
+            }
+            self.remote.write_all(buf)?;
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_file_growing_while_read_is_read_to_its_opening_length_only() {
+        let root = std::env::temp_dir().join(format!("att-dir-grow-{}", uuid::Uuid::new_v4().simple()));
+        fs::create_dir(&root).unwrap();
+        fs::write(root.join("g1.bin"), vec![7u8; 1024 * 1024]).unwrap();
+        let remote = fs::OpenOptions::new().append(true).open(root.join("g1.bin")).unwrap();
+        let mut out = Grower { remote, got: 0, cap: 4 * 1024 * 1024 };
+        let obj = Object { id: "g1", filename: "g1.bin", media_type: "application/octet-stream", sha256: None, resume: None };
+        let fetched = DirRemote::new(root.clone()).download(&obj, &mut out, &|_| Ok(()));
+        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(fetched.unwrap().length, Some(1024 * 1024));
+        assert_eq!(out.got, 1024 * 1024);
+    }
+}
