@@ -468,9 +468,31 @@ impl Syncer {
         }
     }
 
+    /// Downloads into a staged file. A SHA-256 the row already has (an upload from here, or
+    /// an earlier download) is what the bytes must hash to; a failing local write (a full
+    /// disk) is class `local`, not the network's.
     fn download(&self, obj: &Object, progress: remote::Progress) -> Result<Outcome, RemoteError> {
         let written = self.store.stage(obj.filename, |out| {
-            let fetched = self.remote.download(obj, out, progress)?;
+            let mut out = LocalWriter { inner: out, failed: None };
+            let mut fetched = match self.remote.download(obj, &mut out, progress) {
+                Ok(fetched) => fetched,
+                Err(e) => match out.failed {
+                    Some(local) => return Err(RemoteError::local(format!("writing the download to the local folder: {local}")).into()),
+                    None => return Err(e.into()),
+                },
+            };
+            if let Some(known) = obj.sha256 {
+                match fetched.sha256.as_deref() {
+                    Some(claimed) if !claimed.eq_ignore_ascii_case(known) => {
+                        return Err(RemoteError::integrity(format!(
+                            "checksum mismatch: the row has sha256 {known}, the remote claims {claimed}"
+                        ))
+                        .into())
+                    }
+                    // The store checks the bytes against it and discards the staged file if they differ.
+                    _ => fetched.sha256 = Some(known.to_owned()),
+                }
+            }
             Ok(fetched)
         });
         match written {
@@ -538,6 +560,23 @@ impl Syncer {
             }
         }
         Ok(remove)
+    }
+}
+
+/// Remembers a failing write, so a download that fails because the local disk did is
+/// told from one the remote broke (backends only see an `io::Error` from the copy).
+struct LocalWriter<'a> {
+    inner: &'a mut dyn std::io::Write,
+    failed: Option<String>,
+}
+
+impl std::io::Write for LocalWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(buf).inspect_err(|e| self.failed = Some(e.to_string()))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush().inspect_err(|e| self.failed = Some(e.to_string()))
     }
 }
 

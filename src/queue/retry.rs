@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::remote::{ErrorKind, RemoteError};
+use crate::remote::{ErrorClass, ErrorKind, RemoteError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -35,7 +35,8 @@ pub fn after_failure(op: Op, err: &RemoteError, attempts: i64, max_attempts: i64
         return Next::Archive;
     }
     // IMP: 401/403 never archive or drop a row, whatever the attempt count (S3 answers 403 for a missing key).
-    if op == Op::Download && err.kind != ErrorKind::Auth && attempts >= max_attempts {
+    // A local failure (a full disk) says nothing about the remote file: never given up for it either.
+    if op == Op::Download && err.kind != ErrorKind::Auth && err.class != ErrorClass::Local && attempts >= max_attempts {
         return Next::Archive;
     }
     // IMP: uploads and deletes are never given up.

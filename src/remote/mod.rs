@@ -61,6 +61,14 @@ pub fn open(config: &Config) -> Result<Box<dyn RemoteStorage>> {
     }
 }
 
+/// Prepares the remote at `attachment_init`: a `file://` folder is created when its parent
+/// exists (never its parents: see [`dir::create_root_if_parent_exists`]).
+pub fn prepare(config: &Config) {
+    if let RemoteUrl::Dir(path) = &config.remote {
+        dir::create_root_if_parent_exists(path);
+    }
+}
+
 /// How the retry policy treats a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {

@@ -61,6 +61,7 @@ fn init(ctx: &Context) -> Result<String> {
         QueueTable::unclaimed(&conn, &config.table).remote_changed()?;
     }
     ownership::claim(&conn, db_file, store.dir(), &config.table)?;
+    crate::remote::prepare(&config);
     Ok(config.to_json().to_string())
 }
 

@@ -63,7 +63,7 @@ INSERT INTO docs VALUES ('../../escape', 'txt'), ('ok-1', '../x'), ('/abs', 'txt
 SELECT attachment_watch('docs', 'SELECT id, ext AS file_extension FROM docs') AS referenced;
 SELECT attachment_sync() AS summary;
 SELECT id, state_name, last_error FROM attachment_queue;
-SELECT count(*) AS files_outside FROM fsdir('@TMP@') WHERE name NOT LIKE '@TMP@/files%' AND name NOT LIKE '@TMP@/app.db%' AND name NOT IN ('@TMP@', '@TMP@/actual.out');
+SELECT count(*) AS files_outside FROM fsdir('@TMP@') WHERE name NOT LIKE '@TMP@/files%' AND name NOT LIKE '@TMP@/app.db%' AND name != '@TMP@/remote' AND name NOT IN ('@TMP@', '@TMP@/actual.out');
 SELECT count(*) AS local_files FROM fsdir('files') WHERE name NOT IN ('files', 'files/.attachments-owner');
 -- A stored config edited by hand with a key given twice is refused with a clear error.
 UPDATE _attachments_config SET config = substr(config, 1, length(config) - 1) || ',"table":"other"}';
