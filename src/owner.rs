@@ -74,7 +74,8 @@ fn lock_path(db_file: &str) -> String {
 
 fn open_lock_file(db_file: &str) -> Option<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new().read(true).write(true).create(true).mode(0o644).open(lock_path(db_file)).ok()
+    // Never truncated: it holds the tokens of the live owners.
+    OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o644).open(lock_path(db_file)).ok()
 }
 
 #[cfg(target_os = "linux")]

@@ -16,6 +16,7 @@ step "Background worker (real processes, nginx)" tests/py/run.sh test_worker
 step "Claims, liveness, stopping (real processes, nginx)" tests/py/run.sh test_claims
 step "Connections: VFS, one SQLite, result codes, config at the door" tests/py/run.sh test_connections
 step "Local files: integrity, ownership, verify under the lock" tests/py/run.sh test_local_files
+step "The file:// remote and downloads: missing roots, hostile files, known checksums, full disks" tests/py/run.sh test_dir_remote
 step "Watches: untrusted queries, failures kept per watch, triggers repaired" tests/py/run.sh test_watches
 step "Hostile servers: redirects, truncation, trickles, secrets (nginx, s3s-fs, fault proxy)" tests/py/run.sh test_hostile_servers
 step "Queue state machine: one test per transition" tests/py/run.sh test_queue_states
