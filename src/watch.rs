@@ -98,7 +98,7 @@ pub fn analyze(conn: &Connection, query: &str) -> Result<Analysis> {
 }
 
 /// Checks a watch name: 1 to 64 letters, digits, '_' or '-'.
-fn check_name(name: &str) -> Result<()> {
+pub(crate) fn check_name(name: &str) -> Result<()> {
     let ok = (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if ok {
         Ok(())

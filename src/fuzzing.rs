@@ -1,0 +1,17 @@
+//! Entry points for the cargo-fuzz targets in `fuzz/`: the pure functions that read
+//! untrusted input (synced names, configs, watch names, server answers), reachable
+//! from outside the crate. Not an API: hidden from the docs and unused by the
+//! extension; the targets call the same code the extension runs.
+
+use crate::error::Error;
+
+pub use crate::config::Config;
+pub use crate::names::{check_ext, check_filename, check_id, check_media_type, ext_of, filename, MAX_EXT_LEN, MAX_ID_LEN};
+pub use crate::queue::retry::{after_failure, Next, Op, AUTH_DELAY, BASE_DELAY, PERMANENT_DELAY, TRANSIENT_CAP};
+pub use crate::remote::fuzzing::*;
+pub use crate::remote::{ErrorKind, RemoteError};
+
+/// The check `attachment_watch` applies to a watch name.
+pub fn check_watch_name(name: &str) -> Result<(), Error> {
+    crate::watch::check_name(name)
+}
