@@ -46,11 +46,13 @@ pub fn after_failure(op: Op, err: &RemoteError, attempts: i64, max_attempts: i64
             let exp = BASE_DELAY.saturating_mul(1u32 << attempts.clamp(1, 20).saturating_sub(1) as u32);
             // Full jitter: anywhere in [0, min(cap, base * 2^(n-1))].
             let jittered = exp.min(TRANSIENT_CAP).mul_f64(jitter);
-            jittered.max(err.retry_after.unwrap_or_default())
+            // A server's Retry-After is honoured but capped like our own waits.
+            jittered.max(err.retry_after.unwrap_or_default().min(PERMANENT_DELAY))
         }
     };
     // At least 1 ms, so one sync pass never retries the same row twice.
-    Next::RetryAt(now_ms + (delay.as_millis() as i64).max(1))
+    let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX).max(1);
+    Next::RetryAt(now_ms.saturating_add(delay_ms))
 }
 
 #[cfg(test)]
@@ -96,6 +98,15 @@ mod tests {
             Next::Archive => unreachable!(),
         };
         assert!(auth >= 7 * 60 * 1000, "401/403 wait long: {auth}");
+    }
+
+    #[test]
+    fn a_huge_retry_after_is_capped_and_never_overflows() {
+        let mut e = err(ErrorKind::Transient);
+        e.retry_after = Some(Duration::from_secs(9_223_372_036_854_775));
+        assert_eq!(after_failure(Op::Upload, &e, 1, 10, 1000, 0.1), Next::RetryAt(1000 + PERMANENT_DELAY.as_millis() as i64));
+        e.retry_after = Some(Duration::MAX);
+        assert_eq!(after_failure(Op::Upload, &e, 1, 10, i64::MAX - 5, 0.1), Next::RetryAt(i64::MAX));
     }
 
     #[test]
