@@ -5,6 +5,7 @@ use rusqlite::{named_params, Connection};
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::queue::now_ms;
 use crate::schema::quote_ident;
 use crate::store::LocalStore;
 
@@ -20,22 +21,49 @@ pub struct Reconciled {
     pub rejected: usize,
 }
 
-/// Whether [`reconcile`] has anything to do: a read, so a caller can skip the write transaction.
+/// Watches due to re-run although none of their tables changed: a `refresh_ms` has
+/// passed since the last run, or one of their triggers is missing (a table migration
+/// drops a table's triggers with it). A failed watch's missing triggers do not count:
+/// its tables may be gone; it is retried on an explicit sync or its `refresh_ms`.
+// language=SQLite
+const DUE: &str = "(refresh_ms IS NOT NULL AND coalesce(last_run, 0) + max(refresh_ms, 100) <= :now)
+    OR (state = 'ok' AND EXISTS (
+        SELECT 1 FROM main._attachments_trigger AS t
+        WHERE t.watch = _attachments_watch.name
+          AND NOT EXISTS (SELECT 1 FROM main.sqlite_schema AS s WHERE s.type = 'trigger' AND s.name = t.name)))";
+
+/// Whether [`reconcile`] has anything to do: one read, so a caller can skip the write transaction.
 pub fn needed(conn: &Connection, force: bool) -> Result<bool> {
     let (watches, pending, delta): (i64, i64, bool) = conn.query_row(
-        "SELECT count(*), count(*) FILTER (WHERE dirty != 0),
-                EXISTS (SELECT 1 FROM main._attachments_delta)
-         FROM main._attachments_watch",
-        [],
+        &format!(
+            "SELECT count(*), count(*) FILTER (WHERE dirty != 0 OR {DUE}),
+                    EXISTS (SELECT 1 FROM main._attachments_delta)
+             FROM main._attachments_watch"
+        ),
+        named_params! {":now": now_ms()},
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
     Ok(watches > 0 && (pending > 0 || delta || force))
 }
 
+/// When the earliest `refresh_ms` of a watch falls due (ms since the epoch), for the
+/// worker to wake then; None when no watch sets one.
+pub fn next_refresh_due(conn: &Connection) -> Result<Option<i64>> {
+    Ok(conn.query_row(
+        "SELECT min(coalesce(last_run, 0) + max(refresh_ms, 100)) FROM main._attachments_watch WHERE refresh_ms IS NOT NULL",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
 /// Whether the cache holds more ARCHIVED rows than the limit allows.
 pub fn expiry_needed(conn: &Connection, config: &Config) -> Result<bool> {
     let archived: i64 = conn.query_row(
-        &format!("SELECT count(*) FROM main.{} WHERE state = 4", quote_ident(&config.table)),
+        &format!(
+            "SELECT count(*) FROM main.{} AS q WHERE state = 4
+               AND NOT (given_up = 1 AND EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = q.id))",
+            quote_ident(&config.table)
+        ),
         [],
         |r| r.get(0),
     )?;
@@ -114,32 +142,90 @@ fn store_refs(conn: &Connection, name: &str, conflict: &str, source: &str) -> Re
 /// `_attachments_watch.dirty`: the watch's tables changed (or it is new) since its query last ran.
 pub const DIRTY: i64 = 1;
 
-/// Refreshes every watch whose tables changed since it last ran; true when one of
-/// them was new, so that every row needs comparing.
-pub fn refresh_dirty_watches(conn: &Connection) -> Result<bool> {
+/// Marks dirty every watch due to re-run ([`DUE`]), or every watch with `force`.
+fn mark_due(conn: &Connection, now: i64, force: bool) -> Result<()> {
+    if force {
+        conn.execute("UPDATE main._attachments_watch SET dirty = ?1 WHERE dirty != ?1", [DIRTY])?;
+    } else {
+        conn.execute(
+            &format!("UPDATE main._attachments_watch SET dirty = :dirty WHERE dirty != :dirty AND ({DUE})"),
+            named_params! {":dirty": DIRTY, ":now": now},
+        )?;
+    }
+    Ok(())
+}
+
+/// Re-runs every dirty watch; true when one of them was new, so that every row needs
+/// comparing. Each runs in a savepoint: a watch whose query fails (a malformed row, a
+/// dropped table, a forbidden call) is undone, marked `failed` with its error, and
+/// keeps its last good references, so nothing it referenced is archived meanwhile;
+/// the others go on. Only a busy or locked database fails the whole pass.
+/// Runs on the extension's own connection (it installs an authorizer).
+pub fn refresh_dirty_watches(conn: &Connection, config: &Config, now: i64) -> Result<bool> {
     let dirty: Vec<(String, String)> = conn
-        .prepare("SELECT name, select_sql FROM main._attachments_watch WHERE dirty = ?1")?
+        .prepare("SELECT name, query FROM main._attachments_watch WHERE dirty = ?1 ORDER BY name")?
         .query_map([DIRTY], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let mut full = false;
-    for (name, sql) in &dirty {
-        full |= refresh_watch(conn, name, sql)?;
+    for (name, query) in &dirty {
+        conn.execute_batch("SAVEPOINT _attachments_watch_run")?;
+        let outcome = crate::watch::run(conn, config, name, query);
+        if outcome.is_err() {
+            conn.execute_batch("ROLLBACK TO _attachments_watch_run")?;
+        }
+        conn.execute_batch("RELEASE _attachments_watch_run")?;
+        let error = match outcome {
+            Ok(first) => {
+                full |= first;
+                None
+            }
+            Err(e) if crate::watch::is_busy(&e) => return Err(e),
+            Err(e) => {
+                log::warn!("watch {name} failed: {e}");
+                Some(e.to_string())
+            }
+        };
+        conn.execute(
+            "UPDATE main._attachments_watch SET dirty = 0, state = ?2, last_error = ?3, last_run = ?4 WHERE name = ?1",
+            rusqlite::params![name, if error.is_some() { "failed" } else { "ok" }, error, now],
+        )?;
     }
     Ok(full)
 }
 
-/// Applies the reconciliation rules. Normally only to the ids whose references
-/// changed (`_attachments_delta`), so one changed reference costs one query run, not a
-/// comparison of every row; with `force`, to every row. Without any watch there is
+/// Re-runs the watches that need it, then applies the reconciliation rules. Normally
+/// only to the ids whose references changed (`_attachments_delta`), so one changed
+/// reference costs one query run, not a comparison of every row; with `force` (which
+/// also re-runs every watch), to every row. Without any watch there is
 /// nothing to compare against, so nothing is archived. Runs in the caller's transaction.
 pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> Result<Reconciled> {
     if !needed(conn, force)? {
         return Ok(Reconciled::default());
     }
-    let force = refresh_dirty_watches(conn)? || force;
+    mark_due(conn, now, force)?;
+    let force = refresh_dirty_watches(conn, config, now)? || force;
     let t = quote_ident(&config.table);
     let in_scope = |col: &str| {
         if force { String::new() } else { format!("AND {col} IN (SELECT id FROM main._attachments_delta)") }
+    };
+    // A watch with `"download": false` references ids without downloading them; an id
+    // any other watch references with downloads on is downloaded (the most generous
+    // policy wins). Only spelled out when such a watch exists: it costs a lookup per id.
+    let quiet: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM main._attachments_watch
+                        WHERE CASE WHEN json_valid(options) THEN json_extract(options, '$.download') END = 0)",
+        [],
+        |r| r.get(0),
+    )?;
+    let downloadable = |col: &str| {
+        if !quiet {
+            return String::new();
+        }
+        format!(
+            "AND EXISTS (SELECT 1 FROM main._attachments_ref AS d JOIN main._attachments_watch AS w ON w.name = d.watch
+                         WHERE d.id = {col}
+                           AND coalesce(CASE WHEN json_valid(w.options) THEN json_extract(w.options, '$.download') END, 1) != 0)"
+        )
     };
     let mut out = Reconciled::default();
     // One row per referenced id in scope (watches that agree on nothing: the smallest
@@ -162,19 +248,23 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
                 "INSERT INTO main.{t}(id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data)
                  SELECT r.id, r.filename, NULL, :now, NULL, r.media_type, 1, 0, r.meta_data
                  FROM ({referenced}) AS r
-                 WHERE r.filename IS NOT NULL AND NOT EXISTS (SELECT 1 FROM main.{t} AS q WHERE q.id = r.id)"
+                 WHERE r.filename IS NOT NULL AND NOT EXISTS (SELECT 1 FROM main.{t} AS q WHERE q.id = r.id) {}",
+                downloadable("r.id")
             ),
             named_params! {":now": now},
         )?;
     }
-    // Referenced, ARCHIVED: back to SYNCED with its local copy, else download again.
+    // Referenced, ARCHIVED: back to SYNCED with its local copy if it was uploaded; a local
+    // copy never uploaded goes up again; without one, download again. A download given
+    // up (404, 410, max_attempts) stays given up until attachment_retry.
     // language=SQLite
     out.restored = conn.execute(
         &format!(
-            "UPDATE main.{t} SET state = CASE WHEN local_uri IS NOT NULL THEN 3 ELSE 1 END,
+            "UPDATE main.{t} SET state = CASE WHEN local_uri IS NULL THEN 1 WHEN has_synced = 1 THEN 3 ELSE 0 END,
                  timestamp = :now, attempts = 0, next_attempt_at = 0, last_error = NULL
-             WHERE state = 4 AND (local_uri IS NOT NULL OR :download) {}
+             WHERE state = 4 AND given_up = 0 AND (local_uri IS NOT NULL OR (:download {})) {}
                AND EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = {t}.id)",
+            downloadable(&format!("{t}.id")),
             in_scope("id")
         ),
         named_params! {":now": now, ":download": config.download_attachments},
@@ -183,7 +273,7 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
     // language=SQLite
     out.archived = conn.execute(
         &format!(
-            "UPDATE main.{t} SET state = 4, timestamp = :now
+            "UPDATE main.{t} SET state = 4, given_up = 0, timestamp = :now
              WHERE state IN (1, 3) {}
                AND NOT EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = {t}.id)",
             in_scope("id")
@@ -202,7 +292,8 @@ pub fn expire_cache(conn: &Connection, config: &Config, store: &LocalStore) -> R
     // language=SQLite
     let victims: Vec<(String, Option<String>)> = conn
         .prepare(&format!(
-            "SELECT id, local_uri FROM main.{t} WHERE state = 4
+            "SELECT id, local_uri FROM main.{t} AS q WHERE state = 4
+               AND NOT (given_up = 1 AND EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = q.id))
              ORDER BY timestamp DESC, id LIMIT -1 OFFSET ?1"
         ))?
         .query_map([config.archived_cache_limit], |r| Ok((r.get(0)?, r.get(1)?)))?

@@ -19,13 +19,29 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
             id INTEGER PRIMARY KEY CHECK (id = 1),
             config TEXT NOT NULL,
             schema_version INTEGER NOT NULL DEFAULT {SCHEMA_VERSION});
-        -- One row per attachment_watch(): its query, the triggers that mark it dirty.
+        -- One row per attachment_watch(): its query and options, and how its last run went.
+        -- Only `query` is ever run (re-analysed under a guard each time: the table is
+        -- writable by anyone); select_sql is what it was last wrapped into, for reading.
+        -- `triggers` lists trigger names of earlier builds, dropped on the next run.
         CREATE TABLE IF NOT EXISTS main._attachments_watch(
             name TEXT PRIMARY KEY NOT NULL,
             query TEXT NOT NULL,
             select_sql TEXT NOT NULL,
             triggers TEXT NOT NULL DEFAULT '[]',
-            dirty INTEGER NOT NULL DEFAULT 1);
+            dirty INTEGER NOT NULL DEFAULT 1,
+            options TEXT NOT NULL DEFAULT '{{}}',
+            refresh_ms INTEGER,
+            state TEXT NOT NULL DEFAULT 'ok',
+            last_error TEXT,
+            last_run INTEGER,
+            incremental INTEGER NOT NULL DEFAULT 1);
+        -- The triggers each watch owns, with the SQL they were created from, so a pass can
+        -- notice one that a table migration dropped and create it again.
+        CREATE TABLE IF NOT EXISTS main._attachments_trigger(
+            name TEXT PRIMARY KEY NOT NULL,
+            watch TEXT NOT NULL,
+            tbl TEXT NOT NULL,
+            sql TEXT NOT NULL);
         -- The ids each watch referenced when it was last run.
         -- filename is NULL when id or extension is unsafe; both it and guessed_type
         -- are computed once, when the reference appears or changes.
@@ -73,6 +89,14 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
         ("_attachments_ref", "guessed_type", "TEXT"),
         // The id a local_dir's owner marker names (see ownership.rs).
         ("_attachments_config", "local_dir_owner", "TEXT"),
+        // A download given up (404/410, max_attempts): reconciliation does not bring it back.
+        (table, "given_up", "INTEGER NOT NULL DEFAULT 0"),
+        ("_attachments_watch", "options", "TEXT NOT NULL DEFAULT '{}'"),
+        ("_attachments_watch", "refresh_ms", "INTEGER"),
+        ("_attachments_watch", "state", "TEXT NOT NULL DEFAULT 'ok'"),
+        ("_attachments_watch", "last_error", "TEXT"),
+        ("_attachments_watch", "last_run", "INTEGER"),
+        ("_attachments_watch", "incremental", "INTEGER NOT NULL DEFAULT 1"),
     ];
     for (owner, column, decl) in added {
         let present: bool = conn.query_row(

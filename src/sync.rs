@@ -50,6 +50,19 @@ const BUSY_LIMIT: Duration = Duration::from_secs(60);
 /// Bytes moved so far by transfers in flight in this process, by (database file, id).
 static PROGRESS: LazyLock<Mutex<HashMap<(String, String), u64>>> = LazyLock::new(Default::default);
 
+/// Database files whose schema this process has brought up to date.
+static SCHEMA_CHECKED: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Default::default);
+
+fn schema_checked(db_file: &str) -> bool {
+    SCHEMA_CHECKED.lock().map(|s| s.contains(db_file)).unwrap_or(false)
+}
+
+fn mark_schema_checked(db_file: &str) {
+    if let Ok(mut s) = SCHEMA_CHECKED.lock() {
+        s.insert(db_file.to_string());
+    }
+}
+
 pub fn bytes_done(db_file: &str, id: &str) -> Option<u64> {
     PROGRESS.lock().ok()?.get(&(db_file.to_string(), id.to_string())).copied()
 }
@@ -152,6 +165,12 @@ impl Syncer {
         let owner = owner::current(&self.db_file);
         let queue = QueueTable::new(conn, &self.config.table, &owner);
         let _slices = BusySlices::install(conn)?;
+        // A database last opened by an earlier build gets its missing tables and columns
+        // on the first pass of this process, not only at the next attachment_init.
+        if !schema_checked(&self.db_file) {
+            write(conn, should_stop, || crate::schema::ensure(conn, &self.config.table))?;
+            mark_schema_checked(&self.db_file);
+        }
         if !verified(&self.db_file) {
             summary.verified = write(conn, should_stop, || verify_once(conn, &self.db_file, &self.config, &self.store))?;
         }

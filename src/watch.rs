@@ -1,12 +1,19 @@
 //! Watches: a named query whose `id` column lists referenced attachments.
-//! The tables it reads (found with SQLite's authorizer while preparing it) get
-//! triggers that mark the watch dirty. Trigger bodies are plain SQL, so a
-//! writer without the extension loaded still succeeds.
+//!
+//! A watch query is untrusted: `_attachments_watch` is a table any writer of the file
+//! can change. So it is never run as stored: each run re-analyses `query` and prepares
+//! it under a [`Guard`], an authorizer that denies every function that writes, reads
+//! files or moves data, and it runs only on the extension's own connection (so the
+//! host's authorizer is never replaced). The tables it reads (seen by the same
+//! authorizer) get triggers that mark the watch dirty; trigger bodies are plain SQL,
+//! so a writer without the extension loaded still succeeds.
 
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
+use std::time::{Duration, Instant};
 
 use rusqlite::{ffi, params, Connection, OptionalExtension};
+use serde_json::{Map, Value};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -15,39 +22,174 @@ use crate::schema::{quote_ident, quote_literal};
 /// Tables (in `main`) a query reads, each with the columns it reads.
 type Reads = BTreeMap<String, Vec<String>>;
 
-struct Collector {
+/// Functions a watch query may not call: they write, read files, or move data.
+/// Everything of ours is denied except the two pure helpers.
+fn forbidden_function(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    if let Some(rest) = name.strip_prefix("attachment_") {
+        return !matches!(rest, "filename" | "media_type");
+    }
+    matches!(
+        name.as_str(),
+        "readfile" | "writefile" | "edit" | "lsdir" | "load_extension" | "fts3_tokenizer" | "sqlar_compress"
+            | "sqlar_uncompress" | "shell_add_schema" | "shell_escape_crnl" | "shell_putsnl" | "sqlite_dbpage"
+    )
+}
+
+/// Table-valued functions that list or read files (the CLI's), denied like the functions.
+fn forbidden_table(name: &str) -> bool {
+    matches!(name.to_ascii_lowercase().as_str(), "fsdir" | "zipfile" | "sqlar" | "sqlite_dbpage")
+}
+
+/// What the authorizer saw while statements were prepared under it.
+#[derive(Default)]
+struct Seen {
+    /// Collect reads (only while the watch query itself is prepared).
+    collect: bool,
     reads: Reads,
+    /// Reads without a schema: CTEs, or tables of `main` read without a column.
+    unqualified: Vec<String>,
     other_schema: Option<String>,
+    denied: Option<String>,
+    /// Statements prepared under the guard are stopped past this (see [`time_limit`]).
+    deadline: Option<Instant>,
+    timed_out: bool,
+}
+
+/// How long one watch run may take before it is stopped: a query that never ends (a
+/// recursive CTE without a stop condition) would otherwise hold the write lock of
+/// every pass for ever. Generous, since a legitimate watch over a million rows takes
+/// seconds; `SQLITE_ATTACHMENTS_WATCH_TIME_LIMIT_MS` overrides it (for tests).
+fn time_limit() -> Duration {
+    std::env::var("SQLITE_ATTACHMENTS_WATCH_TIME_LIMIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(60))
+}
+
+unsafe extern "C" fn on_progress(data: *mut c_void) -> c_int {
+    std::panic::catch_unwind(|| {
+        let seen = &mut *(data as *mut Seen);
+        if seen.deadline.is_some_and(|d| Instant::now() > d) {
+            seen.timed_out = true;
+            return 1;
+        }
+        0
+    })
+    .unwrap_or(1)
 }
 
 unsafe extern "C" fn on_authorize(
     data: *mut c_void,
     action: c_int,
-    table: *const c_char,
-    column: *const c_char,
+    arg1: *const c_char,
+    arg2: *const c_char,
     schema: *const c_char,
     _trigger: *const c_char,
 ) -> c_int {
-    // Never unwind into SQLite.
-    let _ = std::panic::catch_unwind(|| {
-        if action != ffi::SQLITE_READ || table.is_null() {
-            return;
-        }
-        let c = &mut *(data as *mut Collector);
+    // Never unwind into SQLite; an internal error denies.
+    std::panic::catch_unwind(|| {
+        let seen = &mut *(data as *mut Seen);
         let text = |p: *const c_char| if p.is_null() { String::new() } else { CStr::from_ptr(p).to_string_lossy().into_owned() };
-        let (table, column, schema) = (text(table), text(column), text(schema));
-        if schema != "main" {
-            if !table.starts_with("sqlite_") {
-                c.other_schema.get_or_insert(format!("{schema}.{table}"));
+        match action {
+            ffi::SQLITE_FUNCTION => {
+                let name = text(arg2);
+                if forbidden_function(&name) {
+                    seen.denied.get_or_insert(format!("{name}()"));
+                    return ffi::SQLITE_DENY;
+                }
             }
-            return;
+            ffi::SQLITE_ATTACH | ffi::SQLITE_DETACH => {
+                seen.denied.get_or_insert("ATTACH".into());
+                return ffi::SQLITE_DENY;
+            }
+            ffi::SQLITE_READ if !arg1.is_null() => {
+                let (table, column, schema) = (text(arg1), text(arg2), text(schema));
+                if forbidden_table(&table) {
+                    seen.denied.get_or_insert(format!("{table}()"));
+                    return ffi::SQLITE_DENY;
+                }
+                if !seen.collect {
+                    return ffi::SQLITE_OK;
+                }
+                if schema.is_empty() {
+                    if !seen.unqualified.contains(&table) {
+                        seen.unqualified.push(table);
+                    }
+                } else if schema != "main" {
+                    if !table.starts_with("sqlite_") {
+                        seen.other_schema.get_or_insert(format!("{schema}.{table}"));
+                    }
+                } else {
+                    let cols = seen.reads.entry(table).or_default();
+                    if !column.is_empty() && !cols.contains(&column) {
+                        cols.push(column);
+                    }
+                }
+            }
+            _ => {}
         }
-        let cols = c.reads.entry(table).or_default();
-        if !cols.contains(&column) {
-            cols.push(column);
+        ffi::SQLITE_OK
+    })
+    .unwrap_or(ffi::SQLITE_DENY)
+}
+
+/// The authorizer installed on a connection of our own for as long as this lives:
+/// everything prepared meanwhile cannot call a forbidden function. Dropping it removes
+/// the authorizer again. Never install it on the host's connection: SQLite cannot
+/// give back an authorizer it replaced.
+pub struct Guard<'c> {
+    conn: &'c Connection,
+    seen: *mut Seen,
+}
+
+impl<'c> Guard<'c> {
+    pub fn install(conn: &'c Connection) -> Guard<'c> {
+        let seen = Box::into_raw(Box::new(Seen { deadline: Some(Instant::now() + time_limit()), ..Seen::default() }));
+        unsafe {
+            ffi::sqlite3_set_authorizer(conn.handle(), Some(on_authorize), seen as *mut c_void);
+            // Checked every few thousand virtual machine steps: cheap.
+            ffi::sqlite3_progress_handler(conn.handle(), 4096, Some(on_progress), seen as *mut c_void);
         }
-    });
-    ffi::SQLITE_OK
+        Guard { conn, seen }
+    }
+
+    // Safety (both): SQLite calls the authorizer only while preparing, on this thread,
+    // inside calls made through `conn`; none is in progress while these run.
+    fn seen(&self) -> &Seen {
+        unsafe { &*self.seen }
+    }
+
+    fn seen_mut(&mut self) -> &mut Seen {
+        unsafe { &mut *self.seen }
+    }
+
+    /// The error for a statement that failed to prepare: a forbidden call if that was it.
+    fn explain(&self, e: rusqlite::Error) -> Error {
+        if self.seen().timed_out {
+            return Error::Argument(format!(
+                "query ran for more than {} ms and was stopped: a watch query must finish (does a recursive CTE lack a stop condition?)",
+                time_limit().as_millis()
+            ));
+        }
+        match &self.seen().denied {
+            Some(f) => Error::Argument(format!(
+                "query calls {f}, which a watch may not call: watch queries cannot write, read files or move data"
+            )),
+            None => e.into(),
+        }
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        unsafe {
+            ffi::sqlite3_set_authorizer(self.conn.handle(), None, std::ptr::null_mut());
+            ffi::sqlite3_progress_handler(self.conn.handle(), 0, None, std::ptr::null_mut());
+            drop(Box::from_raw(self.seen));
+        }
+    }
 }
 
 /// What a watch query is: the tables it reads and the SELECT that feeds `_attachments_ref`.
@@ -56,27 +198,49 @@ pub struct Analysis {
     pub select_sql: String,
 }
 
-/// Prepares `query` once with an authorizer installed, to learn what it reads.
-/// The authorizer is removed again before returning.
-pub fn analyze(conn: &Connection, query: &str) -> Result<Analysis> {
+/// Prepares `query` under `guard` to learn what it reads, and wraps it into the SELECT
+/// that feeds `_attachments_ref` (values cast to TEXT where the queue expects text).
+/// The caller keeps `guard` installed while it prepares anything built from the result.
+pub fn analyze(conn: &Connection, guard: &mut Guard, query: &str) -> Result<Analysis> {
     let query = query.trim().trim_end_matches(';').trim();
     if query.is_empty() {
         return Err(Error::Argument("query is empty".into()));
     }
-    let mut collector = Collector { reads: Reads::new(), other_schema: None };
-    let db = unsafe { conn.handle() };
-    unsafe { ffi::sqlite3_set_authorizer(db, Some(on_authorize), &mut collector as *mut Collector as *mut c_void) };
+    let deadline = guard.seen().deadline;
+    *guard.seen_mut() = Seen { collect: true, deadline, ..Seen::default() };
     let prepared = conn.prepare(query).map(|stmt| {
         let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
         (stmt.readonly(), names)
     });
-    unsafe { ffi::sqlite3_set_authorizer(db, None, std::ptr::null_mut()) };
-    let (readonly, columns) = prepared.map_err(|e| Error::Argument(format!("query does not prepare: {e}")))?;
+    guard.seen_mut().collect = false;
+    let (readonly, columns) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            return Err(match guard.explain(e) {
+                Error::Sqlite(e) => Error::Argument(format!("query does not prepare: {e}")),
+                other => other,
+            })
+        }
+    };
     if !readonly {
         return Err(Error::Argument("query must be a read-only SELECT".into()));
     }
-    if let Some(t) = collector.other_schema {
+    let seen = guard.seen_mut();
+    if let Some(t) = seen.other_schema.take() {
         return Err(Error::Argument(format!("query reads {t}; watched tables must be in the main schema")));
+    }
+    // A read without a schema is a CTE (recursive ones included) or a table of main
+    // read without any column; only the latter needs triggers.
+    let mut reads = std::mem::take(&mut seen.reads);
+    for name in std::mem::take(&mut seen.unqualified) {
+        let in_main: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM main.sqlite_schema WHERE type IN ('table', 'view') AND name = ?1 COLLATE NOCASE)",
+            [&name],
+            |r| r.get(0),
+        )?;
+        if in_main {
+            reads.entry(name).or_default();
+        }
     }
     let find = |want: &str| columns.iter().find(|c| c.eq_ignore_ascii_case(want)).map(|c| quote_ident(c));
     let Some(id) = find("id") else {
@@ -85,17 +249,87 @@ pub fn analyze(conn: &Connection, query: &str) -> Result<Analysis> {
             if columns.is_empty() { "nothing".to_string() } else { columns.join(", ") }
         )));
     };
-    let opt = |name: &str| find(name).map(|c| format!("w.{c}")).unwrap_or_else(|| "NULL".into());
+    let text = |name: &str| find(name).map(|c| format!("CAST(w.{c} AS TEXT)")).unwrap_or_else(|| "NULL".into());
+    // The newline ends a trailing `--` comment in the query.
     // language=SQLite
     let select_sql = format!(
         "SELECT CAST(w.{id} AS TEXT) AS id, {} AS file_extension, {} AS media_type, {} AS meta_data
-         FROM ({query}) AS w WHERE w.{id} IS NOT NULL",
-        opt("file_extension"),
-        opt("media_type"),
-        opt("meta_data")
+         FROM ({query}\n) AS w WHERE w.{id} IS NOT NULL",
+        text("file_extension"),
+        text("media_type"),
+        text("meta_data")
     );
-    Ok(Analysis { reads: collector.reads, select_sql })
+    Ok(Analysis { reads, select_sql })
 }
+
+/// A watch's options (the contract's `attachment_watch` third argument).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Options {
+    pub download: Option<bool>,
+    pub priority: Option<i64>,
+    pub max_download_size: Option<i64>,
+    pub refresh_ms: Option<i64>,
+}
+
+/// `refresh_ms` below this would keep the worker busy for nothing.
+const MIN_REFRESH_MS: i64 = 100;
+
+impl Options {
+    /// Parses and checks the JSON options; None or NULL means none.
+    pub fn parse(text: Option<&str>) -> Result<Options> {
+        let Some(text) = text else { return Ok(Options::default()) };
+        let bad = |key: &str, why: &str| Error::Argument(format!("options: '{key}' {why}"));
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| Error::Argument(format!("options are not valid JSON: {e}")))?;
+        let Value::Object(obj) = value else {
+            return Err(Error::Argument("options must be a JSON object".into()));
+        };
+        let mut o = Options::default();
+        for (key, v) in &obj {
+            match key.as_str() {
+                "download" => o.download = Some(v.as_bool().ok_or_else(|| bad(key, "must be true or false"))?),
+                "priority" => o.priority = Some(v.as_i64().ok_or_else(|| bad(key, "must be an integer"))?),
+                "max_download_size" => {
+                    o.max_download_size =
+                        Some(v.as_i64().filter(|n| *n >= 0).ok_or_else(|| bad(key, "must be a number of bytes, 0 or more"))?)
+                }
+                "refresh_ms" => {
+                    o.refresh_ms = Some(
+                        v.as_i64()
+                            .filter(|n| *n >= MIN_REFRESH_MS)
+                            .ok_or_else(|| bad(key, &format!("must be an integer of at least {MIN_REFRESH_MS} (milliseconds)")))?,
+                    )
+                }
+                _ => {
+                    return Err(bad(key, "is not a known option; known options are download, priority, max_download_size, refresh_ms"))
+                }
+            }
+        }
+        Ok(o)
+    }
+
+    /// The options as stored and shown: only the keys that were given.
+    pub fn to_json(&self) -> String {
+        let mut m = Map::new();
+        if let Some(v) = self.download {
+            m.insert("download".into(), v.into());
+        }
+        if let Some(v) = self.priority {
+            m.insert("priority".into(), v.into());
+        }
+        if let Some(v) = self.max_download_size {
+            m.insert("max_download_size".into(), v.into());
+        }
+        if let Some(v) = self.refresh_ms {
+            m.insert("refresh_ms".into(), v.into());
+        }
+        Value::Object(m).to_string()
+    }
+}
+
+/// Aggregates that make a trial run evaluate every column of a watch's result.
+const PROBE_COLUMNS: &str =
+    "count(*), max(length(id)), max(length(file_extension)), max(length(media_type)), max(length(meta_data))";
 
 /// Checks a watch name: 1 to 64 letters, digits, '_' or '-'.
 pub(crate) fn check_name(name: &str) -> Result<()> {
@@ -107,20 +341,101 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
     }
 }
 
-/// Registers or replaces watch `name`, creates its triggers, runs it once.
-/// Returns the number of distinct referenced ids.
-pub fn watch(conn: &Connection, config: &Config, name: &str, query: &str) -> Result<usize> {
+/// Whether an error says the database is busy or locked: a reason to retry the whole
+/// pass later, not a fault of the watch.
+pub fn is_busy(e: &Error) -> bool {
+    matches!(e, Error::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+        if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
+/// Registers or replaces watch `name` on the caller's connection `conn`. The query is
+/// analysed and run once on a connection of our own (`target`), so the host's
+/// authorizer stays in place; the watch row and triggers are written in the caller's
+/// transaction. Returns the number of distinct referenced ids.
+pub fn watch(conn: &Connection, target: &crate::connection::DbTarget, config: &Config, name: &str, query: &str, options: &Options) -> Result<usize> {
     check_name(name)?;
-    let analysis = analyze(conn, query)?;
-    drop_triggers(conn, name)?;
-    let mut triggers = Vec::new();
-    for (table, columns) in &analysis.reads {
+    let in_transaction = !conn.is_autocommit();
+    let hint = |e: Error| match e {
+        Error::Argument(why) if in_transaction => Error::Argument(format!(
+            "{why} (the query is checked on the extension's own connection, which does not see this open transaction: commit the tables it reads first)"
+        )),
+        other => other,
+    };
+    let (analysis, referenced) = {
+        let own = crate::connection::open_connection(target)?;
+        let mut guard = Guard::install(&own);
+        let analysis = analyze(&own, &mut guard, query).map_err(hint)?;
+        // A query that fails now would fail every pass: refuse it. Every column is used,
+        // so none is skipped by the optimizer.
+        let referenced: i64 = own
+            .query_row(&format!("SELECT {PROBE_COLUMNS}, count(DISTINCT id) FROM ({})", analysis.select_sql), [], |r| r.get(5))
+            .map_err(|e| match guard.explain(e) {
+                Error::Sqlite(e) => hint(Error::Argument(format!("query fails when it runs: {e}"))),
+                other => other,
+            })?;
+        (analysis, referenced)
+    };
+    let clash: Option<String> = conn
+        .query_row("SELECT name FROM main._attachments_watch WHERE name = ?1 COLLATE NOCASE AND name != ?1", [name], |r| r.get(0))
+        .optional()?;
+    if let Some(other) = clash {
+        return Err(Error::Argument(format!(
+            "watch name '{name}' differs from the existing watch '{other}' only in case; trigger names ignore case"
+        )));
+    }
+    conn.execute(
+        "INSERT INTO main._attachments_watch(name, query, select_sql, dirty, options, refresh_ms, state, last_error, last_run)
+         VALUES (?1, ?2, ?3, 1, ?4, ?5, 'ok', NULL, NULL)
+         ON CONFLICT(name) DO UPDATE SET query = excluded.query, select_sql = excluded.select_sql, dirty = 1,
+             options = excluded.options, refresh_ms = excluded.refresh_ms, state = 'ok', last_error = NULL",
+        params![name, query, analysis.select_sql, options.to_json(), options.refresh_ms],
+    )?;
+    sync_triggers(conn, config, name, &analysis.reads)?;
+    // The references themselves are refreshed by the next reconciliation (dirty = 1).
+    Ok(referenced as usize)
+}
+
+/// The trigger watch `name` has on `table` for `suffix`. Watch names cannot contain
+/// '.', so no two (watch, table) pairs give one name; watch names that differ only in
+/// case are refused, since SQLite compares trigger names without case.
+fn trigger_name(name: &str, table: &str, suffix: &str) -> String {
+    format!("_attachments_trg_{name}.{table}.{suffix}")
+}
+
+/// Makes watch `name`'s triggers those its `reads` need: creates missing ones (a table
+/// migration drops them with the table), re-creates changed ones, drops the rest.
+/// Sets and returns `incremental`: false when it reads a table that cannot carry
+/// triggers (a view's base tables are seen instead; virtual and internal tables are not).
+pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Reads) -> Result<bool> {
+    // Triggers of earlier builds, named in the `triggers` column.
+    let legacy: Option<String> =
+        conn.query_row("SELECT triggers FROM main._attachments_watch WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+    let legacy: Vec<String> = legacy.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+    if !legacy.is_empty() {
+        for t in legacy {
+            conn.execute_batch(&format!("DROP TRIGGER IF EXISTS main.{}", quote_ident(&t)))?;
+        }
+        conn.execute("UPDATE main._attachments_watch SET triggers = '[]' WHERE name = ?1", [name])?;
+    }
+    let mut wanted: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let mut incremental = true;
+    for (table, columns) in reads {
         let kind: Option<String> = conn
-            .query_row("SELECT type FROM main.sqlite_schema WHERE name = ?1 AND type IN ('table', 'view')", [table], |r| r.get(0))
+            .query_row("SELECT type FROM main.sqlite_schema WHERE name = ?1 COLLATE NOCASE AND type IN ('table', 'view')", [table], |r| r.get(0))
             .optional()?;
         let internal = table.starts_with("sqlite_") || table.starts_with("_attachments_") || table.eq_ignore_ascii_case(&config.table);
-        if kind.as_deref() != Some("table") || internal {
-            continue;
+        let sql: Option<String> = conn
+            .query_row("SELECT sql FROM main.sqlite_schema WHERE name = ?1 COLLATE NOCASE AND type = 'table'", [table], |r| r.get(0))
+            .optional()?
+            .flatten();
+        let virtual_table = sql.is_some_and(|s| s.trim_start().to_ascii_uppercase().starts_with("CREATE VIRTUAL"));
+        match kind.as_deref() {
+            Some("table") if !internal && !virtual_table => {}
+            Some("view") => continue,
+            _ => {
+                incremental = false;
+                continue;
+            }
         }
         let real: Vec<String> = conn
             .prepare("SELECT name FROM pragma_table_info(?1)")?
@@ -129,48 +444,122 @@ pub fn watch(conn: &Connection, config: &Config, name: &str, query: &str) -> Res
         let of: Vec<String> = columns.iter().filter(|c| real.contains(c)).map(|c| quote_ident(c)).collect();
         let update = if of.is_empty() { "UPDATE".to_string() } else { format!("UPDATE OF {}", of.join(", ")) };
         for (suffix, event) in [("ins", "INSERT".to_string()), ("upd", update), ("del", "DELETE".to_string())] {
-            let trigger = format!("_attachments_trg_{name}_{table}_{suffix}");
+            let trigger = trigger_name(name, table, suffix);
             // language=SQLite
-            conn.execute_batch(&format!(
-                "CREATE TRIGGER IF NOT EXISTS main.{} AFTER {event} ON {} BEGIN
+            let sql = format!(
+                "CREATE TRIGGER main.{} AFTER {event} ON {} BEGIN
                    UPDATE _attachments_watch SET dirty = 1 WHERE name = {} AND dirty != 1;
                  END",
                 quote_ident(&trigger),
                 quote_ident(table),
                 quote_literal(name)
-            ))?;
-            triggers.push(trigger);
+            );
+            wanted.insert(trigger, (table.clone(), sql));
         }
     }
-    conn.execute(
-        "INSERT INTO main._attachments_watch(name, query, select_sql, triggers, dirty) VALUES (?1, ?2, ?3, ?4, 1)
-         ON CONFLICT(name) DO UPDATE SET query = excluded.query, select_sql = excluded.select_sql,
-             triggers = excluded.triggers, dirty = 1",
-        params![name, query, analysis.select_sql, serde_json::to_string(&triggers).unwrap_or_default()],
-    )?;
-    // The references themselves are refreshed by the next reconciliation (dirty = 1),
-    // on the extension's own connection; here the query runs once to count them.
-    let referenced: i64 =
-        conn.query_row(&format!("SELECT count(DISTINCT w.id) FROM ({}) AS w", analysis.select_sql), [], |r| r.get(0))?;
-    Ok(referenced as usize)
+    let have: Vec<(String, String, bool)> = conn
+        .prepare(
+            "SELECT t.name, t.sql, EXISTS (SELECT 1 FROM main.sqlite_schema AS s WHERE s.type = 'trigger' AND s.name = t.name)
+             FROM main._attachments_trigger AS t WHERE t.watch = ?1",
+        )?
+        .query_map([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (trigger, sql, present) in &have {
+        let keep = *present && wanted.get(trigger).is_some_and(|(_, want)| want == sql);
+        if keep {
+            wanted.remove(trigger);
+        } else {
+            conn.execute_batch(&format!("DROP TRIGGER IF EXISTS main.{}", quote_ident(trigger)))?;
+            conn.execute("DELETE FROM main._attachments_trigger WHERE name = ?1", [trigger])?;
+        }
+    }
+    for (trigger, (table, sql)) in &wanted {
+        // One left by a failed run of an earlier build, or by hand: ours to replace.
+        conn.execute_batch(&format!("DROP TRIGGER IF EXISTS main.{}", quote_ident(trigger)))?;
+        conn.execute_batch(sql)?;
+        conn.execute(
+            "INSERT OR REPLACE INTO main._attachments_trigger(name, watch, tbl, sql) VALUES (?1, ?2, ?3, ?4)",
+            params![trigger, name, table, sql],
+        )?;
+    }
+    conn.execute("UPDATE main._attachments_watch SET incremental = ?2 WHERE name = ?1", params![name, incremental])?;
+    Ok(incremental)
 }
 
 /// Drops watch `name` with its triggers and references; false if there was none.
 pub fn unwatch(conn: &Connection, name: &str) -> Result<bool> {
-    drop_triggers(conn, name)?;
+    sync_triggers_drop_all(conn, name)?;
     // What only this watch referenced may now be archived.
     conn.execute("INSERT OR IGNORE INTO main._attachments_delta(id) SELECT id FROM main._attachments_ref WHERE watch = ?1", [name])?;
     conn.execute("DELETE FROM main._attachments_ref WHERE watch = ?1", [name])?;
     Ok(conn.execute("DELETE FROM main._attachments_watch WHERE name = ?1", [name])? > 0)
 }
 
-fn drop_triggers(conn: &Connection, name: &str) -> Result<()> {
+fn sync_triggers_drop_all(conn: &Connection, name: &str) -> Result<()> {
     let stored: Option<String> = conn
         .query_row("SELECT triggers FROM main._attachments_watch WHERE name = ?1", [name], |r| r.get(0))
         .optional()?;
-    let triggers: Vec<String> = stored.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+    let mut triggers: Vec<String> = stored.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+    let owned: Vec<String> = conn
+        .prepare("SELECT name FROM main._attachments_trigger WHERE watch = ?1")?
+        .query_map([name], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    triggers.extend(owned);
     for t in triggers {
         conn.execute_batch(&format!("DROP TRIGGER IF EXISTS main.{}", quote_ident(&t)))?;
     }
+    conn.execute("DELETE FROM main._attachments_trigger WHERE watch = ?1", [name])?;
     Ok(())
+}
+
+/// Runs on the extension's own connection, in the caller's transaction: re-analyses
+/// watch `name`'s stored query under a guard, brings its triggers up to date, and
+/// refreshes its references. Anything it does is undone if it fails.
+pub fn run(conn: &Connection, config: &Config, name: &str, query: &str) -> Result<bool> {
+    let mut guard = Guard::install(conn);
+    let analysis = analyze(conn, &mut guard, query)?;
+    // First a read-only run under the time limit: stopping a write statement (the
+    // INSERT … SELECT that stores the result) would roll back the whole transaction,
+    // stopping a read-only one does not. Every column is used, so none is skipped.
+    conn.query_row(&format!("SELECT {PROBE_COLUMNS} FROM ({})", analysis.select_sql), [], |_| Ok(()))
+        .map_err(|e| guard.explain(e))?;
+    // Within one transaction the same query over the same data takes as long again.
+    guard.seen_mut().deadline = None;
+    sync_triggers(conn, config, name, &analysis.reads)?;
+    conn.execute("UPDATE main._attachments_watch SET select_sql = ?2 WHERE name = ?1 AND select_sql != ?2", params![name, analysis.select_sql])?;
+    crate::reconcile::refresh_watch(conn, name, &analysis.select_sql).map_err(|e| match e {
+        Error::Sqlite(e) => guard.explain(e),
+        other => other,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_pure_helpers_of_ours_are_allowed() {
+        for f in ["attachment_save", "ATTACHMENT_SAVE_FILE", "attachment_delete", "attachment_sync", "attachment_retry", "readfile", "load_extension", "writefile", "edit"] {
+            assert!(forbidden_function(f), "{f}");
+        }
+        for f in ["attachment_filename", "attachment_media_type", "json_extract", "lower", "unixepoch"] {
+            assert!(!forbidden_function(f), "{f}");
+        }
+    }
+
+    #[test]
+    fn options_are_checked() {
+        assert_eq!(Options::parse(None).unwrap(), Options::default());
+        let o = Options::parse(Some(r#"{"refresh_ms": 500, "download": false}"#)).unwrap();
+        assert_eq!((o.refresh_ms, o.download), (Some(500), Some(false)));
+        assert_eq!(o.to_json(), r#"{"download":false,"refresh_ms":500}"#);
+        for bad in ["[]", "x", r#"{"refresh_ms": 10}"#, r#"{"priority": "high"}"#, r#"{"other": 1}"#] {
+            assert!(Options::parse(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn trigger_names_cannot_collide() {
+        assert_ne!(trigger_name("a_b", "c", "ins"), trigger_name("a", "b_c", "ins"));
+    }
 }

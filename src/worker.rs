@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::connection::{open_connection, DbTarget};
 use crate::error::Result;
 use crate::queue::now_ms;
+use crate::reconcile;
 use crate::sync::Syncer;
 
 /// How often the worker looks for commits by other connections (`PRAGMA data_version`,
@@ -131,10 +132,15 @@ fn run(target: &DbTarget, stop: &AtomicBool, woken: &Receiver<()>) {
             // Read before the pass, so commits made during it bring another pass.
             // (Our own commits do not change data_version for this connection.)
             seen_version = version;
-            match pass(&conn, db_file, &mut syncer, full, stop) {
+            // Only an explicit attachment_sync() re-runs every watch; the worker's periodic
+            // pass re-runs those whose tables changed or whose refresh_ms is due.
+            match pass(&conn, db_file, &mut syncer, false, stop) {
                 Ok(Some(s)) => {
                     next_full = Instant::now() + Duration::from_millis(s.config.sync_interval_ms as u64);
-                    next_due = s.next_due(&conn).unwrap_or(None);
+                    // The next retry, lease end or watch refresh, whichever comes first.
+                    let retry = s.next_due(&conn).unwrap_or(None);
+                    let refresh = reconcile::next_refresh_due(&conn).unwrap_or(None);
+                    next_due = [retry, refresh].into_iter().flatten().min();
                 }
                 Ok(None) => {
                     next_full = Instant::now() + ERROR_PAUSE;

@@ -16,6 +16,7 @@ step "Background worker (real processes, nginx)" tests/py/run.sh test_worker
 step "Claims, liveness, stopping (real processes, nginx)" tests/py/run.sh test_claims
 step "Connections: VFS, one SQLite, result codes, config at the door" tests/py/run.sh test_connections
 step "Local files: integrity, ownership, verify under the lock" tests/py/run.sh test_local_files
+step "Watches: untrusted queries, failures kept per watch, triggers repaired" tests/py/run.sh test_watches
 step "Host: Python package from dist/ (stdlib sqlite3, apsw, sqlean.py)" tests/hosts/test-python.sh
 step "Host: Go example (mattn/go-sqlite3)" tests/hosts/test-go.sh
 step "Host: Node package from dist/ (better-sqlite3)" tests/hosts/test-node.sh

@@ -228,11 +228,12 @@ impl<'c> QueueTable<'c> {
     }
 
     /// QUEUED_DOWNLOAD → ARCHIVED: the download is given up (404, 410, `max_attempts`).
+    /// `given_up` keeps reconciliation from bringing it back until `attachment_retry`.
     pub fn give_up_download(&self, id: &str, attempts: i64, message: &str) -> Result<bool> {
         let t = &self.t;
         let n = self.conn.execute(
             &format!(
-                "UPDATE main.{t} SET state = 4, attempts = ?2, last_error = ?3, timestamp = ?4, {UNCLAIM}
+                "UPDATE main.{t} SET state = 4, given_up = 1, attempts = ?2, last_error = ?3, timestamp = ?4, {UNCLAIM}
                  WHERE id = ?1 AND state = 1 AND claimed_by = ?5"
             ),
             params![id, attempts, message, now_ms(), self.owner],

@@ -4,8 +4,10 @@
 mod control;
 mod queue_vtab;
 mod read;
+mod retry;
 mod save;
 mod watch;
+mod watches_vtab;
 
 use std::ffi::CString;
 use std::marker::PhantomData;
@@ -26,6 +28,8 @@ pub fn register(db: &Connection) -> rusqlite::Result<()> {
     watch::register(db)?;
     control::register(db)?;
     queue_vtab::register(db)?;
+    retry::register(db)?;
+    watches_vtab::register(db)?;
     Ok(())
 }
 
