@@ -15,3 +15,10 @@ pub use crate::remote::{ErrorKind, RemoteError};
 pub fn check_watch_name(name: &str) -> Result<(), Error> {
     crate::watch::check_name(name)
 }
+
+/// The name of the trigger watch `name` puts on `table` for `suffix` (ins, upd, del).
+pub fn watch_trigger_name(name: &str, table: &str, suffix: &str) -> String {
+    crate::watch::trigger_name(name, table, suffix)
+}
+
+pub use crate::watch::Options as WatchOptions;

@@ -398,7 +398,7 @@ pub fn watch(conn: &Connection, target: &crate::connection::DbTarget, config: &C
 /// The trigger watch `name` has on `table` for `suffix`. Watch names cannot contain
 /// '.', so no two (watch, table) pairs give one name; watch names that differ only in
 /// case are refused, since SQLite compares trigger names without case.
-fn trigger_name(name: &str, table: &str, suffix: &str) -> String {
+pub(crate) fn trigger_name(name: &str, table: &str, suffix: &str) -> String {
     format!("_attachments_trg_{name}.{table}.{suffix}")
 }
 
