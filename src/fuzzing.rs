@@ -22,3 +22,20 @@ pub fn watch_trigger_name(name: &str, table: &str, suffix: &str) -> String {
 }
 
 pub use crate::watch::Options as WatchOptions;
+
+/// Analyses `query` on `db` as a watch run does (prepared under the guard that denies
+/// writes and file access): the tables it reads and the SELECT built from it. The
+/// guard is removed again before returning.
+///
+/// # Safety
+/// `db` is an open connection of a SQLite this library was loaded into, used by no
+/// other thread meanwhile.
+pub unsafe fn watch_analyze(db: *mut rusqlite::ffi::sqlite3, query: &str) -> Result<(Vec<String>, String), String> {
+    let conn = rusqlite::Connection::from_handle(db).map_err(|e| e.to_string())?;
+    let mut guard = crate::watch::Guard::install(&conn);
+    let analysis = crate::watch::analyze(&conn, &mut guard, query);
+    drop(guard);
+    analysis.map(|a| (a.reads.into_keys().collect(), a.select_sql)).map_err(|e| e.to_string())
+}
+
+pub use rusqlite::ffi::sqlite3 as Sqlite3;
