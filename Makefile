@@ -6,7 +6,7 @@ UNAME := $(shell uname -s)
 EXT := $(if $(filter Darwin,$(UNAME)),dylib,so)
 LIB := dist/attachments.$(EXT)
 
-.PHONY: all build demo test test-unit test-sql test-py deps clean bench dist
+.PHONY: all build demo test test-unit test-sql test-py test-reliability deps clean bench dist
 
 all: build
 
@@ -38,6 +38,11 @@ test-sql: build
 
 test-py: build
 	./tests/py/run.sh
+
+# Crash, fault, three-process and disk-full suites at full counts (200 kills, 1,000
+# transfers); `make test` runs them at small counts. RELIABILITY_ARGS="--seed N" replays.
+test-reliability: build deps
+	/usr/bin/python3 tests/reliability/run.py $(RELIABILITY_ARGS)
 
 clean:
 	$(CARGO) clean

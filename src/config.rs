@@ -2,12 +2,17 @@
 //! `_attachments_config`, read back by every function that needs it.
 //! Secrets are never part of it: they come from the environment.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, Mutex};
 
 use rusqlite::{Connection, OptionalExtension};
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
+
+/// Stored config texts already parsed (and checked) by this process.
+static PARSED: LazyLock<Mutex<HashMap<String, Config>>> = LazyLock::new(Default::default);
 
 pub const DEFAULT_MAX_ATTEMPTS: i64 = 10;
 
@@ -294,12 +299,25 @@ impl Config {
             Err(rusqlite::Error::SqliteFailure(_, Some(msg))) if msg.starts_with("no such table") => None,
             Err(e) => return Err(e.into()),
         };
-        Config::parse(&stored.ok_or(Error::NotInitialized)?).map_err(|e| match e {
+        let stored = stored.ok_or(Error::NotInitialized)?;
+        // Every save and read loads the config: parse each distinct stored text once.
+        if let Some(config) = PARSED.lock().ok().and_then(|cache| cache.get(&stored).cloned()) {
+            return Ok(config);
+        }
+        let config = Config::parse(&stored).map_err(|e| match e {
             Error::Config { key, why } => {
                 Error::config(&key, format!("{why} (in the stored config, main._attachments_config: run attachment_init again)"))
             }
             other => other,
-        })
+        })?;
+        if let Ok(mut cache) = PARSED.lock() {
+            // A handful of databases per process is the norm; a config edited in a loop must not grow it.
+            if cache.len() >= 64 {
+                cache.clear();
+            }
+            cache.insert(stored, config.clone());
+        }
+        Ok(config)
     }
 
     /// Stores this config (replacing any earlier one); the schema must exist.

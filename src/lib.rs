@@ -12,6 +12,7 @@ mod owner;
 mod ownership;
 mod queue;
 mod reconcile;
+mod redact;
 mod remote;
 mod schema;
 mod sql;

@@ -1,6 +1,8 @@
 //! Logging through the `log` crate to stderr, off unless SQLITE_ATTACHMENTS_LOG
 //! is set (`error`, `warn`, `info`, `debug` or `trace`). Messages never contain
-//! credentials or signed URLs.
+//! credentials or signed URLs: every line, at every level, passes through
+//! [`crate::redact`] on its way out, so a server's words repeated in an error
+//! cannot carry a token into a log.
 
 use log::{LevelFilter, Metadata, Record};
 
@@ -13,7 +15,8 @@ impl log::Log for StderrLogger {
 
     fn log(&self, record: &Record) {
         if self.enabled(record.metadata()) {
-            eprintln!("[sqlite-attachments {}] {}", record.level(), record.args());
+            let line = crate::redact::redact(&record.args().to_string());
+            eprintln!("[sqlite-attachments {}] {}", record.level(), line);
         }
     }
 

@@ -4,6 +4,7 @@
 use rusqlite::{named_params, Connection};
 
 use crate::config::Config;
+use crate::queue::table::QueueTable;
 use crate::error::Result;
 use crate::queue::now_ms;
 use crate::schema::quote_ident;
@@ -58,16 +59,7 @@ pub fn next_refresh_due(conn: &Connection) -> Result<Option<i64>> {
 
 /// Whether the cache holds more ARCHIVED rows than the limit allows.
 pub fn expiry_needed(conn: &Connection, config: &Config) -> Result<bool> {
-    let archived: i64 = conn.query_row(
-        &format!(
-            "SELECT count(*) FROM main.{} AS q WHERE state = 4
-               AND NOT (given_up = 1 AND EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = q.id))",
-            quote_ident(&config.table)
-        ),
-        [],
-        |r| r.get(0),
-    )?;
-    Ok(archived > config.archived_cache_limit)
+    Ok(QueueTable::unclaimed(conn, &config.table).evictable_count()? > config.archived_cache_limit)
 }
 
 /// Re-runs one watch's query and brings `_attachments_ref` up to date by difference:
@@ -241,45 +233,17 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
         log::warn!("{} referenced ids skipped: unsafe id or file_extension", out.rejected);
     }
     // Referenced, no row: download it (when downloads are on).
+    let queue = QueueTable::unclaimed(conn, &config.table);
     if config.download_attachments {
-        // language=SQLite
-        out.queued = conn.execute(
-            &format!(
-                "INSERT INTO main.{t}(id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data)
-                 SELECT r.id, r.filename, NULL, :now, NULL, r.media_type, 1, 0, r.meta_data
-                 FROM ({referenced}) AS r
-                 WHERE r.filename IS NOT NULL AND NOT EXISTS (SELECT 1 FROM main.{t} AS q WHERE q.id = r.id) {}",
-                downloadable("r.id")
-            ),
-            named_params! {":now": now},
-        )?;
+        out.queued = queue.queue_downloads(&referenced, &downloadable("r.id"), now)?;
     }
     // Referenced, ARCHIVED: back to SYNCED with its local copy if it was uploaded; a local
     // copy never uploaded goes up again; without one, download again. A download given
     // up (404, 410, max_attempts) stays given up until attachment_retry.
-    // language=SQLite
-    out.restored = conn.execute(
-        &format!(
-            "UPDATE main.{t} SET state = CASE WHEN local_uri IS NULL THEN 1 WHEN has_synced = 1 THEN 3 ELSE 0 END,
-                 timestamp = :now, attempts = 0, next_attempt_at = 0, last_error = NULL
-             WHERE state = 4 AND given_up = 0 AND (local_uri IS NOT NULL OR (:download {})) {}
-               AND EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = {t}.id)",
-            downloadable(&format!("{t}.id")),
-            in_scope("id")
-        ),
-        named_params! {":now": now, ":download": config.download_attachments},
-    )?;
+    out.restored =
+        queue.restore_referenced(&downloadable(&format!("{t}.id")), &in_scope("id"), now, config.download_attachments)?;
     // Not referenced, SYNCED or QUEUED_DOWNLOAD: archive. Uploads and deletes finish first.
-    // language=SQLite
-    out.archived = conn.execute(
-        &format!(
-            "UPDATE main.{t} SET state = 4, given_up = 0, timestamp = :now
-             WHERE state IN (1, 3) {}
-               AND NOT EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = {t}.id)",
-            in_scope("id")
-        ),
-        named_params! {":now": now},
-    )?;
+    out.archived = queue.archive_unreferenced(&in_scope("id"), now)?;
     conn.execute("DELETE FROM main._attachments_delta", [])?;
     Ok(out)
 }
@@ -288,17 +252,9 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
 /// local files. Remote objects stay: other devices may still reference them.
 /// Runs in the caller's transaction; returns the number of rows removed.
 pub fn expire_cache(conn: &Connection, config: &Config, store: &LocalStore) -> Result<usize> {
-    let t = quote_ident(&config.table);
-    // language=SQLite
-    let victims: Vec<(String, Option<String>)> = conn
-        .prepare(&format!(
-            "SELECT id, local_uri FROM main.{t} AS q WHERE state = 4
-               AND NOT (given_up = 1 AND EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = q.id))
-             ORDER BY timestamp DESC, id LIMIT -1 OFFSET ?1"
-        ))?
-        .query_map([config.archived_cache_limit], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut delete = conn.prepare(&format!("DELETE FROM main.{t} WHERE id = ?1 AND state = 4"))?;
+    let queue = QueueTable::unclaimed(conn, &config.table);
+    let victims = queue.eviction_victims(config.archived_cache_limit)?;
+    let mut expired = 0;
     for (id, local_uri) in &victims {
         if let Some(file) = local_uri {
             // A file that cannot be removed keeps its row, so verify can try again.
@@ -307,7 +263,9 @@ pub fn expire_cache(conn: &Connection, config: &Config, store: &LocalStore) -> R
                 continue;
             }
         }
-        delete.execute([id])?;
+        if queue.expire(id)? {
+            expired += 1;
+        }
     }
-    Ok(victims.len())
+    Ok(expired)
 }

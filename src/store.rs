@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::names;
-use crate::remote::{ErrorKind, Fetched, RemoteError};
+use crate::remote::{ErrorClass, ErrorKind, Fetched, RemoteError};
 
 /// Temp files are `.{filename}.tmp-{random}`; no attachment file starts with a dot.
 const TEMP_MARK: &str = ".tmp-";
@@ -104,8 +104,9 @@ impl Checked {
 /// since it needs a person; `local` for other local errors (I/O, a vanished `local_dir`).
 pub fn upload_refusal(e: Error) -> RemoteError {
     match e {
-        Error::Argument(why) => RemoteError::new(ErrorKind::Permanent, format!("integrity: {why}")),
-        other => RemoteError::new(ErrorKind::Transient, format!("local: {other}")),
+        // Not the bytes that were saved: retried rarely (someone has to look), never SYNCED.
+        Error::Argument(why) => RemoteError::new(ErrorKind::Permanent, why).with_class(ErrorClass::Integrity),
+        other => RemoteError::local(other.to_string()),
     }
 }
 
@@ -406,10 +407,10 @@ pub fn is_temp_name(name: &str) -> bool {
 
 fn check_claims(claimed: &Fetched, size: u64, sha256: &str) -> Result<()> {
     if let Some(len) = claimed.length.filter(|len| *len != size) {
-        return Err(RemoteError::new(ErrorKind::Transient, format!("incomplete transfer: got {size} of {len} bytes")).into());
+        return Err(RemoteError::integrity(format!("incomplete transfer: got {size} of {len} bytes")).into());
     }
     if let Some(want) = claimed.sha256.as_deref().filter(|want| !want.eq_ignore_ascii_case(sha256)) {
-        return Err(RemoteError::new(ErrorKind::Transient, format!("checksum mismatch: expected sha256 {want}, got {sha256}")).into());
+        return Err(RemoteError::integrity(format!("checksum mismatch: expected sha256 {want}, got {sha256}")).into());
     }
     Ok(())
 }

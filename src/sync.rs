@@ -182,6 +182,7 @@ impl Syncer {
         }
         summary.archived += summary.reconciled.archived;
         self.release_dead_claims(conn, &queue)?;
+        self.release_stale_own_claims(conn, &queue)?;
         let last_rowid = queue.last_rowid()?;
         let max_threads = self.config.max_concurrency.max(1) as usize;
         // Claimed ahead of the threads, so none idles while results are recorded.
@@ -191,7 +192,7 @@ impl Syncer {
         // Tells this pass's transfers to stop moving bytes; shared with their threads.
         let cancel = Arc::new(AtomicBool::new(false));
         let mut threads = 0usize;
-        let mut in_flight: HashSet<String> = HashSet::new();
+        let mut in_flight = InFlight::new(&self.db_file);
         // Results whose recording waits for the write lock (an app holding a long transaction).
         let mut unrecorded: Vec<(Job, Outcome)> = Vec::new();
         let lease = claim_lease();
@@ -361,11 +362,11 @@ impl Syncer {
             return batch;
         }
         let Err(e) = self.store.publish_refs(&staged) else { return batch };
-        let message = format!("local: {e}");
+        let message = e.to_string();
         batch
             .into_iter()
             .map(|(job, o)| match o {
-                Outcome::Downloaded { .. } => (job, Outcome::Failed(RemoteError::new(ErrorKind::Transient, message.clone()))),
+                Outcome::Downloaded { .. } => (job, Outcome::Failed(RemoteError::local(message.clone()))),
                 other => (job, other),
             })
             .collect()
@@ -394,6 +395,18 @@ impl Syncer {
                 log::info!("releasing the claims of {other}, a process that is gone");
                 try_write(conn, || queue.release_owner(&other).map(|_| ()))?;
             }
+        }
+        Ok(())
+    }
+
+    /// Frees this process's claims that no pass of it holds any more: left by a pass that
+    /// failed (a full disk, a broken config) before it could record or release them.
+    /// Without this they would wait for their lease, since a pass never takes rows its
+    /// own process holds.
+    fn release_stale_own_claims(&self, conn: &Connection, queue: &QueueTable) -> Result<()> {
+        let stale: Vec<String> = queue.held_by_owner()?.into_iter().filter(|id| !InFlight::is_held(&self.db_file, id)).collect();
+        if !stale.is_empty() {
+            try_write(conn, || stale.iter().try_for_each(|id| queue.release(id)))?;
         }
         Ok(())
     }
@@ -462,7 +475,7 @@ impl Syncer {
         match written {
             Ok((staged, w)) => Ok(Outcome::Downloaded { size: w.size, sha256: w.sha256, staged }),
             Err(Error::Remote(e)) => Err(e),
-            Err(e) => Err(RemoteError::new(ErrorKind::Transient, format!("local: {e}"))),
+            Err(e) => Err(RemoteError::local(e.to_string())),
         }
     }
 
@@ -532,6 +545,63 @@ fn op_name(op: Op) -> &'static str {
         Op::Upload => "upload",
         Op::Download => "download",
         Op::Delete => "delete",
+    }
+}
+
+/// Rows claimed by passes of this process and not yet recorded or released, by database
+/// file: what this process's claims in the table should be.
+static HELD: LazyLock<Mutex<HashSet<(String, String)>>> = LazyLock::new(Default::default);
+
+/// The rows one pass has in flight; they leave [`HELD`] when recorded, released, or
+/// when the pass ends in any way.
+struct InFlight {
+    db_file: String,
+    ids: HashSet<String>,
+}
+
+impl InFlight {
+    fn new(db_file: &str) -> InFlight {
+        InFlight { db_file: db_file.to_string(), ids: HashSet::new() }
+    }
+
+    fn is_held(db_file: &str, id: &str) -> bool {
+        HELD.lock().map(|h| h.contains(&(db_file.to_string(), id.to_string()))).unwrap_or(true)
+    }
+
+    fn insert(&mut self, id: String) {
+        if let Ok(mut h) = HELD.lock() {
+            h.insert((self.db_file.clone(), id.clone()));
+        }
+        self.ids.insert(id);
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Ok(mut h) = HELD.lock() {
+            h.remove(&(self.db_file.clone(), id.to_string()));
+        }
+        self.ids.remove(id);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &String> {
+        self.ids.iter()
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut h) = HELD.lock() {
+            for id in &self.ids {
+                h.remove(&(self.db_file.clone(), id.clone()));
+            }
+        }
     }
 }
 

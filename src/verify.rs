@@ -15,14 +15,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::connection::immediate;
 use crate::error::Result;
 use crate::ownership;
-use crate::queue::{now_ms, State};
+use crate::queue::table::QueueTable;
+use crate::queue::State;
 use crate::schema::quote_ident;
 use crate::store::{hash_file, LocalStore};
 
@@ -115,7 +116,6 @@ struct Row {
 pub fn verify(conn: &Connection, config: &Config, store: &LocalStore) -> Result<Verified> {
     ownership::claim(conn, conn.path(), store.dir(), &config.table)?;
     let t = quote_ident(&config.table);
-    let now = now_ms();
     let mut out = Verified::default();
     let rows: Vec<Row> = conn
         .prepare(&format!("SELECT id, filename, local_uri, state FROM main.{t}"))?
@@ -124,19 +124,7 @@ pub fn verify(conn: &Connection, config: &Config, store: &LocalStore) -> Result<
     let entries = store.entries()?;
     let on_disk: HashSet<&str> = entries.iter().filter(|e| !e.is_temp).map(|e| e.name.as_str()).collect();
 
-    let mut set_uri = conn.prepare(&format!("UPDATE main.{t} SET local_uri = ?2, timestamp = ?3 WHERE id = ?1"))?;
-    let mut requeue = conn.prepare(&format!(
-        "UPDATE main.{t} SET state = 1, local_uri = NULL, timestamp = ?2, attempts = 0, next_attempt_at = 0,
-             last_error = 'local file missing: downloading again' WHERE id = ?1"
-    ))?;
-    let mut archive = conn.prepare(&format!(
-        "UPDATE main.{t} SET state = 4, local_uri = NULL, timestamp = ?2,
-             last_error = 'local file missing: nothing to upload' WHERE id = ?1"
-    ))?;
-    let mut finish_download = conn.prepare(&format!(
-        "UPDATE main.{t} SET state = 3, local_uri = ?2, size = ?3, sha256 = ?4, has_synced = 1, timestamp = ?5,
-             attempts = 0, next_attempt_at = 0, last_error = NULL WHERE id = ?1 AND state = 1"
-    ))?;
+    let queue = QueueTable::unclaimed(conn, &config.table);
     for row in &rows {
         // Something under the name that is not a plain file (a symlink) is not "missing":
         // nothing is archived or re-downloaded for it; the upload refuses it instead.
@@ -147,26 +135,26 @@ pub fn verify(conn: &Connection, config: &Config, store: &LocalStore) -> Result<
             // file is complete (only complete files are renamed), so record it.
             (true, None, Some(State::QueuedDownload)) => {
                 if let Some(w) = store.existing(&row.filename)?.and_then(|p| hash_file(&p).ok()) {
-                    finish_download.execute(params![row.id, row.filename, w.size as i64, w.sha256, now])?;
+                    queue.record_found_download(&row.id, &row.filename, w.size, &w.sha256)?;
                     out.repaired += 1;
                 }
             }
             (true, uri, Some(State::QueuedUpload | State::Synced | State::Archived | State::QueuedDelete))
                 if uri.as_deref() != Some(row.filename.as_str()) =>
             {
-                set_uri.execute(params![row.id, row.filename, now])?;
+                queue.set_local_uri(&row.id, Some(&row.filename))?;
                 out.repaired += 1;
             }
             (false, Some(_), Some(State::Synced)) => {
-                requeue.execute(params![row.id, now])?;
+                queue.requeue_lost_copy(&row.id)?;
                 out.requeued += 1;
             }
             (false, _, Some(State::QueuedUpload)) => {
-                archive.execute(params![row.id, now])?;
+                queue.archive_lost_upload(&row.id)?;
                 out.archived += 1;
             }
             (false, Some(_), _) => {
-                set_uri.execute(params![row.id, Option::<String>::None, now])?;
+                queue.set_local_uri(&row.id, None)?;
                 out.repaired += 1;
             }
             _ => {}

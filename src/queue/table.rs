@@ -3,6 +3,8 @@
 //! statement: it changes a row only in the state it expects and only while this
 //! process still holds the claim, so a result that arrives late (a lapsed lease
 //! another worker took over, a row the app deleted meanwhile) changes nothing.
+//! The other transitions (save, delete, retry, reconciliation, verify, expiry) are
+//! here too, so these statements are the only ones that change a row's state.
 //! Every method runs in the caller's transaction.
 
 use rusqlite::{params, Connection};
@@ -11,8 +13,15 @@ use super::{now_ms, State};
 use crate::error::Result;
 use crate::schema::quote_ident;
 
+// State codes spelled once, for the SQL below; nothing outside this file writes a state.
+const UPLOAD: i64 = State::QueuedUpload as i64;
+const DOWNLOAD: i64 = State::QueuedDownload as i64;
+const DELETE: i64 = State::QueuedDelete as i64;
+const SYNCED: i64 = State::Synced as i64;
+const ARCHIVED: i64 = State::Archived as i64;
 /// The queue states a transfer starts from.
 const QUEUED: &str = "(0, 1, 2)";
+const _: () = assert!(UPLOAD == 0 && DOWNLOAD == 1 && DELETE == 2, "QUEUED spells these codes");
 
 /// A claimed row: what its transfer needs.
 #[derive(Debug, Clone)]
@@ -41,8 +50,182 @@ const UNCLAIM: &str = "claimed_by = NULL, claimed_until = NULL, bytes_done = NUL
 const SUCCESS: &str = "attempts = 0, next_attempt_at = 0, last_error = NULL";
 
 impl<'c> QueueTable<'c> {
+    /// The queue as seen by claim owner `owner` (a pass).
     pub fn new(conn: &'c Connection, table: &str, owner: &'c str) -> QueueTable<'c> {
         QueueTable { conn, t: quote_ident(table), owner }
+    }
+
+    /// The queue for transitions that involve no claim (save, delete, reconciliation,
+    /// verify, expiry). Its claim methods match no row: the empty owner holds nothing.
+    pub fn unclaimed(conn: &'c Connection, table: &str) -> QueueTable<'c> {
+        QueueTable::new(conn, table, "")
+    }
+
+    /// → QUEUED_UPLOAD: a file saved here, complete and durable in `local_dir`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert_upload(&self, id: &str, filename: &str, size: u64, media_type: &str, meta_data: Option<&str>, sha256: &str) -> Result<()> {
+        let t = &self.t;
+        self.conn.execute(
+            &format!(
+                "INSERT INTO main.{t}(id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data, sha256)
+                 VALUES (?1, ?2, ?2, ?3, ?4, ?5, {UPLOAD}, 0, ?6, ?7)"
+            ),
+            params![id, filename, now_ms(), size as i64, media_type, meta_data, sha256],
+        )?;
+        Ok(())
+    }
+
+    /// Any state → QUEUED_DELETE (`attachment_delete`). False when there is no such row.
+    pub fn mark_for_delete(&self, id: &str) -> Result<bool> {
+        let t = &self.t;
+        let n = self.conn.execute(
+            &format!(
+                "UPDATE main.{t} SET state = {DELETE}, timestamp = ?2, {SUCCESS} WHERE id = ?1"
+            ),
+            params![id, now_ms()],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// `attachment_retry`: a given-up download (ARCHIVED) → QUEUED_DOWNLOAD, and a queued row
+    /// waiting out a backoff → due now. `id` None means every such row.
+    pub fn retry(&self, id: Option<&str>) -> Result<usize> {
+        let t = &self.t;
+        Ok(self.conn.execute(
+            &format!(
+                "UPDATE main.{t} SET state = CASE WHEN state = {ARCHIVED} THEN {DOWNLOAD} ELSE state END, given_up = 0,
+                     attempts = 0, next_attempt_at = 0
+                 WHERE (?1 IS NULL OR id = ?1)
+                   AND ((state = {ARCHIVED} AND given_up = 1) OR (state IN {QUEUED} AND (attempts > 0 OR next_attempt_at > 0)))"
+            ),
+            [id],
+        )?)
+    }
+
+    /// Reconciliation, referenced and no row → QUEUED_DOWNLOAD. `referenced` is a query of
+    /// (id, filename, media_type, meta_data); `filter` an extra `AND ...` on `r.id`.
+    pub fn queue_downloads(&self, referenced: &str, filter: &str, now: i64) -> Result<usize> {
+        let t = &self.t;
+        Ok(self.conn.execute(
+            &format!(
+                "INSERT INTO main.{t}(id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data)
+                 SELECT r.id, r.filename, NULL, ?1, NULL, r.media_type, {DOWNLOAD}, 0, r.meta_data
+                 FROM ({referenced}) AS r
+                 WHERE r.filename IS NOT NULL AND NOT EXISTS (SELECT 1 FROM main.{t} AS q WHERE q.id = r.id) {filter}"
+            ),
+            [now],
+        )?)
+    }
+
+    /// Reconciliation, referenced and ARCHIVED → SYNCED if its local copy is there and it
+    /// was uploaded; QUEUED_UPLOAD if its local copy never reached remote storage;
+    /// QUEUED_DOWNLOAD without a local copy (only when `download`). Given-up downloads stay.
+    /// `filter` applies to `{t}.id` (download policy), `scope` to `id` (changed ids).
+    pub fn restore_referenced(&self, filter: &str, scope: &str, now: i64, download: bool) -> Result<usize> {
+        let t = &self.t;
+        Ok(self.conn.execute(
+            &format!(
+                "UPDATE main.{t} SET state = CASE WHEN local_uri IS NULL THEN {DOWNLOAD} WHEN has_synced = 1 THEN {SYNCED} ELSE {UPLOAD} END,
+                     timestamp = ?1, {SUCCESS}
+                 WHERE state = {ARCHIVED} AND given_up = 0 AND (local_uri IS NOT NULL OR (?2 {filter})) {scope}
+                   AND EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = {t}.id)"
+            ),
+            params![now, download],
+        )?)
+    }
+
+    /// Reconciliation, not referenced, SYNCED or QUEUED_DOWNLOAD → ARCHIVED. Uploads and
+    /// deletes finish first. `scope` applies to `id`.
+    pub fn archive_unreferenced(&self, scope: &str, now: i64) -> Result<usize> {
+        let t = &self.t;
+        Ok(self.conn.execute(
+            &format!(
+                "UPDATE main.{t} SET state = {ARCHIVED}, given_up = 0, timestamp = ?1
+                 WHERE state IN ({DOWNLOAD}, {SYNCED}) {scope}
+                   AND NOT EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = {t}.id)"
+            ),
+            [now],
+        )?)
+    }
+
+    /// ARCHIVED rows (`q`) the cache may evict: not a given-up download something still references.
+    fn evictable() -> String {
+        format!(
+            "state = {ARCHIVED}
+             AND NOT (given_up = 1 AND EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = q.id))"
+        )
+    }
+
+    /// How many ARCHIVED rows count toward the cache limit.
+    pub fn evictable_count(&self) -> Result<i64> {
+        let t = &self.t;
+        Ok(self.conn.query_row(&format!("SELECT count(*) FROM main.{t} AS q WHERE {}", Self::evictable()), [], |r| r.get(0))?)
+    }
+
+    /// Evictable rows beyond the newest `keep`, oldest last: (id, local_uri).
+    pub fn eviction_victims(&self, keep: i64) -> Result<Vec<(String, Option<String>)>> {
+        let t = &self.t;
+        Ok(self
+            .conn
+            .prepare(&format!(
+                "SELECT id, local_uri FROM main.{t} AS q WHERE {} ORDER BY timestamp DESC, id LIMIT -1 OFFSET ?1",
+                Self::evictable()
+            ))?
+            .query_map([keep], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// ARCHIVED → gone (cache expiry; its local file was removed first).
+    pub fn expire(&self, id: &str) -> Result<bool> {
+        let t = &self.t;
+        Ok(self.conn.execute(&format!("DELETE FROM main.{t} WHERE id = ?1 AND state = {ARCHIVED}"), [id])? > 0)
+    }
+
+    /// Verify: SYNCED whose local copy vanished → QUEUED_DOWNLOAD.
+    pub fn requeue_lost_copy(&self, id: &str) -> Result<()> {
+        let t = &self.t;
+        self.conn.execute(
+            &format!(
+                "UPDATE main.{t} SET state = {DOWNLOAD}, local_uri = NULL, timestamp = ?2, attempts = 0, next_attempt_at = 0,
+                     last_error = 'local: local file missing: downloading again' WHERE id = ?1 AND state = {SYNCED}"
+            ),
+            params![id, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Verify: QUEUED_UPLOAD whose file is gone (not found) → ARCHIVED; nothing can be sent.
+    pub fn archive_lost_upload(&self, id: &str) -> Result<()> {
+        let t = &self.t;
+        self.conn.execute(
+            &format!(
+                "UPDATE main.{t} SET state = {ARCHIVED}, local_uri = NULL, timestamp = ?2,
+                     last_error = 'local: local file missing: nothing to upload' WHERE id = ?1 AND state = {UPLOAD}"
+            ),
+            params![id, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Verify: a QUEUED_DOWNLOAD whose complete file was renamed into place before a crash
+    /// kept it from being recorded → SYNCED.
+    pub fn record_found_download(&self, id: &str, filename: &str, size: u64, sha256: &str) -> Result<()> {
+        let t = &self.t;
+        self.conn.execute(
+            &format!(
+                "UPDATE main.{t} SET state = {SYNCED}, local_uri = ?2, size = ?3, sha256 = ?4, has_synced = 1, timestamp = ?5,
+                     {SUCCESS} WHERE id = ?1 AND state = {DOWNLOAD}"
+            ),
+            params![id, filename, size as i64, sha256, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Verify: `local_uri` made to match what is on disk (no state change).
+    pub fn set_local_uri(&self, id: &str, local_uri: Option<&str>) -> Result<()> {
+        let t = &self.t;
+        self.conn.execute(&format!("UPDATE main.{t} SET local_uri = ?2, timestamp = ?3 WHERE id = ?1"), params![id, local_uri, now_ms()])?;
+        Ok(())
     }
 
     /// Rows a pass may claim now: queued, due, present when the pass began (`?1` is the
@@ -140,6 +323,16 @@ impl<'c> QueueTable<'c> {
         Ok(self.conn.execute(&format!("UPDATE main.{t} SET {UNCLAIM} WHERE claimed_by = ?1"), [owner])?)
     }
 
+    /// Rows this owner holds claims on.
+    pub fn held_by_owner(&self) -> Result<Vec<String>> {
+        let t = &self.t;
+        Ok(self
+            .conn
+            .prepare(&format!("SELECT id FROM main.{t} WHERE claimed_by = ?1"))?
+            .query_map([self.owner], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
     /// The distinct owners holding claims.
     pub fn claim_owners(&self) -> Result<Vec<String>> {
         let t = &self.t;
@@ -156,9 +349,9 @@ impl<'c> QueueTable<'c> {
         let t = &self.t;
         let n = self.conn.execute(
             &format!(
-                "UPDATE main.{t} SET state = CASE WHEN state = 0 THEN 3 ELSE state END,
+                "UPDATE main.{t} SET state = CASE WHEN state = {UPLOAD} THEN {SYNCED} ELSE state END,
                      has_synced = 1, timestamp = ?2, upload_resume = NULL, {SUCCESS}, {UNCLAIM}
-                 WHERE id = ?1 AND state IN (0, 2) AND claimed_by = ?3"
+                 WHERE id = ?1 AND state IN ({UPLOAD}, {DELETE}) AND claimed_by = ?3"
             ),
             params![id, now_ms(), self.owner],
         )?;
@@ -171,9 +364,9 @@ impl<'c> QueueTable<'c> {
         let t = &self.t;
         let n = self.conn.execute(
             &format!(
-                "UPDATE main.{t} SET state = 3, local_uri = filename, size = ?2, sha256 = ?3, has_synced = 1,
+                "UPDATE main.{t} SET state = {SYNCED}, local_uri = filename, size = ?2, sha256 = ?3, has_synced = 1,
                      timestamp = ?4, {SUCCESS}, {UNCLAIM}
-                 WHERE id = ?1 AND state = 1 AND claimed_by = ?5"
+                 WHERE id = ?1 AND state = {DOWNLOAD} AND claimed_by = ?5"
             ),
             params![id, size as i64, sha256, now_ms(), self.owner],
         )?;
@@ -185,7 +378,7 @@ impl<'c> QueueTable<'c> {
     pub fn holds_local_copy(&self, id: &str) -> Result<bool> {
         let t = &self.t;
         Ok(self.conn.query_row(
-            &format!("SELECT EXISTS (SELECT 1 FROM main.{t} WHERE id = ?1 AND (local_uri = filename OR state = 1))"),
+            &format!("SELECT EXISTS (SELECT 1 FROM main.{t} WHERE id = ?1 AND (local_uri = filename OR state = {DOWNLOAD}))"),
             [id],
             |r| r.get(0),
         )?)
@@ -196,7 +389,7 @@ impl<'c> QueueTable<'c> {
         let t = &self.t;
         let n = self
             .conn
-            .execute(&format!("DELETE FROM main.{t} WHERE id = ?1 AND state = 2 AND claimed_by = ?2"), params![id, self.owner])?;
+            .execute(&format!("DELETE FROM main.{t} WHERE id = ?1 AND state = {DELETE} AND claimed_by = ?2"), params![id, self.owner])?;
         Ok(n > 0)
     }
 
@@ -205,9 +398,9 @@ impl<'c> QueueTable<'c> {
         let t = &self.t;
         let n = self.conn.execute(
             &format!(
-                "UPDATE main.{t} SET state = 4, local_uri = NULL, timestamp = ?2,
-                     last_error = 'local file missing: nothing to upload', {UNCLAIM}
-                 WHERE id = ?1 AND state = 0 AND claimed_by = ?3"
+                "UPDATE main.{t} SET state = {ARCHIVED}, local_uri = NULL, timestamp = ?2,
+                     last_error = 'local: local file missing: nothing to upload', {UNCLAIM}
+                 WHERE id = ?1 AND state = {UPLOAD} AND claimed_by = ?3"
             ),
             params![id, now_ms(), self.owner],
         )?;
@@ -233,8 +426,8 @@ impl<'c> QueueTable<'c> {
         let t = &self.t;
         let n = self.conn.execute(
             &format!(
-                "UPDATE main.{t} SET state = 4, given_up = 1, attempts = ?2, last_error = ?3, timestamp = ?4, {UNCLAIM}
-                 WHERE id = ?1 AND state = 1 AND claimed_by = ?5"
+                "UPDATE main.{t} SET state = {ARCHIVED}, given_up = 1, attempts = ?2, last_error = ?3, timestamp = ?4, {UNCLAIM}
+                 WHERE id = ?1 AND state = {DOWNLOAD} AND claimed_by = ?5"
             ),
             params![id, attempts, message, now_ms(), self.owner],
         )?;

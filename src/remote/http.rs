@@ -41,7 +41,7 @@ impl RemoteStorage for HttpRemote {
     }
 
     fn download(&self, obj: &Object, out: &mut dyn Write, progress: Progress) -> Result<Fetched, RemoteError> {
-        self.transport.get_to(&self.url(obj), &self.auth, out, progress)
+        self.transport.get_to(&self.url(obj), &self.auth, obj.media_type, out, progress)
     }
 
     fn delete(&self, obj: &Object) -> Result<(), RemoteError> {

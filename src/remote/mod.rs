@@ -3,6 +3,8 @@
 
 mod dir;
 mod http;
+mod limits;
+mod retry_after;
 mod s3;
 mod signed;
 mod transport;
@@ -72,15 +74,78 @@ pub enum ErrorKind {
     Auth,
     /// 404/410: the object does not exist.
     NotFound,
-    /// Other 4xx: retried with the longest backoff.
+    /// Other 4xx, redirects of writes, a wrong endpoint: retried with the longest backoff.
     Permanent,
+}
+
+/// What went wrong, in the contract's words: shown in SQL (`error_class`, and as the
+/// prefix of `last_error`) so an app can tell the user what to fix. The retry policy
+/// reads [`ErrorKind`], not this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// 401/403, missing credentials.
+    Auth,
+    /// 404/410.
+    NotFound,
+    /// Unreachable, reset, timed out, too slow.
+    Network,
+    /// The server answered with an error (5xx, other 4xx) or a malformed answer.
+    Server,
+    /// The local file or folder.
+    Local,
+    /// The endpoint is wrong or behind a login (redirects of writes), a bad URL.
+    Config,
+    /// A body that does not match its length or checksum, or is not the file's bytes.
+    Integrity,
+}
+
+impl ErrorClass {
+    pub const ALL: [ErrorClass; 7] = [
+        ErrorClass::Auth,
+        ErrorClass::NotFound,
+        ErrorClass::Network,
+        ErrorClass::Server,
+        ErrorClass::Local,
+        ErrorClass::Config,
+        ErrorClass::Integrity,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Auth => "auth",
+            ErrorClass::NotFound => "not_found",
+            ErrorClass::Network => "network",
+            ErrorClass::Server => "server",
+            ErrorClass::Local => "local",
+            ErrorClass::Config => "config",
+            ErrorClass::Integrity => "integrity",
+        }
+    }
+
+    /// The class a `last_error` text starts with (`"network: ..."`), if any.
+    pub fn of_message(message: &str) -> Option<ErrorClass> {
+        let (prefix, _) = message.split_once(": ")?;
+        ErrorClass::ALL.into_iter().find(|c| c.as_str() == prefix)
+    }
+
+    /// The usual class of a retry kind, for errors that do not say more.
+    fn of_kind(kind: ErrorKind) -> ErrorClass {
+        match kind {
+            ErrorKind::Transient => ErrorClass::Network,
+            ErrorKind::Auth => ErrorClass::Auth,
+            ErrorKind::NotFound => ErrorClass::NotFound,
+            ErrorKind::Permanent => ErrorClass::Config,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct RemoteError {
     pub kind: ErrorKind,
+    pub class: ErrorClass,
     pub status: Option<u16>,
-    /// Short reason; never contains credentials or signed URLs.
+    /// Short reason; never contains credentials or signed URLs (and is redacted
+    /// again when shown, in case a server's words carried one).
     pub message: String,
     pub retry_after: Option<Duration>,
     /// Progress to keep for the next attempt (see [`Object::resume`]).
@@ -89,7 +154,35 @@ pub struct RemoteError {
 
 impl RemoteError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> RemoteError {
-        RemoteError { kind, status: None, message: message.into(), retry_after: None, resume: None }
+        RemoteError {
+            kind,
+            class: ErrorClass::of_kind(kind),
+            status: None,
+            message: message.into(),
+            retry_after: None,
+            resume: None,
+        }
+    }
+
+    /// The same error shown under another class.
+    pub fn with_class(mut self, class: ErrorClass) -> RemoteError {
+        self.class = class;
+        self
+    }
+
+    /// A failure of the local file or folder: retried soon.
+    pub fn local(message: impl Into<String>) -> RemoteError {
+        RemoteError::new(ErrorKind::Transient, message).with_class(ErrorClass::Local)
+    }
+
+    /// Bytes that are not the file's (short, long, wrong checksum, re-encoded): retried soon.
+    pub fn integrity(message: impl Into<String>) -> RemoteError {
+        RemoteError::new(ErrorKind::Transient, message).with_class(ErrorClass::Integrity)
+    }
+
+    /// An endpoint that is wrong or behind a login: retried with the longest backoff.
+    pub fn config(message: impl Into<String>) -> RemoteError {
+        RemoteError::new(ErrorKind::Permanent, message).with_class(ErrorClass::Config)
     }
 
     /// A local or network I/O error, classified by its kind.
@@ -103,11 +196,13 @@ impl RemoteError {
     }
 }
 
+/// `class: HTTP status: message`, credentials redacted: the text `last_error` stores.
 impl fmt::Display for RemoteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let message = crate::redact::redact(&self.message);
         match self.status {
-            Some(s) => write!(f, "HTTP {s}: {}", self.message),
-            None => f.write_str(&self.message),
+            Some(s) => write!(f, "{}: HTTP {s}: {message}", self.class.as_str()),
+            None => write!(f, "{}: {message}", self.class.as_str()),
         }
     }
 }
@@ -148,5 +243,31 @@ pub fn copy_with_progress(from: &mut dyn Read, to: &mut dyn Write, progress: Pro
         };
         to.write_all(&buf[..n])?;
         total += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_class_leads_the_message_and_is_read_back() {
+        let mut e = RemoteError::config("upload failed: redirected");
+        e.status = Some(302);
+        assert_eq!(e.to_string(), "config: HTTP 302: upload failed: redirected");
+        assert_eq!(ErrorClass::of_message(&e.to_string()), Some(ErrorClass::Config));
+        assert_eq!(e.kind, ErrorKind::Permanent, "config waits the longest backoff");
+        assert_eq!(RemoteError::integrity("short").kind, ErrorKind::Transient);
+        assert_eq!(RemoteError::new(ErrorKind::Auth, "x").class, ErrorClass::Auth);
+        assert_eq!(ErrorClass::of_message("local file missing: nothing to upload"), None);
+        for c in ErrorClass::ALL {
+            assert_eq!(ErrorClass::of_message(&format!("{}: x", c.as_str())), Some(c));
+        }
+    }
+
+    #[test]
+    fn shown_errors_are_redacted() {
+        let e = RemoteError::new(ErrorKind::Permanent, "bad request (Authorization: Bearer abc123)");
+        assert_eq!(e.to_string(), "config: bad request (Authorization: REDACTED");
     }
 }

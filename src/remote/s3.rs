@@ -6,6 +6,9 @@
 //! Files above MULTIPART_THRESHOLD go up in parts. A failed multipart upload
 //! hands its upload id and the ETags of the parts stored so far back
 //! (RemoteError::resume); the next attempt sends only the missing parts.
+//! Whenever that state is dropped (the row is deleted, S3 no longer knows the
+//! upload, the part size changed, the file now goes up in one PUT) the upload
+//! is aborted, so no stored parts are left behind to be billed.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -19,7 +22,7 @@ use rusty_s3::actions::{CreateMultipartUpload, S3Action};
 use rusty_s3::{Bucket, Credentials, UrlStyle};
 
 use super::transport::Transport;
-use super::{ErrorKind, Fetched, Object, Progress, RemoteError, RemoteStorage};
+use super::{ErrorClass, ErrorKind, Fetched, Object, Progress, RemoteError, RemoteStorage};
 use crate::error::{Error, Result};
 
 /// Presigned URLs are made just before use; this only bounds clock skew and slow starts.
@@ -104,14 +107,18 @@ impl S3Remote {
         let part_size = PART_SIZE.max(len.div_ceil(10_000));
         let parts = len.div_ceil(part_size).max(1);
         // Resume the earlier attempt's upload: its id and the parts it stored.
-        let mut state = match obj.resume.and_then(Multipart::parse).filter(|m| m.part_size == part_size) {
-            Some(state) => state,
-            None => {
+        let mut state = match obj.resume.and_then(Multipart::parse) {
+            Some(state) if state.part_size == part_size => state,
+            earlier => {
+                if let Some(old) = earlier {
+                    // Its parts cannot be reused: abort it before starting over.
+                    self.abort_quietly(&key, &old.upload_id);
+                }
                 let url = self.bucket.create_multipart_upload(Some(creds), &key).sign(URL_LIFETIME);
                 let headers = [("Content-Type", obj.media_type.to_string())];
                 let answer = self.transport.call_text("POST", url.as_str(), &headers, "")?;
                 let upload_id = CreateMultipartUpload::parse_response(&answer)
-                    .map_err(|_| RemoteError::new(ErrorKind::Transient, "S3 gave no upload id"))?
+                    .map_err(|_| RemoteError::new(ErrorKind::Transient, "S3 gave no upload id").with_class(ErrorClass::Server))?
                     .upload_id()
                     .to_string();
                 Multipart { upload_id, part_size, etags: Vec::new() }
@@ -138,13 +145,16 @@ impl S3Remote {
                         progress(sent.fetch_add(delta, Ordering::Relaxed) + delta)
                     };
                     let url = self.bucket.upload_part(Some(creds), &key, n as u16, &upload_id).sign(URL_LIFETIME);
+                    // A part is big: let the store refuse it (an upload id it no longer knows)
+                    // before the body goes, so its answer is read instead of a cut connection.
+                    let expect = [("Expect", "100-continue".to_string())];
                     let mut part = PartReader { file: &file, pos: offset, end: offset + part_len(n) };
                     let result = self
                         .transport
-                        .put_reader(url.as_str(), &[], &mut part, part_len(n), &part_progress)
+                        .put_reader(url.as_str(), &expect, &mut part, part_len(n), &part_progress)
                         .and_then(|headers| {
                             headers.get("etag").and_then(|v| v.to_str().ok()).map(str::to_string).ok_or_else(|| {
-                                RemoteError::new(ErrorKind::Transient, "S3 answered a part without an ETag")
+                                RemoteError::new(ErrorKind::Transient, "S3 answered a part without an ETag").with_class(ErrorClass::Server)
                             })
                         });
                     if let Ok(mut o) = outcome.lock() {
@@ -160,8 +170,16 @@ impl S3Remote {
         });
         let (etags, failure) = outcome.into_inner().unwrap_or_else(|e| e.into_inner());
         state.etags.extend(etags);
+        // A failure that drops the state also aborts the upload (S3 may still hold parts).
+        let fail = |state: &Multipart, e: RemoteError| {
+            let e = state.keep_unless_gone(e);
+            if e.resume.is_none() {
+                self.abort_quietly(&key, &state.upload_id);
+            }
+            e
+        };
         if let Some(e) = failure {
-            return Err(state.keep_unless_gone(e));
+            return Err(fail(&state, e));
         }
         state.etags.sort();
         let complete = self.bucket.complete_multipart_upload(
@@ -173,12 +191,40 @@ impl S3Remote {
         let url = complete.sign(URL_LIFETIME);
         match self.transport.call_text("POST", url.as_str(), &[], &complete.body()) {
             // S3 may answer 200 and still report an error in the body.
-            Ok(answer) if answer.contains("<Error>") => {
-                Err(state.keep_unless_gone(RemoteError::new(ErrorKind::Transient, "S3 could not complete the multipart upload")))
-            }
+            Ok(answer) if answer.contains("<Error>") => Err(fail(
+                &state,
+                RemoteError::new(ErrorKind::Transient, "S3 could not complete the multipart upload")
+                    .with_class(ErrorClass::Server),
+            )),
             Ok(_) => Ok(()),
-            Err(e) => Err(state.keep_unless_gone(e)),
+            Err(e) => Err(fail(&state, e)),
         }
+    }
+
+    /// AbortMultipartUpload: S3 drops the parts stored so far. An upload it no
+    /// longer knows counts as aborted.
+    fn abort(&self, key: &str, upload_id: &str) -> Result<(), RemoteError> {
+        let url = self.bucket.abort_multipart_upload(Some(self.credentials()?), key, upload_id).sign(URL_LIFETIME);
+        self.transport.delete(url.as_str(), &[])
+    }
+
+    /// Aborts where nothing is left to retry it; a failure is only logged (S3's
+    /// lifecycle rule for incomplete uploads is the backstop).
+    fn abort_quietly(&self, key: &str, upload_id: &str) {
+        match self.abort(key, upload_id) {
+            Ok(()) => log::debug!("aborted an abandoned multipart upload of {key}"),
+            Err(e) => log::warn!("could not abort an abandoned multipart upload of {key}: {e}"),
+        }
+    }
+
+    /// Aborts the multipart upload an earlier attempt left in `obj.resume`, if any.
+    /// On failure the resume state is handed back, so the abort is tried again.
+    fn abort_resumed(&self, obj: &Object) -> Result<(), RemoteError> {
+        let Some(state) = obj.resume.and_then(Multipart::parse) else { return Ok(()) };
+        self.abort(&self.key(obj), &state.upload_id).map_err(|mut e| {
+            e.resume = obj.resume.map(str::to_string);
+            e
+        })
     }
 }
 
@@ -236,6 +282,10 @@ impl RemoteStorage for S3Remote {
         if len > MULTIPART_THRESHOLD {
             self.put_multipart(obj, file, len, progress)
         } else {
+            // The file shrank below the threshold since an interrupted multipart attempt.
+            if let Some(old) = obj.resume.and_then(Multipart::parse) {
+                self.abort_quietly(&self.key(obj), &old.upload_id);
+            }
             self.put_single(obj, file, len, progress)
         }
     }
@@ -246,10 +296,12 @@ impl RemoteStorage for S3Remote {
         // Ask for the stored SHA-256 so the download can be checked against it.
         action.headers_mut().insert("x-amz-checksum-mode", "ENABLED");
         let url = action.sign(URL_LIFETIME);
-        self.transport.get_to(url.as_str(), &[("x-amz-checksum-mode", "ENABLED".to_string())], out, progress)
+        self.transport.get_to(url.as_str(), &[("x-amz-checksum-mode", "ENABLED".to_string())], obj.media_type, out, progress)
     }
 
     fn delete(&self, obj: &Object) -> Result<(), RemoteError> {
+        // An upload interrupted before the delete leaves parts behind unless aborted.
+        self.abort_resumed(obj)?;
         let key = self.key(obj);
         let url = self.bucket.delete_object(Some(self.credentials()?), &key).sign(URL_LIFETIME);
         self.transport.delete(url.as_str(), &[])

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::http::bearer_from_env;
 use super::transport::Transport;
-use super::{ErrorKind, Fetched, Object, Progress, RemoteError, RemoteStorage};
+use super::{ErrorClass, ErrorKind, Fetched, Object, Progress, RemoteError, RemoteStorage};
 
 pub struct SignedRemote {
     base: String,
@@ -29,7 +29,7 @@ impl SignedRemote {
 fn url_field(answer: &serde_json::Value, field: &str) -> Result<String, RemoteError> {
     match answer.get(field).and_then(|v| v.as_str()) {
         Some(u) if u.starts_with("http://") || u.starts_with("https://") => Ok(u.to_string()),
-        _ => Err(RemoteError::new(ErrorKind::Permanent, format!("the signing backend's answer has no usable \"{field}\""))),
+        _ => Err(RemoteError::new(ErrorKind::Permanent, format!("the signing backend's answer has no usable \"{field}\"")).with_class(ErrorClass::Server)),
     }
 }
 
@@ -44,7 +44,7 @@ impl RemoteStorage for SignedRemote {
     fn download(&self, obj: &Object, out: &mut dyn Write, progress: Progress) -> Result<Fetched, RemoteError> {
         let answer = self.transport.get_json(&format!("{}/{}/download-url", self.base, obj.id), &self.auth)?;
         let url = url_field(&answer, "downloadUrl")?;
-        self.transport.get_to(&url, &[], out, progress)
+        self.transport.get_to(&url, &[], obj.media_type, out, progress)
     }
 
     fn delete(&self, obj: &Object) -> Result<(), RemoteError> {

@@ -1,27 +1,41 @@
 //! Blocking HTTP shared by the network remotes: one `ureq` agent (keep-alive
 //! connections are reused), streaming bodies, and the mapping from HTTP
-//! outcomes to the retry policy's error kinds. Error text never includes a URL,
-//! since signed URLs carry credentials in their query string.
+//! outcomes to the retry policy's error kinds and the contract's classes.
+//! Error text never includes a URL, since signed URLs carry credentials in
+//! their query string.
+//!
+//! Redirects are never followed by ureq. A write (PUT, POST, DELETE) answered
+//! with one is a `config` error: the endpoint is wrong or behind a login, and
+//! following it as a GET (what clients do with 301/302/303) would count a login
+//! page's 200 as the upload. A GET follows 301, 302, 307 and 308 (they keep the
+//! method and name the same resource) up to MAX_REDIRECTS times, never to
+//! plain http from https, and drops the Authorization header when the redirect
+//! leaves the origin. A 303 names another resource: not followed. A download
+//! that was redirected and ends in an HTML page while the attachment is not
+//! HTML is refused as a login page (`config`).
+//!
+//! A download succeeds only as `200` with a body whose end can be told from a
+//! cut connection (Content-Length or chunked), that many bytes, and no
+//! Content-Encoding (we never ask for one, so a gzip body is not the file).
 
 use std::fs::File;
-use std::io::Write;
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::time::SystemTime;
 
-use ureq::http::{HeaderMap, Response};
+use ureq::http::{HeaderMap, Response, StatusCode};
 use ureq::{Agent, Body, SendBody};
 
-use super::{copy_with_progress, ErrorKind, Fetched, Progress, ProgressReader, RemoteError};
+use super::limits::{Limits, Pace, RateReader};
+use super::{copy_with_progress, retry_after, ErrorClass, ErrorKind, Fetched, Progress, ProgressReader, RemoteError};
 
-/// Connecting may take this long (DNS included).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A response must start within this long after the request was sent.
-pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
-/// A stalled body (no byte read or written) fails after this long; a slow but
-/// moving transfer of any size is never cut off.
-pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Redirects a GET follows at most.
+const MAX_REDIRECTS: usize = 5;
+/// The longest excerpt of a server's error body kept in an error.
+const MAX_REASON: usize = 120;
 
 pub struct Transport {
     agent: Agent,
+    limits: Limits,
 }
 
 impl Default for Transport {
@@ -32,16 +46,19 @@ impl Default for Transport {
 
 impl Transport {
     pub fn new() -> Transport {
+        let limits = Limits::from_env();
         let config = Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_recv_response(Some(RESPONSE_TIMEOUT))
-            .timeout_per_read(Some(STALL_TIMEOUT))
-            .timeout_per_write(Some(STALL_TIMEOUT))
+            // Redirects are ours to judge (see the module comment).
+            .max_redirects(0)
+            .timeout_connect(Some(limits.connect))
+            .timeout_recv_response(Some(limits.response))
+            .timeout_per_read(Some(limits.stall))
+            .timeout_per_write(Some(limits.stall))
             .max_idle_connections_per_host(16)
             .user_agent(concat!("sqlite-attachments/", env!("CARGO_PKG_VERSION")))
             .build();
-        Transport { agent: config.into() }
+        Transport { agent: config.into(), limits }
     }
 
     /// `PUT`s `len` bytes of `file`, streaming. Returns the response headers.
@@ -56,12 +73,13 @@ impl Transport {
         self.put_reader(url, headers, &mut std::io::BufReader::with_capacity(256 * 1024, file), len, progress)
     }
 
-    /// `PUT`s exactly `len` bytes from `body`, streaming.
+    /// `PUT`s exactly `len` bytes from `body`, streaming. A body the server takes
+    /// below the minimum rate is cut (ureq pulls it as the socket accepts bytes).
     pub fn put_reader(
         &self,
         url: &str,
         headers: &[(&str, String)],
-        body: &mut dyn std::io::Read,
+        body: &mut dyn Read,
         len: u64,
         progress: Progress,
     ) -> Result<HeaderMap, RemoteError> {
@@ -69,32 +87,97 @@ impl Transport {
         for (k, v) in headers {
             req = req.header(*k, v);
         }
-        let mut reader = ProgressReader::new(body, progress);
+        // The progress callback runs inside the rate reader's reads: time spent
+        // there (ours, e.g. a bandwidth limit) is not held against the server.
+        let mut reader = RateReader::new(ProgressReader::new(body, progress), &self.limits, Pace::BetweenReads);
         let resp = req.send(SendBody::from_reader(&mut reader)).map_err(|e| transport_error("upload", e))?;
-        expect_success(resp, "upload").map(|r| r.headers().clone())
+        expect_success(refuse_redirect(resp, "upload")?, "upload").map(|r| r.headers().clone())
     }
 
     /// `GET`s into `out`, streaming; reports the length and checksum the server claims.
+    /// `media_type` is the attachment's, to tell a login page from the file.
     pub fn get_to(
         &self,
         url: &str,
         headers: &[(&str, String)],
+        media_type: &str,
         out: &mut dyn Write,
         progress: Progress,
     ) -> Result<Fetched, RemoteError> {
-        let mut req = self.agent.get(url);
-        for (k, v) in headers {
-            req = req.header(*k, v);
-        }
-        let resp = req.call().map_err(|e| transport_error("download", e))?;
+        let (resp, redirected) = self.get_following(url, headers, "download")?;
         let mut resp = expect_success(resp, "download")?;
-        let length = header(resp.headers(), "content-length").and_then(|v| v.parse().ok());
+        if resp.status() != StatusCode::OK {
+            return Err(status_error(&resp, ErrorKind::Transient, ErrorClass::Server, "download failed: expected 200 with the file"));
+        }
+        let h = resp.headers();
+        if let Some(enc) = header(h, "content-encoding").filter(|e| !e.trim().eq_ignore_ascii_case("identity")) {
+            return Err(RemoteError::integrity(format!(
+                "download refused: the body came {}-encoded, which was never asked for",
+                crate::redact::shorten(enc.trim(), 20)
+            )));
+        }
+        if redirected && is_html(header(h, "content-type")) && !is_html(Some(media_type)) {
+            return Err(RemoteError::config(
+                "download refused: a redirect led to an HTML page, not the file (a login page?); the endpoint is wrong or behind a login",
+            ));
+        }
+        let length: Option<u64> = header(h, "content-length").and_then(|v| v.trim().parse().ok());
+        let chunked = header(h, "transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        if length.is_none() && !chunked {
+            return Err(RemoteError::integrity(
+                "download refused: the answer has neither Content-Length nor chunked encoding, so a cut connection could not be told from the end of the file",
+            ));
+        }
         // S3 returns the SHA-256 it stored, base64-encoded, when asked for it.
-        let sha256 = header(resp.headers(), "x-amz-checksum-sha256").and_then(base64_to_hex);
-        let mut body = resp.body_mut().as_reader();
-        copy_with_progress(&mut body, out, progress)
-            .map_err(|e| RemoteError::new(ErrorKind::Transient, format!("download interrupted: {e}")))?;
+        let sha256 = header(h, "x-amz-checksum-sha256").and_then(base64_to_hex);
+        let mut body = RateReader::new(resp.body_mut().as_reader(), &self.limits, Pace::InsideReads);
+        let copied = copy_with_progress(&mut body, out, progress).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => RemoteError::integrity(match length {
+                Some(len) => format!("incomplete transfer: the body ended after {} of {len} bytes", body.total()),
+                None => format!("incomplete transfer: the chunked body ended after {} bytes, before its last chunk", body.total()),
+            }),
+            _ => RemoteError::new(ErrorKind::Transient, format!("download interrupted: {e}")),
+        })?;
+        if let Some(len) = length.filter(|len| *len != copied) {
+            return Err(RemoteError::integrity(format!("incomplete transfer: got {copied} of {len} bytes")));
+        }
         Ok(Fetched { length, sha256 })
+    }
+
+    /// A GET, following the redirects that keep its meaning (see the module comment).
+    /// Returns the final answer and whether any redirect was followed.
+    fn get_following(&self, url: &str, headers: &[(&str, String)], what: &str) -> Result<(Response<Body>, bool), RemoteError> {
+        let mut current = url::Url::parse(url).map_err(|_| RemoteError::config(format!("{what} failed: invalid URL")))?;
+        let origin = current.origin();
+        for hop in 0..=MAX_REDIRECTS {
+            // The first request goes to the URL exactly as given (a presigned URL's encoding is signed).
+            let mut req = self.agent.get(if hop == 0 { url } else { current.as_str() });
+            for (k, v) in headers {
+                // Credentials stay with the origin they were meant for.
+                if current.origin() != origin && k.eq_ignore_ascii_case("authorization") {
+                    continue;
+                }
+                req = req.header(*k, v);
+            }
+            let resp = req.call().map_err(|e| transport_error(what, e))?;
+            let status = resp.status().as_u16();
+            if !matches!(status, 301 | 302 | 307 | 308) {
+                return Ok((refuse_redirect(resp, what)?, hop > 0));
+            }
+            let next = header(resp.headers(), "location").and_then(|l| current.join(l.trim()).ok());
+            let Some(next) = next else {
+                return Err(status_error(&resp, ErrorKind::Permanent, ErrorClass::Config, &format!("{what} failed: a redirect without a usable Location")));
+            };
+            if current.scheme() == "https" && next.scheme() != "https" {
+                return Err(status_error(&resp, ErrorKind::Permanent, ErrorClass::Config, &format!("{what} failed: a redirect from https to plain http is not followed")));
+            }
+            if !matches!(next.scheme(), "http" | "https") {
+                return Err(status_error(&resp, ErrorKind::Permanent, ErrorClass::Config, &format!("{what} failed: a redirect to a non-HTTP address is not followed")));
+            }
+            log::debug!("{what}: following HTTP {status} redirect");
+            current = next;
+        }
+        Err(RemoteError::config(format!("{what} failed: more than {MAX_REDIRECTS} redirects")))
     }
 
     /// `DELETE`; a 404 or 410 counts as done.
@@ -104,7 +187,7 @@ impl Transport {
             req = req.header(*k, v);
         }
         let resp = req.call().map_err(|e| transport_error("delete", e))?;
-        match expect_success(resp, "delete") {
+        match expect_success(refuse_redirect(resp, "delete")?, "delete") {
             Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
             other => other.map(|_| ()),
         }
@@ -117,16 +200,12 @@ impl Transport {
             req = req.header(*k, v);
         }
         let resp = req.send_json(body).map_err(|e| transport_error("request", e))?;
-        read_json(expect_success(resp, "request")?)
+        read_json(expect_success(refuse_redirect(resp, "request")?, "request")?)
     }
 
     /// `GET`s a JSON answer (small control messages only).
     pub fn get_json(&self, url: &str, headers: &[(&str, String)]) -> Result<serde_json::Value, RemoteError> {
-        let mut req = self.agent.get(url);
-        for (k, v) in headers {
-            req = req.header(*k, v);
-        }
-        let resp = req.call().map_err(|e| transport_error("request", e))?;
+        let (resp, _) = self.get_following(url, headers, "request")?;
         read_json(expect_success(resp, "request")?)
     }
 
@@ -136,9 +215,9 @@ impl Transport {
         for (k, v) in headers {
             req = req.header(*k, v);
         }
-        let req = req.body(body.to_string()).map_err(|_| RemoteError::new(ErrorKind::Permanent, "could not build the request"))?;
+        let req = req.body(body.to_string()).map_err(|_| RemoteError::config("could not build the request"))?;
         let resp = self.agent.run(req).map_err(|e| transport_error("request", e))?;
-        let mut resp = expect_success(resp, "request")?;
+        let mut resp = expect_success(refuse_redirect(resp, "request")?, "request")?;
         resp.body_mut()
             .with_config()
             .limit(16 * 1024 * 1024)
@@ -147,12 +226,38 @@ impl Transport {
     }
 }
 
+/// A redirect answered to a request we do not follow (every write; a 303 to a GET).
+fn refuse_redirect(resp: Response<Body>, what: &str) -> Result<Response<Body>, RemoteError> {
+    if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
+        return Ok(resp);
+    }
+    Err(status_error(
+        &resp,
+        ErrorKind::Permanent,
+        ErrorClass::Config,
+        &format!("{what} failed: the server answered with a redirect, which is not followed; the endpoint is wrong or behind a login"),
+    ))
+}
+
+fn status_error(resp: &Response<Body>, kind: ErrorKind, class: ErrorClass, message: &str) -> RemoteError {
+    let mut e = RemoteError::new(kind, message).with_class(class);
+    e.status = Some(resp.status().as_u16());
+    e
+}
+
+fn is_html(media_type: Option<&str>) -> bool {
+    media_type.is_some_and(|t| {
+        let t = t.trim().to_ascii_lowercase();
+        t.starts_with("text/html") || t.starts_with("application/xhtml")
+    })
+}
+
 fn read_json(mut resp: Response<Body>) -> Result<serde_json::Value, RemoteError> {
     resp.body_mut()
         .with_config()
         .limit(1024 * 1024)
         .read_json()
-        .map_err(|_| RemoteError::new(ErrorKind::Permanent, "the answer is not the expected JSON"))
+        .map_err(|_| RemoteError::new(ErrorKind::Permanent, "the answer is not the expected JSON").with_class(ErrorClass::Server))
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -191,9 +296,7 @@ pub(super) fn expect_success(mut resp: Response<Body>, what: &str) -> Result<Res
     if (200..300).contains(&status) {
         return Ok(resp);
     }
-    let retry_after = header(resp.headers(), "retry-after")
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+    let retry_after = header(resp.headers(), "retry-after").and_then(|v| retry_after::parse(v, SystemTime::now()));
     // The body usually explains (S3's <Code>); keep a short, single-line excerpt.
     let detail = resp
         .body_mut()
@@ -203,32 +306,34 @@ pub(super) fn expect_success(mut resp: Response<Body>, what: &str) -> Result<Res
         .ok()
         .map(|b| shown_reason(&reason_from_body(&b)))
         .unwrap_or_default();
-    let kind = match status {
-        408 | 429 | 500..=599 => ErrorKind::Transient,
-        401 | 403 => ErrorKind::Auth,
-        404 | 410 => ErrorKind::NotFound,
-        _ => ErrorKind::Permanent,
+    let (kind, class) = match status {
+        408 | 429 | 500..=599 => (ErrorKind::Transient, ErrorClass::Server),
+        401 | 403 => (ErrorKind::Auth, ErrorClass::Auth),
+        404 | 410 => (ErrorKind::NotFound, ErrorClass::NotFound),
+        _ => (ErrorKind::Permanent, ErrorClass::Server),
     };
     let reason = resp.status().canonical_reason().unwrap_or("error");
     let message = if detail.is_empty() { format!("{what} failed: {reason}") } else { format!("{what} failed: {reason} ({detail})") };
-    Err(RemoteError { kind, status: Some(status), message, retry_after, resume: None })
+    Err(RemoteError { kind, class, status: Some(status), message, retry_after, resume: None })
 }
 
-/// S3 error bodies are XML with `<Code>`; others are free text. Either way: short, one line, no URLs.
+/// S3 error bodies are XML with `<Code>`; others are free text. Either way: short,
+/// one line, no URLs, credentials redacted (servers may echo the request).
 fn reason_from_body(body: &str) -> String {
     if let (Some(a), Some(b)) = (body.find("<Code>"), body.find("</Code>")) {
         if a + 6 <= b {
-            return body[a + 6..b].to_string();
+            return crate::redact::shorten(&crate::redact::redact(&body[a + 6..b]), 40);
         }
     }
     let line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
-    if line.starts_with('<') || line.contains("http") {
+    // A URL, or what looks like a query string, may carry a signature under a name we do not know.
+    if line.starts_with('<') || line.contains("http") || (line.contains('?') && line.contains('=')) {
         return String::new();
     }
-    line.chars().take(120).collect()
+    crate::redact::shorten(&crate::redact::redact(&line), MAX_REASON)
 }
 
-/// A failure before any HTTP status: network, timeout, TLS. Always transient.
+/// A failure before any HTTP status or while moving a body: network, timeout, too slow, TLS. Transient.
 fn transport_error(what: &str, e: ureq::Error) -> RemoteError {
     let why = match &e {
         ureq::Error::Timeout(t) => format!("timed out ({t})"),
@@ -238,7 +343,7 @@ fn transport_error(what: &str, e: ureq::Error) -> RemoteError {
         ureq::Error::Tls(t) => format!("TLS error: {t}"),
         ureq::Error::Rustls(_) => "TLS error".to_string(),
         ureq::Error::BadUri(_) | ureq::Error::Http(_) => {
-            return RemoteError::new(ErrorKind::Permanent, format!("{what} failed: invalid URL"));
+            return RemoteError::config(format!("{what} failed: invalid URL"));
         }
         ureq::Error::BodyExceedsLimit(n) => format!("answer larger than {n} bytes"),
         _ => "protocol error".to_string(),
@@ -255,6 +360,9 @@ mod tests {
         assert_eq!(reason_from_body("<Error><Code>SignatureDoesNotMatch</Code><Message>..</Message></Error>"), "SignatureDoesNotMatch");
         assert_eq!(reason_from_body("see https://x/?X-Amz-Signature=abc"), "");
         assert_eq!(reason_from_body("  slow\n down  "), "slow down");
+        assert_eq!(reason_from_body("PUT /k?X-Amz-Signature=abc HTTP/1.1"), "");
+        assert_eq!(reason_from_body("bad request Authorization: Bearer abc"), "bad request Authorization: REDACTED");
+        assert_eq!(reason_from_body(&"x".repeat(500)).chars().count(), MAX_REASON + 1);
     }
 
     #[test]

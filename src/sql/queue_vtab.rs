@@ -1,5 +1,7 @@
 //! `attachment_queue`: an eponymous read-only virtual table with every queue
-//! column plus state_name, bytes_done, attempts, next_attempt_at, last_error.
+//! column plus state_name, bytes_done, attempts, next_attempt_at, last_error,
+//! error_class (the class `last_error` starts with: auth, not_found, network,
+//! server, local, config, integrity).
 
 use std::borrow::Cow;
 use std::ffi::{c_int, CStr};
@@ -13,15 +15,18 @@ use rusqlite::{ffi, Connection};
 
 use crate::config::Config;
 use crate::queue::State;
+use crate::remote::ErrorClass;
 use crate::schema::quote_ident;
 
-const COLUMNS: [&str; 15] = [
+const COLUMNS: [&str; 16] = [
     "id", "filename", "local_uri", "timestamp", "size", "media_type", "state", "has_synced", "meta_data",
-    "state_name", "bytes_done", "attempts", "next_attempt_at", "last_error", "sha256",
+    "state_name", "bytes_done", "attempts", "next_attempt_at", "last_error", "sha256", "error_class",
 ];
 const COL_STATE: usize = 6;
 const COL_STATE_NAME: usize = 9;
 const COL_BYTES_DONE: usize = 10;
+const COL_LAST_ERROR: usize = 13;
+const COL_ERROR_CLASS: usize = 15;
 
 pub fn register(db: &Connection) -> rusqlite::Result<()> {
     const MODULE: Module<QueueTab> = Module::eponymous_only_module();
@@ -101,7 +106,7 @@ impl QueueCursor<'_> {
         // language=SQLite
         let sql = format!(
             "SELECT id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data,
-                    NULL, bytes_done, attempts, next_attempt_at, last_error, sha256
+                    NULL, bytes_done, attempts, next_attempt_at, last_error, sha256, NULL
              FROM main.{} {filter} ORDER BY rowid",
             quote_ident(&config.table)
         );
@@ -118,6 +123,10 @@ impl QueueCursor<'_> {
                 _ => None,
             };
             row[COL_STATE_NAME] = state.map(|s| Value::Text(s.as_str().into())).unwrap_or(Value::Null);
+            row[COL_ERROR_CLASS] = match &row[COL_LAST_ERROR] {
+                Value::Text(e) => ErrorClass::of_message(e).map(|c| Value::Text(c.as_str().into())).unwrap_or(Value::Null),
+                _ => Value::Null,
+            };
             // Progress of a transfer in this process is live; another process's is
             // published in the row about once a second.
             let stored = match row[COL_BYTES_DONE] {

@@ -7,7 +7,7 @@ use rusqlite::Connection;
 use super::{caller, scalar, text_arg, EFFECTFUL};
 use crate::config::Config;
 use crate::error::Result;
-use crate::schema::quote_ident;
+use crate::queue::table::QueueTable;
 
 pub fn register(db: &Connection) -> rusqlite::Result<()> {
     scalar(db, "attachment_retry", "attachment_retry(id TEXT or NULL)", 1..=1, EFFECTFUL, retry)
@@ -23,17 +23,7 @@ fn retry(ctx: &Context) -> Result<i64> {
     };
     let conn = caller(ctx)?;
     let config = Config::load(&conn)?;
-    // language=SQLite
-    let n = conn.execute(
-        &format!(
-            "UPDATE main.{} SET state = CASE WHEN state = 4 THEN 1 ELSE state END, given_up = 0,
-                 attempts = 0, next_attempt_at = 0
-             WHERE (?1 IS NULL OR id = ?1)
-               AND ((state = 4 AND given_up = 1) OR (state IN (0, 1, 2) AND (attempts > 0 OR next_attempt_at > 0)))",
-            quote_ident(&config.table)
-        ),
-        [id],
-    )?;
+    let n = QueueTable::unclaimed(&conn, &config.table).retry(id.as_deref())?;
     if let Some(db_file) = conn.path().filter(|p| !p.is_empty()) {
         if n > 0 {
             crate::worker::wake(db_file);

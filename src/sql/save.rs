@@ -6,14 +6,13 @@ use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::Context;
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 
 use super::{bytes_arg, caller, opt_text_arg, scalar, text_arg, EFFECTFUL};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::names;
-use crate::queue::{now_ms, State};
-use crate::schema::quote_ident;
+use crate::queue::table::QueueTable;
 use crate::store::LocalStore;
 
 pub fn register(db: &Connection) -> rusqlite::Result<()> {
@@ -66,18 +65,17 @@ fn save_from(ctx: &Context, data: &mut dyn Read) -> Result<String> {
     // `_held` keeps verify off the file until the INSERT below has returned; from then on
     // this connection holds the write lock until its transaction ends (see verify.rs).
     let (written, _held) = store.write_from(&filename, data)?;
-    // language=SQLite
-    let inserted = conn.execute(
-        &format!(
-            "INSERT INTO main.{}(id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data, sha256)
-             VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8)",
-            quote_ident(&config.table)
-        ),
-        params![id, filename, now_ms(), written.size as i64, media_type, State::QueuedUpload as i64, meta_data, written.sha256],
+    let inserted = QueueTable::unclaimed(&conn, &config.table).insert_upload(
+        &id,
+        &filename,
+        written.size,
+        &media_type,
+        meta_data.as_deref(),
+        &written.sha256,
     );
     if let Err(e) = inserted {
         let _ = store.remove(&filename);
-        return Err(e.into());
+        return Err(e);
     }
     Ok(id)
 }
@@ -88,13 +86,6 @@ fn delete(ctx: &Context) -> Result<Option<String>> {
     let id = text_arg(ctx, 0, "id")?;
     let conn = caller(ctx)?;
     let config = Config::load(&conn)?;
-    let n = conn.execute(
-        &format!(
-            "UPDATE main.{} SET state = ?2, timestamp = ?3, attempts = 0, next_attempt_at = 0, last_error = NULL
-             WHERE id = ?1",
-            quote_ident(&config.table)
-        ),
-        params![id, State::QueuedDelete as i64, now_ms()],
-    )?;
-    Ok((n > 0).then_some(id))
+    let marked = QueueTable::unclaimed(&conn, &config.table).mark_for_delete(&id)?;
+    Ok(marked.then_some(id))
 }

@@ -2,14 +2,31 @@
 misbehave on demand. It forwards each request to 127.0.0.1:$UPSTREAM_PORT
 (keeping the Host header, so SigV4 signatures stay valid) and, by $MODE:
 
-  pass         forward untouched (just log)
-  truncate     GET bodies: send the headers with the full Content-Length, then half the body, then close
-  flaky        every other request: 500, or a reset connection
-  fail_put     the $FAIL_PUT_NUMBER-th PUT (1-based) is answered 500 after its body is read
-  slow         each response waits $DELAY seconds first
-  slow_big     only requests with a body over $BIG bytes wait $DELAY seconds
-Each request line is appended to $LOG with the number of requests in flight.
+  pass            forward untouched (just log)
+  truncate        GET bodies: the full Content-Length, then half the body, then close
+  truncate_close  GET bodies: no Content-Length (close-delimited), half the body, then close
+  truncate_chunked GET bodies: chunked, half the body, then close without the last chunk
+  flaky           every other request: 500, or a reset connection
+  fail_put        the $FAIL_PUT_NUMBER-th PUT (1-based) is answered 500 after its body is read
+  slow            each response waits $DELAY seconds first
+  slow_big        only requests with a body over $BIG bytes wait $DELAY seconds
+  redirect        requests whose method is in $METHODS (default all) are answered $STATUS with
+                  `Location: $LOCATION` (default `/moved<path>`, same origin). `/moved<path>` is
+                  forwarded as `<path>`; `/login` answers 200 with an HTML login page, any method.
+  status          requests whose method is in $METHODS are answered $STATUS (with
+                  `Retry-After: $RETRY_AFTER` when set) after their body is read
+  silent          requests whose method is in $METHODS are read, then never answered
+  never_read      PUTs: the body is never read and nothing is answered
+  stall_body      GET: headers with the full Content-Length and half the body, then silence
+  trickle         GET: the body goes out $TRICKLE_BYTES bytes every $TRICKLE_DELAY s;
+                  PUT: the body is read at that pace
+  gzip            GET 200 bodies are gzip-compressed with `Content-Encoding: gzip` (never asked for)
+  echo            requests whose method is in $METHODS are answered $STATUS (default 400) with a
+                  body repeating the request line, every header and the query string
+Each request line is appended to $LOG with the number of requests in flight, the
+Host header and whether an Authorization header came along.
 """
+import gzip
 import http.client
 import itertools
 import os
@@ -22,8 +39,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 UPSTREAM = int(os.environ["UPSTREAM_PORT"])
 MODE = os.environ["MODE"]
 LOG = os.environ["LOG"]
+METHODS = os.environ.get("METHODS", "GET,PUT,POST,DELETE,HEAD").split(",")
+STATUS = int(os.environ.get("STATUS", "400" if MODE == "echo" else "302"))
+TRICKLE_BYTES = int(os.environ.get("TRICKLE_BYTES", "1"))
+TRICKLE_DELAY = float(os.environ.get("TRICKLE_DELAY", "0.2"))
+LOGIN_PAGE = b"<!DOCTYPE html><html><body><form action=/login>Please sign in</form></body></html>"
 counter = itertools.count(1)
-in_flight = 0
 put_counter = itertools.count(1)
 in_flight = 0
 lock = threading.Lock()
@@ -41,17 +62,68 @@ class Proxy(BaseHTTPRequestHandler):
         with lock:
             in_flight += 1
             with open(LOG, "a") as f:
-                f.write(f"{self.command} {self.path.split('?')[0]} inflight={in_flight}\n")
+                auth = "yes" if self.headers.get("Authorization") else "no"
+                f.write(f"{self.command} {self.path.split('?')[0]} inflight={in_flight} "
+                        f"host={self.headers.get('Host')} auth={auth}\n")
         try:
             self.forward(n)
         finally:
             with lock:
                 in_flight -= 1
 
-    def forward(self, n):
+    def read_body(self):
         length = int(self.headers.get("Content-Length", 0) or 0)
-        body = self.rfile.read(length) if length else None
-        if MODE == "slow" or (MODE == "slow_big" and length > int(os.environ.get("BIG", "0"))):
+        if not length:
+            return None
+        if MODE == "trickle" and self.command == "PUT":
+            data = bytearray()
+            while len(data) < length:
+                chunk = self.rfile.read(min(TRICKLE_BYTES, length - len(data)))
+                if not chunk:
+                    break
+                data += chunk
+                time.sleep(TRICKLE_DELAY)
+            return bytes(data)
+        return self.rfile.read(length)
+
+    def silence(self):
+        """Holds the connection open without a word until the client gives up."""
+        self.close_connection = True
+        self.connection.settimeout(120)
+        try:
+            while self.connection.recv(65536):
+                pass
+        except OSError:
+            pass
+
+    def forward(self, n):
+        applies = self.command in METHODS
+        if MODE == "never_read" and self.command == "PUT":
+            return self.silence()
+        if MODE == "redirect" and self.path.split("?")[0] == "/login":
+            self.read_body()
+            return self.reply(200, LOGIN_PAGE, content_type="text/html; charset=utf-8")
+        path = self.path
+        if MODE == "redirect" and path.startswith("/moved/"):
+            path = path[len("/moved"):]
+        elif MODE == "redirect" and applies:
+            self.read_body()
+            location = os.environ.get("LOCATION", "/moved{path}").replace("{path}", self.path)
+            return self.reply(STATUS, b"moved", location=location)
+        body = self.read_body()
+        if MODE == "silent" and applies:
+            return self.silence()
+        if MODE == "status" and applies:
+            extra = {"Retry-After": os.environ["RETRY_AFTER"]} if os.environ.get("RETRY_AFTER") else {}
+            return self.reply(STATUS, b"injected failure", **extra)
+        if MODE == "echo" and applies:
+            # Credentials first, so no cut of a long body can hide them.
+            query = self.path.split("?", 1)[1] if "?" in self.path else ""
+            auth = self.headers.get("Authorization", "")
+            echo = (f"{query} Authorization: {auth}\n{self.command} {self.path} HTTP/1.1\n"
+                    + "".join(f"{k}: {v}\n" for k, v in self.headers.items()))
+            return self.reply(STATUS, echo.encode())
+        if MODE == "slow" or (MODE == "slow_big" and len(body or b"") > int(os.environ.get("BIG", "0"))):
             time.sleep(float(os.environ.get("DELAY", "1")))
         if MODE == "flaky" and n % 2 == 0:
             if n % 4 == 0:
@@ -66,30 +138,64 @@ class Proxy(BaseHTTPRequestHandler):
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "content-length")}
         if body is not None:
             headers["Content-Length"] = str(len(body))
-        upstream.request(self.command, self.path, body=body, headers=headers)
+        upstream.request(self.command, path, body=body, headers=headers)
         resp = upstream.getresponse()
         data = resp.read()
+        upstream.close()
         if os.environ.get("LOG_BODIES"):
             with lock, open(LOG + ".bodies", "a") as f:
                 f.write(f"{self.command} {resp.status} {data[:2000]!r}\n")
+        faulty_get = self.command == "GET" and resp.status == 200 and len(data) > 1
+        if faulty_get and MODE == "gzip":
+            data = gzip.compress(data)
         self.send_response(resp.status)
         for k, v in resp.getheaders():
             if k.lower() not in ("connection", "transfer-encoding", "content-length"):
                 self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
-        if MODE == "truncate" and self.command == "GET" and resp.status == 200 and len(data) > 1:
+        if faulty_get and MODE == "gzip":
+            self.send_header("Content-Encoding", "gzip")
+        if faulty_get and MODE in ("truncate_close", "truncate_chunked"):
             self.send_header("Connection", "close")
+            if MODE == "truncate_chunked":
+                self.send_header("Transfer-Encoding", "chunked")
+                half = data[: len(data) // 2]
+                self.end_headers()
+                self.wfile.write(b"%x\r\n" % len(half) + half + b"\r\n")
+            else:
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.send_header("Content-Length", str(len(data)))
+        if faulty_get and MODE in ("truncate", "stall_body"):
+            if MODE == "truncate":
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            if MODE == "stall_body":
+                return self.silence()
             self.close_connection = True
             return
         self.end_headers()
+        if faulty_get and MODE == "trickle":
+            try:
+                for i in range(0, len(data), TRICKLE_BYTES):
+                    self.wfile.write(data[i:i + TRICKLE_BYTES])
+                    self.wfile.flush()
+                    time.sleep(TRICKLE_DELAY)
+            except OSError:
+                self.close_connection = True
+            return
         self.wfile.write(data)
-        upstream.close()
 
-    def reply(self, status, data):
+    def reply(self, status, data, content_type="text/plain", **headers):
         self.send_response(status)
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        for k, v in headers.items():
+            self.send_header(k.replace("_", "-").title() if k == "location" else k, v)
         self.end_headers()
         self.wfile.write(data)
 

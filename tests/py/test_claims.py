@@ -234,6 +234,39 @@ class OneTransferPerFile(ClaimCase):
         self.assertEqual(self.row(a, big, "state")[0], 3)
         self.assertEqual(self.puts(proxy, big), 1, proxy.requests())
 
+    def test_a_pass_ends_while_saves_keep_arriving(self):
+        # A bulk import keeps saving faster than the link uploads; one attachment_sync()
+        # takes what was there when it began and returns, so reconciliation and cache
+        # expiry are not kept waiting behind the import.
+        proxy = servers.FaultProxy(self.nginx.port, "slow", DELAY=0.2)
+        self.addCleanup(proxy.stop)
+        db = os.path.join(self.dir, "a.db")
+        a = self.device("a", remote=f"http://127.0.0.1:{proxy.port}/bounded/", max_concurrency=1)
+        for _ in range(5):
+            a.execute("SELECT attachment_save(x'00', 'bin')")
+        importing = threading.Event()
+        importing.set()
+
+        def importer():
+            w = connect(db)
+            deadline = time.time() + 15
+            while importing.is_set() and time.time() < deadline:
+                w.execute("SELECT attachment_save(x'01', 'bin')")
+                time.sleep(0.02)
+
+        t = threading.Thread(target=importer)
+        t.start()
+        try:
+            t0 = time.monotonic()
+            summary = self.sync(a)
+            took = time.monotonic() - t0
+        finally:
+            importing.clear()
+            t.join()
+        self.assertLess(took, 8, f"attachment_sync() kept going for {took:.1f}s while saves arrived")
+        self.assertGreaterEqual(summary["uploaded"], 5)
+        self.assertGreater(summary["pending"], 0, "saves made during the pass wait for the next one")
+
     def test_a_finished_upload_waits_for_a_long_app_transaction_and_goes_up_once(self):
         proxy = servers.FaultProxy(self.nginx.port, "slow", DELAY=2)
         self.addCleanup(proxy.stop)

@@ -1,0 +1,176 @@
+"""The queue's state machine, one test per transition (src/queue/table.rs owns them all).
+
+Each test sets a row up, triggers one transition the way a user or the worker would,
+and checks the row (state, has_synced, claim, error) and the files on both sides."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import unittest
+
+from helpers import Case, LIB, connect, files_in, one
+
+QUEUED_UPLOAD, QUEUED_DOWNLOAD, QUEUED_DELETE, SYNCED, ARCHIVED = range(5)
+WATCH = "SELECT attachment_watch('photos', 'SELECT photo_id AS id, ''bin'' AS file_extension FROM users')"
+
+
+class Transitions(Case):
+    def row(self, conn, id_):
+        return conn.execute(
+            "SELECT state, has_synced, claimed_by, attempts, last_error, local_uri FROM attachments WHERE id = ?",
+            (id_,)).fetchone()
+
+    def app(self, name, **config):
+        conn = self.device(name, **config)
+        conn.execute("CREATE TABLE users(id INTEGER PRIMARY KEY, photo_id TEXT)")
+        conn.execute(WATCH)
+        return conn
+
+    def local(self, name):
+        return files_in(os.path.join(self.dir, f"files-{name}"))
+
+    def test_save_inserts_queued_upload_with_its_file(self):
+        a = self.device("a")
+        id_ = one(a, "SELECT attachment_save(x'0102', 'bin')")
+        self.assertEqual(self.row(a, id_)[:2], (QUEUED_UPLOAD, 0))
+        self.assertEqual(self.local("a"), [f"{id_}.bin"])
+
+    def test_upload_success_is_synced_and_claim_dropped(self):
+        a = self.device("a")
+        id_ = one(a, "SELECT attachment_save(x'0102', 'bin')")
+        self.sync(a)
+        self.assertEqual(self.row(a, id_)[:5], (SYNCED, 1, None, 0, None))
+        self.assertEqual(os.listdir(self.remote), [f"{id_}.bin"])
+
+    def test_upload_failure_stays_queued_with_attempt_error_and_backoff(self):
+        a = self.device("a", remote="http://127.0.0.1:9/nothing-listens/")
+        id_ = one(a, "SELECT attachment_save(x'0102', 'bin')")
+        self.assertEqual(self.sync(a)["failed"], 1)
+        state, has_synced, claimed_by, attempts, error, _ = self.row(a, id_)
+        self.assertEqual((state, has_synced, claimed_by, attempts), (QUEUED_UPLOAD, 0, None, 1))
+        self.assertTrue(error.startswith("network:"), error)
+        self.assertGreater(one(a, "SELECT next_attempt_at FROM attachments"), 0)
+        # The backoff holds: the next pass does not try again at once.
+        self.assertEqual(self.sync(a)["failed"], 0)
+
+    def test_upload_whose_file_is_gone_is_archived_never_synced(self):
+        a = self.device("a")
+        id_ = one(a, "SELECT attachment_save(x'0102', 'bin')")
+        os.remove(os.path.join(self.dir, "files-a", f"{id_}.bin"))
+        self.sync(a)
+        state, has_synced, _, _, error, local_uri = self.row(a, id_)
+        self.assertEqual((state, has_synced, local_uri), (ARCHIVED, 0, None))
+        self.assertIn("local file missing", error)
+
+    def test_reference_queues_download_then_download_is_synced(self):
+        a, b = self.app("a"), self.app("b")
+        id_ = one(a, "SELECT attachment_save(x'0102', 'bin')")
+        self.sync(a)
+        b.execute("INSERT INTO users VALUES (1, ?)", (id_,))
+        one(b, "SELECT attachment_reconcile()")
+        self.assertEqual(self.row(b, id_)[:2], (QUEUED_DOWNLOAD, 0))
+        self.sync(b)
+        self.assertEqual(self.row(b, id_)[:3], (SYNCED, 1, None))
+        self.assertEqual(one(b, "SELECT attachment_data(?)", id_), b"\x01\x02")
+
+    def test_download_not_found_is_given_up_and_stays_given_up(self):
+        b = self.app("b")
+        b.execute("INSERT INTO users VALUES (1, 'missing-everywhere')")
+        self.sync(b)
+        self.assertEqual(self.row(b, "missing-everywhere")[0], ARCHIVED)
+        self.assertEqual(one(b, "SELECT given_up FROM attachments"), 1)
+        self.assertEqual(self.sync(b)["failed"], 0, "a given-up download is not fetched again")
+        self.assertEqual(one(b, "SELECT attachment_retry('missing-everywhere')"), 1)
+        self.assertEqual(self.row(b, "missing-everywhere")[0], QUEUED_DOWNLOAD)
+
+    def test_unreferenced_synced_row_is_archived_and_restored_when_referenced_again(self):
+        a = self.app("a")
+        a.execute("INSERT INTO users VALUES (1, attachment_save(x'01', 'bin'))")
+        id_ = one(a, "SELECT photo_id FROM users")
+        self.sync(a)
+        a.execute("UPDATE users SET photo_id = NULL")
+        self.sync(a)
+        self.assertEqual(self.row(a, id_)[0], ARCHIVED)
+        a.execute("UPDATE users SET photo_id = ?", (id_,))
+        self.sync(a)
+        self.assertEqual(self.row(a, id_)[:2], (SYNCED, 1))
+
+    def test_restored_row_that_never_reached_the_remote_goes_up_again(self):
+        a = self.app("a")
+        a.execute("INSERT INTO users VALUES (1, 'never-uploaded')")
+        a.execute("INSERT INTO attachments(id, filename, local_uri, timestamp, state, has_synced, sha256, size) "
+                  "VALUES ('never-uploaded', 'never-uploaded.bin', 'never-uploaded.bin', 0, ?, 0, ?, 1)",
+                  (ARCHIVED, "4bf5122f344554c53bde2ebb8cd2b7e3d1600ad631c385a5d7cce23c7785459a"))
+        with open(os.path.join(self.dir, "files-a", "never-uploaded.bin"), "wb") as f:
+            f.write(b"\x01")
+        one(a, "SELECT attachment_reconcile()")
+        self.assertEqual(self.row(a, "never-uploaded")[0], QUEUED_UPLOAD)
+
+    def test_expiry_removes_archived_rows_beyond_the_limit_and_their_files_only(self):
+        a = self.app("a", archived_cache_limit=0)
+        a.execute("INSERT INTO users VALUES (1, attachment_save(x'01', 'bin'))")
+        id_ = one(a, "SELECT photo_id FROM users")
+        self.sync(a)
+        a.execute("DELETE FROM users")
+        self.sync(a)
+        self.assertIsNone(self.row(a, id_))
+        self.assertEqual(self.local("a"), [])
+        self.assertEqual(os.listdir(self.remote), [f"{id_}.bin"], "the remote copy stays")
+
+    def test_delete_removes_remote_local_and_row(self):
+        a = self.device("a")
+        id_ = one(a, "SELECT attachment_save(x'01', 'bin')")
+        self.sync(a)
+        self.assertEqual(one(a, "SELECT attachment_delete(?)", id_), id_)
+        self.assertEqual(self.row(a, id_)[0], QUEUED_DELETE)
+        self.assertEqual(self.sync(a)["deleted"], 1)
+        self.assertIsNone(self.row(a, id_))
+        self.assertEqual((self.local("a"), os.listdir(self.remote)), ([], []))
+
+    def test_verify_requeues_a_synced_row_whose_copy_vanished(self):
+        a = self.device("a")
+        id_ = one(a, "SELECT attachment_save(x'01', 'bin')")
+        self.sync(a)
+        os.remove(os.path.join(self.dir, "files-a", f"{id_}.bin"))
+        one(a, "SELECT attachment_verify()")
+        self.assertEqual(self.row(a, id_)[0], QUEUED_DOWNLOAD)
+        self.sync(a)
+        self.assertEqual(self.row(a, id_)[0], SYNCED)
+
+    def test_a_row_in_an_unknown_state_is_left_alone(self):
+        a = self.device("a")
+        id_ = one(a, "SELECT attachment_save(x'01', 'bin')")
+        a.execute("UPDATE attachments SET state = 9 WHERE id = ?", (id_,))
+        self.sync(a)
+        one(a, "SELECT attachment_verify()")
+        self.assertEqual(self.row(a, id_)[0], 9)
+        self.assertEqual(self.local("a"), [f"{id_}.bin"])
+        self.assertFalse(os.path.exists(self.remote) and os.listdir(self.remote))
+
+    def test_a_result_is_not_recorded_once_the_claim_is_someone_elses(self):
+        # The worker's claim is taken over (as after a lapsed lease) while its upload is
+        # on the wire: the late result must not mark the row, the new owner will.
+        import servers
+        import tempfile
+        www = tempfile.mkdtemp(prefix="att-www-")
+        nginx = servers.Nginx(www)
+        self.addCleanup(nginx.stop)
+        proxy = servers.FaultProxy(nginx.port, "slow", DELAY=2)
+        self.addCleanup(proxy.stop)
+        a = self.device("a", remote=f"http://127.0.0.1:{proxy.port}/late/")
+        id_ = one(a, "SELECT attachment_save(x'01', 'bin')")
+        a.execute("SELECT attachment_start_sync()")
+        self.addCleanup(lambda: a.execute("SELECT attachment_stop_sync()"))
+        deadline = time.time() + 20
+        while time.time() < deadline and not any(l.startswith("PUT") for l in proxy.requests()):
+            time.sleep(0.05)
+        a.execute("UPDATE attachments SET claimed_by = 'pid:1:someoneelse' WHERE id = ?", (id_,))
+        time.sleep(3)
+        self.assertEqual(self.row(a, id_)[:3], (QUEUED_UPLOAD, 0, "pid:1:someoneelse"))
+
+
+if __name__ == "__main__":
+    unittest.main()
