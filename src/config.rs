@@ -55,6 +55,10 @@ impl Remote {
     fn parse(url: &str) -> Result<Remote> {
         // Errors show the URL without credentials or query string: neither may be repeated.
         let bad = |why: &str| Error::config("remote", format!("{why} (got '{}')", redacted(url)));
+        // The URL parser would silently drop tabs and line breaks; in a path or key they are never meant.
+        if url.chars().any(char::is_control) {
+            return Err(bad("control characters (tab, CR, LF, NUL) are not allowed"));
+        }
         if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
                 return Err(bad("a file:// remote needs an absolute path, like file:///var/attachments"));

@@ -55,14 +55,16 @@ impl Error {
     }
 
     /// The message a SQL function reports, prefixed with its name.
+    /// Messages quote the bad value, which may be megabytes long: the middle is cut.
     pub fn sql_message(&self, function: &str) -> String {
-        match self {
+        let message = match self {
             Error::Sqlite(rusqlite::Error::SqliteFailure(code, msg)) => {
                 let msg = msg.clone().unwrap_or_else(|| code.to_string());
                 format!("{function}: {msg}")
             }
             other => format!("{function}: {other}"),
-        }
+        };
+        cut_middle(message, 1000)
     }
 
     /// Converts to a rusqlite error (for the virtual table), prefixed with the function name.
@@ -100,5 +102,32 @@ impl From<rusqlite::Error> for Error {
 impl From<RemoteError> for Error {
     fn from(e: RemoteError) -> Error {
         Error::Remote(e)
+    }
+}
+
+/// `s` itself when at most `max` bytes, else its head and tail around a note of what was cut.
+fn cut_middle(s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let boundary = |mut i: usize| {
+        while !s.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    let head = boundary(max * 2 / 3);
+    let tail = boundary(s.len() - max / 4);
+    format!("{} ...({} bytes cut)... {}", &s[..head], tail - head, &s[tail..])
+}
+
+#[cfg(test)]
+mod cut_tests {
+    #[test]
+    fn long_messages_keep_head_and_tail() {
+        let s = format!("f: bad 'é{}' here", "x".repeat(5000));
+        let cut = super::cut_middle(s, 1000);
+        assert!(cut.len() < 1100 && cut.starts_with("f: bad 'é") && cut.ends_with("' here"), "{cut}");
+        assert_eq!(super::cut_middle("short".into(), 1000), "short");
     }
 }

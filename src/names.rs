@@ -53,7 +53,8 @@ pub fn filename(id: &str, ext: &str) -> Result<String> {
 /// Checks a file name read back from the queue table (it may have been edited by hand).
 pub fn check_filename(name: &str) -> Result<&str> {
     let (id, ext) = name.split_once('.').unwrap_or((name, ""));
-    filename(id, ext)?;
+    // Name the whole file name: the split alone ("../x" gives id "") would mislead.
+    filename(id, ext).map_err(|e| Error::UnsafeName(format!("invalid filename {}: {e}", quote(name))))?;
     Ok(name)
 }
 

@@ -165,6 +165,7 @@ impl Syncer {
         let owner = owner::current(&self.db_file);
         let queue = QueueTable::new(conn, &self.config.table, &owner);
         let _slices = BusySlices::install(conn)?;
+        let _stop_scope = crate::cancel::Scope::enter(should_stop);
         // A database last opened by an earlier build gets its missing tables and columns
         // on the first pass of this process, not only at the next attachment_init.
         if !schema_checked(&self.db_file) {

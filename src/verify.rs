@@ -118,14 +118,26 @@ pub fn verify(conn: &Connection, config: &Config, store: &LocalStore) -> Result<
     let t = quote_ident(&config.table);
     let mut out = Verified::default();
     let rows: Vec<Row> = conn
-        .prepare(&format!("SELECT id, filename, local_uri, state FROM main.{t}"))?
+        // Rows edited by hand with wrong types are left alone rather than failing every pass.
+        .prepare(&format!(
+            "SELECT id, filename, local_uri, state FROM main.{t}
+             WHERE typeof(id) = 'text' AND typeof(filename) = 'text' AND typeof(state) = 'integer'
+               AND typeof(local_uri) IN ('text', 'null')"
+        ))?
         .query_map([], |r| Ok(Row { id: r.get(0)?, filename: r.get(1)?, local_uri: r.get(2)?, state: r.get(3)? }))?
         .collect::<rusqlite::Result<_>>()?;
     let entries = store.entries()?;
     let on_disk: HashSet<&str> = entries.iter().filter(|e| !e.is_temp).map(|e| e.name.as_str()).collect();
 
     let queue = QueueTable::unclaimed(conn, &config.table);
+    // Rows the loop below leaves alone say why, once.
+    queue.note_hand_edited_rows()?;
     for row in &rows {
+        // A file name edited by hand to leave local_dir is that row's error, not the pass's.
+        if let Err(e) = crate::names::check_filename(&row.filename) {
+            queue.note_error(&row.id, &format!("local: the row's filename is unsafe and is never used: {e}"))?;
+            continue;
+        }
         // Something under the name that is not a plain file (a symlink) is not "missing":
         // nothing is archived or re-downloaded for it; the upload refuses it instead.
         let present = on_disk.contains(row.filename.as_str()) || store.name_taken(&row.filename)?;

@@ -75,6 +75,10 @@ unsafe extern "C" fn on_progress(data: *mut c_void) -> c_int {
             seen.timed_out = true;
             return 1;
         }
+        // The pass is stopping (attachment_stop_sync, Ctrl-C): end the query now.
+        if crate::cancel::requested() {
+            return 1;
+        }
         0
     })
     .unwrap_or(1)
@@ -412,8 +416,9 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
         conn.query_row("SELECT triggers FROM main._attachments_watch WHERE name = ?1", [name], |r| r.get(0)).optional()?;
     let legacy: Vec<String> = legacy.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
     if !legacy.is_empty() {
-        for t in legacy {
-            conn.execute_batch(&format!("DROP TRIGGER IF EXISTS main.{}", quote_ident(&t)))?;
+        // Only our own names: the column may have been edited by hand to name the app's triggers.
+        for t in legacy.iter().filter(|t| t.starts_with("_attachments_")) {
+            conn.execute_batch(&format!("DROP TRIGGER IF EXISTS main.{}", quote_ident(t)))?;
         }
         conn.execute("UPDATE main._attachments_watch SET triggers = '[]' WHERE name = ?1", [name])?;
     }
@@ -469,7 +474,9 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
         if keep {
             wanted.remove(trigger);
         } else {
-            conn.execute_batch(&format!("DROP TRIGGER IF EXISTS main.{}", quote_ident(trigger)))?;
+            if trigger.starts_with("_attachments_") {
+                conn.execute_batch(&format!("DROP TRIGGER IF EXISTS main.{}", quote_ident(trigger)))?;
+            }
             conn.execute("DELETE FROM main._attachments_trigger WHERE name = ?1", [trigger])?;
         }
     }
@@ -505,7 +512,8 @@ fn sync_triggers_drop_all(conn: &Connection, name: &str) -> Result<()> {
         .query_map([name], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     triggers.extend(owned);
-    for t in triggers {
+    // Only our own names: both lists may have been edited by hand to name the app's triggers.
+    for t in triggers.into_iter().filter(|t| t.starts_with("_attachments_")) {
         conn.execute_batch(&format!("DROP TRIGGER IF EXISTS main.{}", quote_ident(&t)))?;
     }
     conn.execute("DELETE FROM main._attachments_trigger WHERE watch = ?1", [name])?;

@@ -61,6 +61,24 @@ impl<'c> QueueTable<'c> {
         QueueTable::new(conn, table, "")
     }
 
+    /// `attachment_init` with another `remote`: the new remote holds none of the files.
+    /// SYNCED rows with their local copy → QUEUED_UPLOAD; other rows forget they were
+    /// uploaded (an ARCHIVED copy restored later goes up again) and any half-done multipart
+    /// upload, which belonged to the old remote. Rows without a local copy cannot be moved:
+    /// their downloads will find what the new remote has.
+    pub fn remote_changed(&self) -> Result<usize> {
+        let t = &self.t;
+        let moved = self.conn.execute(
+            &format!(
+                "UPDATE main.{t} SET state = {UPLOAD}, has_synced = 0, timestamp = ?1, upload_resume = NULL, {SUCCESS}
+                 WHERE state = {SYNCED} AND local_uri IS NOT NULL"
+            ),
+            [now_ms()],
+        )?;
+        self.conn.execute(&format!("UPDATE main.{t} SET has_synced = 0, upload_resume = NULL WHERE has_synced = 1 OR upload_resume IS NOT NULL"), [])?;
+        Ok(moved)
+    }
+
     /// → QUEUED_UPLOAD: a file saved here, complete and durable in `local_dir`.
     #[allow(clippy::too_many_arguments)]
     pub fn insert_upload(&self, id: &str, filename: &str, size: u64, media_type: &str, meta_data: Option<&str>, sha256: &str) -> Result<()> {
@@ -221,6 +239,28 @@ impl<'c> QueueTable<'c> {
         Ok(())
     }
 
+    /// Verify: rows edited by hand into something no transition handles (an id or filename
+    /// that is not TEXT, an unknown state) get an error saying they are left alone.
+    pub fn note_hand_edited_rows(&self) -> Result<()> {
+        let t = &self.t;
+        self.conn.execute(
+            &format!(
+                "UPDATE main.{t} SET last_error = ?1
+                 WHERE (typeof(id) != 'text' OR typeof(filename) != 'text' OR typeof(state) != 'integer'
+                        OR state NOT BETWEEN {UPLOAD} AND {ARCHIVED}) AND last_error IS NOT ?1"
+            ),
+            ["local: the row was edited by hand and is left alone: id and filename must be TEXT, state 0 to 4"],
+        )?;
+        Ok(())
+    }
+
+    /// Records why a row is left alone (no state change), once.
+    pub fn note_error(&self, id: &str, message: &str) -> Result<()> {
+        let t = &self.t;
+        self.conn.execute(&format!("UPDATE main.{t} SET last_error = ?2 WHERE id = ?1 AND last_error IS NOT ?2"), params![id, message])?;
+        Ok(())
+    }
+
     /// Verify: `local_uri` made to match what is on disk (no state change).
     pub fn set_local_uri(&self, id: &str, local_uri: Option<&str>) -> Result<()> {
         let t = &self.t;
@@ -233,11 +273,13 @@ impl<'c> QueueTable<'c> {
     /// a rowid, not a time, so a clock that steps back delays nothing), and not held by
     /// a live claim. Rows this process holds are never taken
     /// again, even when their lease has lapsed (a renewal may be late; the transfer is
-    /// still ours).
+    /// still ours). Rows whose id or filename is not TEXT (edited by hand) are never
+    /// claimed: they cannot name a file, and reading them would fail the whole pass.
     fn claimable(&self) -> String {
         format!(
             "state IN {QUEUED} AND next_attempt_at <= ?2 AND rowid <= ?1
-             AND (claimed_until IS NULL OR claimed_until < ?2) AND claimed_by IS NOT ?3"
+             AND (claimed_until IS NULL OR claimed_until < ?2) AND claimed_by IS NOT ?3
+             AND typeof(id) = 'text' AND typeof(filename) = 'text'"
         )
     }
 

@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::connection::DbTarget;
 use crate::error::{Error, Result};
 use crate::ownership;
+use crate::queue::table::QueueTable;
 use crate::reconcile;
 use crate::schema;
 use crate::store::LocalStore;
@@ -42,26 +43,42 @@ fn init(ctx: &Context) -> Result<String> {
     let dir = config.local_dir_for(db_file)?;
     // Everything that can refuse is checked before anything is written: a failing
     // function does not undo the writes it made on the caller's connection.
-    match Config::load(&conn) {
-        Ok(old) => ownership::check_change(&conn, &old, &config, db_file)?,
-        Err(Error::NotInitialized) => {}
+    let old = match Config::load(&conn) {
+        Ok(old) => {
+            ownership::check_change(&conn, &old, &config, db_file)?;
+            Some(old)
+        }
+        Err(Error::NotInitialized) => None,
         Err(e) => return Err(e),
-    }
+    };
     ownership::check_claim(&conn, db_file, &dir, &config.table)?;
     let store = LocalStore::create(dir)?;
     schema::ensure(&conn, &config.table)?;
     config.store(&conn)?;
+    // What was uploaded to the old remote is not in the new one: it goes up again.
+    if old.is_some_and(|old| old.remote != config.remote) {
+        QueueTable::unclaimed(&conn, &config.table).remote_changed()?;
+    }
     ownership::claim(&conn, db_file, store.dir(), &config.table)?;
     Ok(config.to_json().to_string())
 }
 
 /// Functions that commit on their own connection cannot wait inside the caller's transaction.
+/// Nor inside a statement that reads or writes tables (`SELECT attachment_sync() FROM t`):
+/// that statement holds a lock the extension's own connection would wait on for ever.
 fn outside_transaction(conn: &Connection, what: &str) -> Result<()> {
-    if conn.is_autocommit() {
-        Ok(())
-    } else {
-        Err(Error::Misuse(format!("call {what} outside BEGIN ... COMMIT: it commits its own short transactions")))
+    if !conn.is_autocommit() {
+        return Err(Error::Misuse(format!("call {what} outside BEGIN ... COMMIT: it commits its own short transactions")));
     }
+    // Safety: a valid handle and a NUL-terminated schema name.
+    let state = unsafe { rusqlite::ffi::sqlite3_txn_state(conn.handle(), c"main".as_ptr()) };
+    if state != rusqlite::ffi::SQLITE_TXN_NONE {
+        return Err(Error::Misuse(format!(
+            "call {what} in a statement of its own (SELECT {what};), not in one that reads or writes tables: \
+             it commits on its own connection, which would wait for the lock this statement holds"
+        )));
+    }
+    Ok(())
 }
 
 /// The database file of the caller, required by everything that opens its own connection.

@@ -6,7 +6,7 @@ use std::io::Read;
 use super::Context;
 use rusqlite::{Connection, OptionalExtension};
 
-use super::{caller, text_arg, scalar, EFFECTFUL, PURE};
+use super::{caller, opt_text_arg, scalar, EFFECTFUL, PURE};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::names;
@@ -23,7 +23,8 @@ pub fn register(db: &Connection) -> rusqlite::Result<()> {
 
 /// The store and the name of the local copy of `id`, if the row names one.
 fn complete_local_path(ctx: &Context) -> Result<Option<(LocalStore, String)>> {
-    let id = text_arg(ctx, 0, "id")?;
+    // NULL in, NULL out: `SELECT attachment_local_uri(photo_id) FROM users` works for users without a photo.
+    let Some(id) = opt_text_arg(ctx, 0, "id")? else { return Ok(None) };
     let conn = caller(ctx)?;
     let config = Config::load(&conn)?;
     let local_uri: Option<String> = conn

@@ -83,7 +83,8 @@ fn save_from(ctx: &Context, data: &mut dyn Read) -> Result<String> {
 /// Marks a row QUEUED_DELETE; the sync removes the remote object, the file and the row.
 /// Returns NULL for an id with no row (already deleted, or never known here).
 fn delete(ctx: &Context) -> Result<Option<String>> {
-    let id = text_arg(ctx, 0, "id")?;
+    // NULL in, NULL out, as for the readers: a row without an attachment has nothing to delete.
+    let Some(id) = opt_text_arg(ctx, 0, "id")? else { return Ok(None) };
     let conn = caller(ctx)?;
     let config = Config::load(&conn)?;
     let marked = QueueTable::unclaimed(&conn, &config.table).mark_for_delete(&id)?;

@@ -20,6 +20,7 @@ misbehave on demand. It forwards each request to 127.0.0.1:$UPSTREAM_PORT
   stall_body      GET: headers with the full Content-Length and half the body, then silence
   trickle         GET: the body goes out $TRICKLE_BYTES bytes every $TRICKLE_DELAY s;
                   PUT: the body is read at that pace
+  short_length    GET 200 bodies: only the first half, with a Content-Length that matches it
   gzip            GET 200 bodies are gzip-compressed with `Content-Encoding: gzip` (never asked for)
   echo            requests whose method is in $METHODS are answered $STATUS (default 400) with a
                   body repeating the request line, every header and the query string
@@ -167,6 +168,8 @@ class Proxy(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
+        if faulty_get and MODE == "short_length":
+            data = data[: len(data) // 2]
         self.send_header("Content-Length", str(len(data)))
         if faulty_get and MODE in ("truncate", "stall_body"):
             if MODE == "truncate":

@@ -121,6 +121,71 @@ class StoppingNeverHangs(ClaimCase):
         self.assertEqual(self.row(a, id_, "state", "attempts", "claimed_by"), (0, 0, None))
 
 
+RUNAWAY = ("SELECT attachment_watch('w', 'WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r "
+           "WHERE n < (SELECT lim FROM cfg)) SELECT ''x'' || n AS id FROM r WHERE n < 0')")
+
+
+class StoppingEndsRunawayWatches(ClaimCase):
+    """A watch query that runs away (a recursive CTE whose bound a row raised) is ended
+    by stop and by interrupt, not left holding the write lock until its time limit."""
+
+    def setUp(self):
+        super().setUp()
+        os.environ["SQLITE_ATTACHMENTS_WATCH_TIME_LIMIT_MS"] = "60000"
+        self.addCleanup(os.environ.pop, "SQLITE_ATTACHMENTS_WATCH_TIME_LIMIT_MS")
+
+    def runaway(self):
+        a = self.device("a")
+        a.execute("CREATE TABLE cfg(lim INTEGER)")
+        a.execute("INSERT INTO cfg VALUES (1)")
+        a.execute(RUNAWAY)
+        return a
+
+    def test_stop_ends_a_runaway_watch_and_frees_the_write_lock(self):
+        a = self.runaway()
+        a.execute("SELECT attachment_start_sync()")
+        self.started.append(a)
+        time.sleep(0.5)
+        a.execute("UPDATE cfg SET lim = 10000000000")
+        time.sleep(1.5)  # the worker is inside the watch query now
+        t0 = time.monotonic()
+        a.execute("SELECT attachment_stop_sync()")
+        self.assertLess(time.monotonic() - t0, 1.5)
+        writer = connect(os.path.join(self.dir, "a.db"))
+        writer.execute("PRAGMA busy_timeout = 20000")
+        t0 = time.monotonic()
+        writer.execute("INSERT INTO cfg VALUES (2)")
+        self.assertLess(time.monotonic() - t0, 2, "the stopped worker still held the write lock")
+
+    def test_interrupt_ends_a_sync_inside_a_runaway_watch(self):
+        self.runaway()
+        import sqlite3
+        a = sqlite3.connect(os.path.join(self.dir, "a.db"), isolation_level=None, check_same_thread=False)
+        a.enable_load_extension(True)
+        a.load_extension(LIB)
+        a.execute("UPDATE cfg SET lim = 10000000000")
+        outcome = {}
+
+        def run():
+            try:
+                a.execute("SELECT attachment_sync()")
+                outcome["result"] = "returned"
+            except sqlite3.Error as e:
+                outcome["result"] = e
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        time.sleep(1.5)
+        t0 = time.monotonic()
+        a.interrupt()
+        worker.join(20)
+        self.assertFalse(worker.is_alive())
+        self.assertLess(time.monotonic() - t0, 1.5)
+        self.assertEqual(getattr(outcome["result"], "sqlite_errorname", None), "SQLITE_INTERRUPT", outcome)
+        # The watch is not blamed for being interrupted.
+        self.assertEqual(one(a, "SELECT state FROM _attachments_watch WHERE name = 'w'"), "ok")
+
+
 def sqlite3_error():
     import sqlite3
     return sqlite3.Error

@@ -140,6 +140,18 @@ class Transitions(Case):
         self.sync(a)
         self.assertEqual(self.row(a, id_)[0], SYNCED)
 
+    def test_a_new_remote_gets_every_file_again(self):
+        a = self.device("a")
+        id_ = one(a, "SELECT attachment_save(x'0102', 'bin')")
+        self.sync(a)
+        other = os.path.join(self.dir, "remote-b")
+        a.execute("SELECT attachment_init(?)", (json.dumps({"local_dir": "files-a", "remote": f"file://{other}"}),))
+        # Not SYNCED any more: the new remote does not hold the file yet.
+        self.assertEqual(self.row(a, id_)[:2], (QUEUED_UPLOAD, 0))
+        self.assertEqual(self.sync(a)["uploaded"], 1)
+        self.assertEqual(self.row(a, id_)[:2], (SYNCED, 1))
+        self.assertEqual(os.listdir(other), [f"{id_}.bin"])
+
     def test_a_row_in_an_unknown_state_is_left_alone(self):
         a = self.device("a")
         id_ = one(a, "SELECT attachment_save(x'01', 'bin')")
@@ -170,6 +182,30 @@ class Transitions(Case):
         a.execute("UPDATE attachments SET claimed_by = 'pid:1:someoneelse' WHERE id = ?", (id_,))
         time.sleep(3)
         self.assertEqual(self.row(a, id_)[:3], (QUEUED_UPLOAD, 0, "pid:1:someoneelse"))
+
+
+class CallsFromOrdinaryQueries(Case):
+    def test_null_ids_give_null_so_a_join_over_rows_without_attachments_works(self):
+        a = self.device("a")
+        a.execute("CREATE TABLE users(name TEXT, photo_id TEXT)")
+        a.execute("INSERT INTO users VALUES ('alice', attachment_save(x'41', 'jpg')), ('bob', NULL)")
+        rows = a.execute("SELECT name, attachment_local_uri(photo_id) IS NOT NULL, attachment_data(photo_id), "
+                         "attachment_delete(photo_id) IS NOT NULL FROM users ORDER BY name").fetchall()
+        self.assertEqual(rows, [("alice", 1, b"A", 1), ("bob", 0, None, 0)])
+
+    def test_sync_inside_a_statement_that_reads_a_table_is_refused_at_once(self):
+        import sqlite3
+        a = self.device("a")
+        a.execute("CREATE TABLE one(x)")
+        a.execute("INSERT INTO one VALUES (1)")
+        for call in ("attachment_sync()", "attachment_verify()", "attachment_reconcile()", "attachment_expire_cache()"):
+            t0 = time.monotonic()
+            with self.assertRaises(sqlite3.Error) as cm:
+                a.execute(f"SELECT {call} FROM one").fetchall()
+            self.assertLess(time.monotonic() - t0, 2, call)
+            self.assertEqual(cm.exception.sqlite_errorname, "SQLITE_MISUSE", call)
+            self.assertIn("statement of its own", str(cm.exception))
+        self.assertIn("uploaded", one(a, "SELECT attachment_sync()"))
 
 
 if __name__ == "__main__":
