@@ -23,6 +23,10 @@ mod verify;
 mod watch;
 mod worker;
 
+// Entry points for the cargo-fuzz targets in fuzz/; not part of the extension.
+#[doc(hidden)]
+pub mod fuzzing;
+
 use std::os::raw::{c_char, c_int};
 use std::sync::atomic::{AtomicPtr, Ordering};
 

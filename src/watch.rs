@@ -336,7 +336,7 @@ const PROBE_COLUMNS: &str =
     "count(*), max(length(id)), max(length(file_extension)), max(length(media_type)), max(length(meta_data))";
 
 /// Checks a watch name: 1 to 64 letters, digits, '_' or '-'.
-fn check_name(name: &str) -> Result<()> {
+pub(crate) fn check_name(name: &str) -> Result<()> {
     let ok = (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if ok {
         Ok(())
@@ -402,7 +402,7 @@ pub fn watch(conn: &Connection, target: &crate::connection::DbTarget, config: &C
 /// The trigger watch `name` has on `table` for `suffix`. Watch names cannot contain
 /// '.', so no two (watch, table) pairs give one name; watch names that differ only in
 /// case are refused, since SQLite compares trigger names without case.
-fn trigger_name(name: &str, table: &str, suffix: &str) -> String {
+pub(crate) fn trigger_name(name: &str, table: &str, suffix: &str) -> String {
     format!("_attachments_trg_{name}.{table}.{suffix}")
 }
 

@@ -9,6 +9,10 @@ mod s3;
 mod signed;
 mod transport;
 
+// Entry points for the cargo-fuzz targets in fuzz/ (see crate::fuzzing).
+#[doc(hidden)]
+pub mod fuzzing;
+
 use std::{fmt, fs::File, io, io::Read, io::Write, time::Duration};
 
 use crate::config::{Config, Remote as RemoteUrl};

@@ -230,14 +230,14 @@ impl S3Remote {
 
 /// A multipart upload in progress: what the next attempt needs to send only the missing parts.
 /// Kept in the row's `upload_resume` as JSON.
-struct Multipart {
+pub(super) struct Multipart {
     upload_id: String,
     part_size: u64,
     etags: Vec<(u64, String)>,
 }
 
 impl Multipart {
-    fn parse(text: &str) -> Option<Multipart> {
+    pub(super) fn parse(text: &str) -> Option<Multipart> {
         let v: serde_json::Value = serde_json::from_str(text).ok()?;
         let etags = v["etags"]
             .as_array()?
@@ -253,7 +253,7 @@ impl Multipart {
 
     /// Attaches this state to a failure so the next attempt resumes, unless the
     /// store says the upload no longer exists (then the next attempt starts over).
-    fn keep_unless_gone(&self, mut e: RemoteError) -> RemoteError {
+    pub(super) fn keep_unless_gone(&self, mut e: RemoteError) -> RemoteError {
         if e.kind != ErrorKind::NotFound {
             e.resume = Some(
                 serde_json::json!({"upload_id": self.upload_id, "part_size": self.part_size, "etags": self.etags})
@@ -273,7 +273,7 @@ fn credentials_from_env() -> Option<Credentials> {
     })
 }
 
-fn hex_to_base64(hex_digest: &str) -> Option<String> {
+pub(super) fn hex_to_base64(hex_digest: &str) -> Option<String> {
     hex::decode(hex_digest).ok().filter(|b| b.len() == 32).map(|b| base64::engine::general_purpose::STANDARD.encode(b))
 }
 

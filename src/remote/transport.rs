@@ -264,7 +264,24 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn base64_to_hex(b64: &str) -> Option<String> {
+/// Longest reason from a body shown in `last_error`, in characters.
+const MAX_SHOWN_REASON: usize = 120;
+
+/// A reason as `last_error` shows it, whatever the body held: one line without control
+/// characters, cut short, and left out when it holds a URL or a query string (a server
+/// echoing a presigned request would show its signature).
+fn shown_reason(reason: &str) -> String {
+    let line = reason.split(|c: char| c.is_whitespace() || c.is_control()).filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ");
+    if line.contains("://") || (line.contains('?') && line.contains('=')) {
+        return String::new();
+    }
+    match line.char_indices().nth(MAX_SHOWN_REASON) {
+        Some((at, _)) => format!("{}…", &line[..at]),
+        None => line,
+    }
+}
+
+pub(super) fn base64_to_hex(b64: &str) -> Option<String> {
     use base64::Engine;
     // Multipart objects carry a composite checksum ("...-N"); only a whole-object one is comparable.
     if b64.contains('-') {
@@ -274,7 +291,7 @@ fn base64_to_hex(b64: &str) -> Option<String> {
 }
 
 /// Turns a non-2xx answer into a classified error, keeping the status and a short reason.
-fn expect_success(mut resp: Response<Body>, what: &str) -> Result<Response<Body>, RemoteError> {
+pub(super) fn expect_success(mut resp: Response<Body>, what: &str) -> Result<Response<Body>, RemoteError> {
     let status = resp.status().as_u16();
     if (200..300).contains(&status) {
         return Ok(resp);
@@ -287,7 +304,7 @@ fn expect_success(mut resp: Response<Body>, what: &str) -> Result<Response<Body>
         .limit(64 * 1024)
         .read_to_string()
         .ok()
-        .map(|b| reason_from_body(&b))
+        .map(|b| shown_reason(&reason_from_body(&b)))
         .unwrap_or_default();
     let (kind, class) = match status {
         408 | 429 | 500..=599 => (ErrorKind::Transient, ErrorClass::Server),
@@ -355,5 +372,28 @@ mod tests {
             Some("2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")
         );
         assert_eq!(base64_to_hex("abc-3"), None);
+    }
+
+    /// The error a request gets for this answer.
+    fn failure(status: u16, body: &str) -> RemoteError {
+        let resp = Response::builder().status(status).body(Body::builder().data(body.as_bytes().to_vec())).unwrap();
+        expect_success(resp, "upload").unwrap_err()
+    }
+
+    // Found by the s3_response fuzz target: reasons that kept a request line's
+    // signature, a NUL, or a whole <Code> however long or whatever it held.
+    #[test]
+    fn shown_reasons_are_one_short_line_without_urls() {
+        let e = failure(505, "PUT /b/k?X-Amz-Signature=f00d&x=1 HTTP/1.1");
+        assert!(!e.message.contains("f00d"), "{}", e.message);
+        assert_eq!(failure(500, "\0").message, "upload failed: Internal Server Error");
+        assert_eq!(failure(503, "slow\x1b[31m down").message, "upload failed: Service Unavailable (slow [31m down)");
+        let e = failure(403, "<Error><Code>https://h/k?sig=f00d</Code></Error>");
+        assert_eq!(e.message, "upload failed: Forbidden");
+        let e = failure(400, &format!("<Code>{}</Code>", "x".repeat(5000)));
+        assert!(e.message.chars().count() <= 200, "{} chars", e.message.chars().count());
+        let e = failure(400, "<Code>Slow\nDown</Code>");
+        assert_eq!(e.message, "upload failed: Bad Request (Slow Down)");
+        assert_eq!(failure(403, "<Error><Code>SignatureDoesNotMatch</Code></Error>").message, "upload failed: Forbidden (SignatureDoesNotMatch)");
     }
 }
