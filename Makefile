@@ -6,7 +6,7 @@ UNAME := $(shell uname -s)
 EXT := $(if $(filter Darwin,$(UNAME)),dylib,so)
 LIB := dist/attachments.$(EXT)
 
-.PHONY: all build demo test test-unit test-sql test-py test-reliability deps clean bench dist
+.PHONY: all build demo test test-unit test-sql test-py test-reliability fuzz deps clean bench dist
 
 all: build
 
@@ -38,6 +38,12 @@ test-sql: build
 
 test-py: build
 	./tests/py/run.sh
+
+# Each cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 600); fails on any crash.
+# Needs the nightly toolchain; installs cargo-fuzz when missing.
+FUZZ_SECONDS ?= 600
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) ./fuzz/run.sh
 
 # Crash, fault, three-process and disk-full suites at full counts (200 kills, 1,000
 # transfers); `make test` runs them at small counts. RELIABILITY_ARGS="--seed N" replays.
