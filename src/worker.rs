@@ -131,9 +131,11 @@ fn run(target: &DbTarget, stop: &AtomicBool, woken: &Receiver<()>) {
             wake_now = false;
             // Read before the pass, so commits made during it bring another pass.
             // (Our own commits do not change data_version for this connection.)
+            let changed = version != seen_version;
             seen_version = version;
             // Only an explicit attachment_sync() re-runs every watch; the worker's periodic
             // pass re-runs those whose tables changed or whose refresh_ms is due.
+            log::trace!("worker pass for {db_file} (database changed: {changed}, periodic: {full}, due: {due})");
             match pass(&conn, db_file, &mut syncer, false, stop) {
                 Ok(Some(s)) => {
                     next_full = Instant::now() + Duration::from_millis(s.config.sync_interval_ms as u64);

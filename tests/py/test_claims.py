@@ -227,6 +227,32 @@ class DeadOwners(ClaimCase):
         self.assertLess(time.monotonic() - t0, 10)
         self.assertEqual(self.row(a, id_, "state")[0], 3)
 
+    def test_a_row_held_by_another_live_process_does_not_keep_the_worker_busy(self):
+        # While another process's transfer holds a row (its lease runs two minutes), this
+        # worker has nothing due: it wakes only for that process's commits (its claim
+        # renewals, one a second), not for a pass every 50 ms poll as it once did.
+        silent = SilentServer()
+        self.addCleanup(silent.stop)
+        db = os.path.join(self.dir, "a.db")
+        a = self.device("a", remote=f"http://127.0.0.1:{silent.port}/x/")
+        id_ = one(a, "SELECT attachment_save(x'0102', 'bin')")
+        holder = subprocess.Popen([sys.executable, "-c", CHILD, db, LIB], stdout=subprocess.PIPE)
+        self.addCleanup(holder.kill)
+        wait_until(lambda: self.row(a, id_, "claimed_by")[0] is not None, what="the other process's claim")
+        watcher = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent("""
+                import sqlite3, sys, time
+                c = sqlite3.connect(sys.argv[1], isolation_level=None)
+                c.enable_load_extension(True); c.load_extension(sys.argv[2])
+                c.execute("SELECT attachment_start_sync()")
+                time.sleep(4)
+                c.execute("SELECT attachment_stop_sync()")
+            """), db, LIB],
+            env=dict(os.environ, SQLITE_ATTACHMENTS_LOG="trace"), capture_output=True, text=True, timeout=60)
+        passes = watcher.stderr.count("worker pass for")
+        self.assertGreaterEqual(passes, 1, watcher.stderr[-2000:])
+        self.assertLessEqual(passes, 8, f"{passes} passes in 4 s with nothing due")
+
     def test_a_forked_child_runs_its_own_worker(self):
         db = os.path.join(self.dir, "a.db")
         a = self.device("a")
