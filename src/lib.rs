@@ -37,6 +37,14 @@ use rusqlite::{ffi, Connection};
 /// stdlib's, say) would replace the first one's under its running code.
 static HOST_SQLITE: AtomicPtr<ffi::sqlite3_api_routines> = AtomicPtr::new(std::ptr::null_mut());
 
+/// Whether the host's SQLite has the progress callback (better-sqlite3's is built with
+/// SQLITE_OMIT_PROGRESS_CALLBACK): calling it where it is missing would panic.
+pub(crate) fn host_has_progress_handler() -> bool {
+    let api = HOST_SQLITE.load(Ordering::SeqCst);
+    // Safety: a pointer SQLite gave us at load time, valid for the life of the process.
+    !api.is_null() && unsafe { (*api).progress_handler.is_some() }
+}
+
 /// Entry point; SQLite derives its name from the file name `attachments.so`.
 ///
 /// # Safety

@@ -153,8 +153,12 @@ impl<'c> Guard<'c> {
         let seen = Box::into_raw(Box::new(Seen { deadline: Some(Instant::now() + time_limit()), ..Seen::default() }));
         unsafe {
             ffi::sqlite3_set_authorizer(conn.handle(), Some(on_authorize), seen as *mut c_void);
-            // Checked every few thousand virtual machine steps: cheap.
-            ffi::sqlite3_progress_handler(conn.handle(), 4096, Some(on_progress), seen as *mut c_void);
+            // Checked every few thousand virtual machine steps: cheap. A host SQLite built
+            // without the progress callback (better-sqlite3) gets no time limit and no stop
+            // inside a watch query.
+            if crate::host_has_progress_handler() {
+                ffi::sqlite3_progress_handler(conn.handle(), 4096, Some(on_progress), seen as *mut c_void);
+            }
         }
         Guard { conn, seen }
     }
@@ -190,7 +194,9 @@ impl Drop for Guard<'_> {
     fn drop(&mut self) {
         unsafe {
             ffi::sqlite3_set_authorizer(self.conn.handle(), None, std::ptr::null_mut());
-            ffi::sqlite3_progress_handler(self.conn.handle(), 0, None, std::ptr::null_mut());
+            if crate::host_has_progress_handler() {
+                ffi::sqlite3_progress_handler(self.conn.handle(), 0, None, std::ptr::null_mut());
+            }
             drop(Box::from_raw(self.seen));
         }
     }
