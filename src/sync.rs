@@ -192,6 +192,8 @@ impl Syncer {
         let (done_tx, done_rx) = crossbeam_channel::unbounded::<(Job, Outcome)>();
         // Tells this pass's transfers to stop moving bytes; shared with their threads.
         let cancel = Arc::new(AtomicBool::new(false));
+        // However the pass ends (an error included), its threads start nothing more.
+        let _cancel_on_exit = CancelOnExit(cancel.clone());
         let mut threads = 0usize;
         let mut in_flight = InFlight::new(&self.db_file);
         // Results whose recording waits for the write lock (an app holding a long transaction).
@@ -206,7 +208,10 @@ impl Syncer {
                 cancel.store(true, Ordering::Relaxed);
                 summary.cancelled = true;
                 // What finished is recorded if the lock is free now; the rest is released.
-                let done: Vec<_> = std::mem::take(&mut unrecorded).into_iter().chain(done_rx.try_iter()).collect();
+                // Downloads just finished are published first: a row never says SYNCED for a
+                // file still under its temp name.
+                let fresh = self.publish_downloads(done_rx.try_iter().collect());
+                let done: Vec<_> = std::mem::take(&mut unrecorded).into_iter().chain(fresh).collect();
                 for (job, _) in &done {
                     in_flight.remove(&job.id);
                 }
@@ -642,6 +647,15 @@ impl Drop for InFlight {
                 h.remove(&(self.db_file.clone(), id.clone()));
             }
         }
+    }
+}
+
+/// Sets the flag when dropped.
+struct CancelOnExit(Arc<AtomicBool>);
+
+impl Drop for CancelOnExit {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
