@@ -220,15 +220,21 @@ impl Syncer {
                 break;
             }
             if claiming && in_flight.len() <= max_threads && unrecorded.is_empty() {
+                // Claimed and noted as held in one step, so another pass of this process
+                // never takes these rows for stale in between (see release_stale_own_claims).
+                let claiming_lock = CLAIMING.lock().unwrap_or_else(|e| e.into_inner());
                 let jobs = match queue.any_claimable(last_rowid)? {
                     true => try_write(conn, || queue.claim(last_rowid, capacity - in_flight.len(), lease.as_millis() as i64))?,
                     false => Some(Vec::new()),
                 };
+                for job in jobs.iter().flatten() {
+                    in_flight.insert(job.id.clone());
+                }
+                drop(claiming_lock);
                 match jobs {
                     Some(jobs) if jobs.is_empty() => claiming = false,
                     Some(jobs) => {
                         for job in jobs {
-                            in_flight.insert(job.id.clone());
                             let _ = job_tx.send(job);
                         }
                         // Threads only for work that exists, never more than the limit.
@@ -410,6 +416,7 @@ impl Syncer {
     /// Without this they would wait for their lease, since a pass never takes rows its
     /// own process holds.
     fn release_stale_own_claims(&self, conn: &Connection, queue: &QueueTable) -> Result<()> {
+        let _claiming = CLAIMING.lock().unwrap_or_else(|e| e.into_inner());
         let stale: Vec<String> = queue.held_by_owner()?.into_iter().filter(|id| !InFlight::is_held(&self.db_file, id)).collect();
         if !stale.is_empty() {
             try_write(conn, || stale.iter().try_for_each(|id| queue.release(id)))?;
@@ -596,6 +603,10 @@ fn op_name(op: Op) -> &'static str {
 /// Rows claimed by passes of this process and not yet recorded or released, by database
 /// file: what this process's claims in the table should be.
 static HELD: LazyLock<Mutex<HashSet<(String, String)>>> = LazyLock::new(Default::default);
+
+/// Held while a pass claims rows and notes them in [`HELD`], and while stale claims are
+/// looked for: the two never interleave within the process.
+static CLAIMING: LazyLock<Mutex<()>> = LazyLock::new(Default::default);
 
 /// The rows one pass has in flight; they leave [`HELD`] when recorded, released, or
 /// when the pass ends in any way.
