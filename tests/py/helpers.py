@@ -34,8 +34,15 @@ class Case(unittest.TestCase):
         self._tmp = tempfile.TemporaryDirectory(prefix="att-py-")
         self.dir = self._tmp.name
         self.remote = os.path.join(self.dir, "remote")
+        # Connections whose worker a test started; stopped before the folder goes.
+        self.started = []
 
     def tearDown(self):
+        for conn in self.started:
+            try:
+                conn.execute("SELECT attachment_stop_sync()")
+            except Exception:
+                pass
         self._tmp.cleanup()
 
     def device(self, name, **config):

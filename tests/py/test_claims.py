@@ -53,18 +53,6 @@ class SilentServer:
 
 
 class ClaimCase(Case):
-    def setUp(self):
-        super().setUp()
-        self.started = []
-
-    def tearDown(self):
-        for conn in self.started:
-            try:
-                conn.execute("SELECT attachment_stop_sync()")
-            except Exception:
-                pass
-        super().tearDown()
-
     def row(self, conn, id_, *cols):
         return conn.execute(f"SELECT {', '.join(cols)} FROM attachments WHERE id = ?", (id_,)).fetchone()
 

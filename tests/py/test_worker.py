@@ -37,15 +37,6 @@ class WorkerCase(Case):
     def setUp(self):
         super().setUp()
         self.prefix = f"w{os.getpid()}-{self.id().split('.')[-1][:40]}/"
-        self.started = []
-
-    def tearDown(self):
-        for conn in self.started:
-            try:
-                conn.execute("SELECT attachment_stop_sync()")
-            except Exception:
-                pass
-        super().tearDown()
 
     def remote_url(self, port=None):
         return f"http://127.0.0.1:{port or self.nginx.port}/{self.prefix}"
