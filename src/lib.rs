@@ -1,7 +1,7 @@
 //! sqlite-attachments: offline-first file attachments as a SQLite loadable extension.
 //!
 //! `.load ./dist/attachments` registers the SQL functions and the
-//! `attachment_queue` virtual table; see the README and `../shared/SQL-API.md`.
+//! `attachment_queue` virtual table; see the README.
 
 mod cancel;
 mod config;
