@@ -32,6 +32,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// The database is busy or locked: worth trying again later, nobody's fault.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Error::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+    }
+
     pub fn config(key: &str, why: impl Into<String>) -> Error {
         Error::Config { key: key.to_string(), why: why.into() }
     }

@@ -172,7 +172,7 @@ pub fn refresh_dirty_watches(conn: &Connection, config: &Config, now: i64) -> Re
                 None
             }
             // Busy, or interrupted because the pass is stopping: not the watch's fault.
-            Err(e) if crate::watch::is_busy(&e) || crate::cancel::requested() => return Err(e),
+            Err(e) if e.is_busy() || crate::cancel::requested() => return Err(e),
             Err(e) => {
                 log::warn!("watch {name} failed: {e}");
                 Some(e.to_string())

@@ -8,7 +8,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use rusqlite::{Connection, ErrorCode};
+use rusqlite::Connection;
 use serde_json::{json, Value};
 
 use crate::config::Config;
@@ -686,16 +686,11 @@ impl Drop for BusySlices<'_> {
     }
 }
 
-fn is_busy(e: &Error) -> bool {
-    matches!(e, Error::Sqlite(rusqlite::Error::SqliteFailure(f, _))
-        if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
-}
-
 /// One write transaction, or `None` when the database stayed busy for a slice.
 fn try_write<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
     match immediate(conn, f) {
         Ok(v) => Ok(Some(v)),
-        Err(e) if is_busy(&e) => Ok(None),
+        Err(e) if e.is_busy() => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -706,7 +701,7 @@ fn write<T>(conn: &Connection, should_stop: &dyn Fn() -> bool, mut f: impl FnMut
     let give_up = Instant::now() + BUSY_LIMIT;
     loop {
         match immediate(conn, &mut f) {
-            Err(e) if is_busy(&e) && Instant::now() < give_up && !should_stop() => continue,
+            Err(e) if e.is_busy() && Instant::now() < give_up && !should_stop() => continue,
             other => return other,
         }
     }

@@ -351,13 +351,6 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
     }
 }
 
-/// Whether an error says the database is busy or locked: a reason to retry the whole
-/// pass later, not a fault of the watch.
-pub fn is_busy(e: &Error) -> bool {
-    matches!(e, Error::Sqlite(rusqlite::Error::SqliteFailure(f, _))
-        if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
-}
-
 /// Registers or replaces watch `name` on the caller's connection `conn`. The query is
 /// analysed and run once on a connection of our own (`target`), so the host's
 /// authorizer stays in place; the watch row and triggers are written in the caller's
