@@ -186,7 +186,9 @@ class MacLibraries(unittest.TestCase):
                 self.assertTrue(all(d.startswith("/usr/lib/") for d in info["needed"]), info["needed"])
                 self.assertFalse([d for d in info["needed"] if "sqlite" in d])
                 # arm64 macOS kills a process that maps unsigned code: the linker's ad-hoc signature.
-                self.assertTrue(info["code_signature"])
+                # (Intel Macs load unsigned libraries, and zig signs only arm64 ones.)
+                if cpu == "arm64":
+                    self.assertTrue(info["code_signature"])
                 self.assertTrue(os.path.isfile(wheel_for(tag)), f"{wheel_for(tag)} is missing")
 
 
