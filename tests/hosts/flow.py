@@ -12,7 +12,11 @@ if driver == "apsw":
     import apsw
 
     def connect(path):
-        return apsw.Connection(path)
+        conn = apsw.Connection(path)
+        # sqlite3 and sqlean wait 5 s for a lock by default; apsw does not wait at all, so a
+        # read that meets the worker's commit would fail with BusyError.
+        conn.setbusytimeout(5000)
+        return conn
 elif driver == "sqlean":
     import sqlean
 
