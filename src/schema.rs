@@ -110,8 +110,7 @@ fn create_tables(conn: &Connection, table: &str) -> Result<()> {
         "CREATE TABLE IF NOT EXISTS main._attachments_config(
             id INTEGER PRIMARY KEY CHECK (id = 1),
             config TEXT NOT NULL,
-            -- The first layout's default, kept so every layout reads alike; ensure()
-            -- and Config::store write the real number.
+            -- The layout this database has (see schema.rs); 1 is the first layout's default.
             schema_version INTEGER NOT NULL DEFAULT 1);
         -- One row per attachment_watch(): its query and options, and how its last run went.
         -- Only `query` is ever run (re-analysed under a guard each time: the table is
