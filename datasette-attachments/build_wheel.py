@@ -1,6 +1,9 @@
 """Builds the datasette-attachments wheel (pure Python, any platform): the plugin
 package, its template, and the `datasette` entry point. Standard library only, like
 python/build_wheel.py: python3 datasette-attachments/build_wheel.py dist/
+
+It is released with the extension: its version is Cargo.toml's, and it requires the
+sqlite_attachments wheel of that same version (which carries the library it loads).
 """
 import base64
 import hashlib
@@ -19,15 +22,13 @@ def record_line(name, data):
     return f"{name},sha256={digest},{len(data)}"
 
 
-def version_of(path):
-    with open(path) as f:
-        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+def cargo_version():
+    with open(os.path.join(ROOT, "Cargo.toml")) as f:
+        return re.search(r'^version = "([^"]+)"', f.read(), re.M).group(1)
 
 
 def main(out_dir):
-    version = version_of(os.path.join(HERE, NAME, "__init__.py"))
-    # The extension's wheel is built from the same tree: require exactly its version.
-    core_version = version_of(os.path.join(ROOT, "python", "sqlite_attachments", "__init__.py"))
+    version = cargo_version()
     tag = "py3-none-any"
     wheel = os.path.join(out_dir, f"{DIST_NAME}-{version}-{tag}.whl")
     info = f"{DIST_NAME}-{version}.dist-info"
@@ -37,7 +38,10 @@ def main(out_dir):
             if name.endswith((".py", ".html")):
                 path = os.path.join(folder, name)
                 with open(path, "rb") as f:
-                    files[os.path.relpath(path, HERE).replace(os.sep, "/")] = f.read()
+                    data = f.read()
+                if name == "__init__.py":
+                    data = re.sub(rb'(?m)^__version__ = .*$', f'__version__ = "{version}"'.encode(), data)
+                files[os.path.relpath(path, HERE).replace(os.sep, "/")] = data
     with open(os.path.join(HERE, "README.md"), "rb") as f:
         readme = f.read().decode()
     files[f"{info}/METADATA"] = (
@@ -46,7 +50,7 @@ def main(out_dir):
         "Summary: See sqlite-attachments' files in Datasette: thumbnails, downloads, the sync queue\n"
         "License: MIT\nRequires-Python: >=3.8\n"
         "Requires-Dist: datasette>=0.64,<1.0\n"
-        f"Requires-Dist: sqlite_attachments=={core_version}\n"
+        f"Requires-Dist: sqlite_attachments=={version}\n"
         "Description-Content-Type: text/markdown\n\n" + readme
     ).encode()
     files[f"{info}/WHEEL"] = (

@@ -14,6 +14,7 @@ lookup per such cell; other values cost nothing).
 """
 import os
 import re
+import time
 
 import aiofiles
 import markupsafe
@@ -23,7 +24,7 @@ from datasette.utils.asgi import NotFound, Response
 
 import sqlite_attachments
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # datasette-attachments/build_wheel.py writes Cargo.toml's version here
 PLUGIN = "datasette-attachments"
 UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 # The extension's own rule for ids (README, Reference: ids); anything else is never looked up.
@@ -219,21 +220,26 @@ def status_from(conn):
     else:
         progress = {}
         for direction, state in (("upload", 0), ("download", 1)):
-            files, size, done = conn.execute(
-                "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(bytes_done), 0) "
-                "FROM attachment_queue WHERE state = ?", (state,)).fetchone()
-            progress[direction] = {"files_queued": files, "bytes_queued": size, "bytes_done": done,
-                                   "in_flight": sum(1 for t in in_flight if t["state"] == ("QUEUED_UPLOAD", "QUEUED_DOWNLOAD")[state])}
+            files, size = conn.execute(
+                "SELECT count(*), coalesce(sum(size), 0) FROM attachment_queue WHERE state = ?", (state,)).fetchone()
+            moving = [t for t in in_flight if t["state"] == ("QUEUED_UPLOAD", "QUEUED_DOWNLOAD")[state]]
+            moving_size = sum(t["size"] or 0 for t in moving)
+            # Queued means waiting, as in attachment_progress(): what is moving is apart.
+            progress[direction] = {"files_queued": files - len(moving), "bytes_queued": size - moving_size,
+                                   "files_in_flight": len(moving), "bytes_in_flight": moving_size,
+                                   "bytes_in_flight_done": sum(t["bytes_done"] for t in moving)}
     if "attachment_cache" in functions:
         cache = one("SELECT attachment_cache()")
     else:
         limit = one("SELECT coalesce(json_extract(config, '$.archived_cache_limit'), 100) "
                     "FROM _attachments_config WHERE id = 1")
-        local = [s for s in states if s["local_files"]]
-        cache = {"local_files": sum(s["local_files"] for s in local),
-                 "local_bytes": sum(s["local_bytes"] for s in local),
-                 "archived_files": sum(s["local_files"] for s in states if s["state"] == "ARCHIVED"),
-                 "archived_cache_limit": limit}
+        archived = [s for s in states if s["state"] == "ARCHIVED"]
+        cache = {"local": {"files": sum(s["local_files"] for s in states),
+                           "bytes": sum(s["local_bytes"] for s in states)},
+                 "archived": {"rows": sum(s["files"] for s in archived),
+                              "files": sum(s["local_files"] for s in archived),
+                              "bytes": sum(s["local_bytes"] for s in archived)},
+                 "limits": {"archived_cache_limit": limit}}
     return {"initialised": True, "states": states, "in_flight": in_flight, "errors": errors,
             "progress": progress, "cache": cache, "source": sorted(functions)}
 
@@ -248,14 +254,49 @@ async def status(db):
     return result
 
 
+def shown(key, value):
+    """A summary value as people read it: sizes in KiB/MiB, rates per second, lists joined."""
+    name = key.rsplit(".", 1)[-1]
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or "-"
+    if isinstance(value, (int, float)) and "bytes" in name:
+        return human_size(value)
+    if isinstance(value, (int, float)) and name == "rate":
+        return human_size(value) + "/s"
+    if isinstance(value, int) and (name in ("at", "since") or name.endswith("_at")):
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(value / 1000))
+    if isinstance(value, (int, float)) and name.endswith("_seconds"):
+        return f"{value:,.1f} s"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return str(value)
+
+
 def flatten(value, prefix=""):
-    """A JSON object as (key path, value) rows, for a summary table of any shape."""
+    """A JSON object as (key path, shown value) rows, for a summary table of any shape."""
     if isinstance(value, dict):
         rows = []
         for k, v in value.items():
-            rows.extend(flatten(v, f"{prefix}{k}." if isinstance(v, dict) else f"{prefix}{k}"))
+            rows.extend(flatten(v, f"{prefix}{k}."))
         return rows
-    return [(prefix.rstrip("."), value)]
+    key = prefix.rstrip(".")
+    return [(key, shown(key, value))]
+
+
+def directions(progress):
+    """The per-direction part of a progress object as rows of (key, [(shown, raw) per
+    direction]), the directions, and the rest of the object flattened."""
+    parts = [(d, progress[d]) for d in ("upload", "download") if isinstance(progress.get(d), dict)]
+    keys = []
+    for _, part in parts:
+        keys += [k for k in part if k not in keys]
+    rows = [(k, [(shown(k, part.get(k)), part.get(k)) for _, part in parts]) for k in keys]
+    rest = {k: v for k, v in progress.items() if k not in ("upload", "download")}
+    return [d for d, _ in parts], rows, flatten(rest)
 
 
 async def queue_page(datasette, request):
@@ -268,8 +309,9 @@ async def queue_page(datasette, request):
         {
             "database": name,
             "data": data,
-            "progress_rows": flatten(data.get("progress", {})),
-            "cache_rows": flatten(data.get("cache", {})),
+            "progress_table": directions(data.get("progress") or {}),
+            # By state is the table at the top of the page already.
+            "cache_rows": flatten({k: v for k, v in (data.get("cache") or {}).items() if k != "states"}),
             "human_size": human_size,
             "json_url": queue_url(datasette, name) + ".json",
             "database_url": datasette.urls.database(name),

@@ -7,8 +7,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-core=$(ls "$root"/dist/sqlite_attachments-*.whl | head -1)
-plugin=$(ls "$root"/dist/datasette_attachments-*-py3-none-any.whl | head -1)
+# The newest of each, should dist/ still hold an older release.
+core=$(ls -t "$root"/dist/sqlite_attachments-*.whl | head -1)
+plugin=$(ls -t "$root"/dist/datasette_attachments-*-py3-none-any.whl | head -1)
 for tool in chromium chromedriver; do
   command -v $tool >/dev/null || { echo "$tool is missing: run tests/install-deps.sh" >&2; exit 1; }
 done
