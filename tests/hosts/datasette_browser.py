@@ -97,11 +97,14 @@ class DatasettePlugin(unittest.TestCase):
             app.execute("BEGIN")
             app.execute("INSERT INTO users VALUES (1, 'Ada', attachment_save(?, 'png'))", (cls.png,))
             app.execute("INSERT INTO documents VALUES (1, 'Report', attachment_save(?, 'pdf'))", (cls.pdf,))
+            app.execute("INSERT INTO documents VALUES (3, 'Page', attachment_save(?, 'html'))",
+                        (b"<script>document.title = 'ran'</script>",))
             # Referenced but in no remote: its download is answered 404.
             app.execute("INSERT INTO documents VALUES (2, 'Lost scan', 'lost-scan')")
             app.execute("INSERT INTO videos VALUES (1, 'Talk', attachment_save(?, 'bin'))", (os.urandom(BIG),))
         cls.photo_id = app.execute("SELECT photo_id FROM users").fetchone()[0]
         cls.pdf_id = app.execute("SELECT file_id FROM documents WHERE id = 1").fetchone()[0]
+        cls.html_id = app.execute("SELECT file_id FROM documents WHERE id = 3").fetchone()[0]
         cls.big_id = app.execute("SELECT file_id FROM videos").fetchone()[0]
         app.execute("SELECT attachment_watch('photos', 'SELECT photo_id AS id, ''png'' AS file_extension FROM users')")
         app.execute("SELECT attachment_watch('documents', 'SELECT file_id AS id, ''pdf'' AS file_extension FROM documents')")
@@ -176,6 +179,19 @@ class DatasettePlugin(unittest.TestCase):
             status, _, body = get(self.base + path)
             self.assertEqual(status, 404, path)
             self.assertNotIn(b"SQLite format", body)
+
+    def test_an_html_attachment_never_runs_on_datasettes_origin(self):
+        url = f"{self.base}/-/attachments/app/{self.html_id}"
+        status, headers, _ = get(url)
+        self.assertEqual(status, 200)
+        self.assertTrue(headers["Content-Disposition"].startswith("attachment;"), headers["Content-Disposition"])
+        self.assertEqual(headers["X-Content-Type-Options"], "nosniff")
+        self.assertIn("sandbox", headers["Content-Security-Policy"])
+        # Opened directly, the browser downloads it (or shows it sandboxed): its script never runs.
+        self.browser.get(f"{self.base}/app/documents")
+        self.browser.get(url)
+        time.sleep(0.5)
+        self.assertNotEqual(self.browser.title, "ran")
 
     def test_the_queue_page_shows_a_transfer_moving(self):
         self.browser.get(f"{self.base}/-/attachments/app")
