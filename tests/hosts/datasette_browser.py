@@ -37,9 +37,9 @@ MiB = 1024 * 1024
 BIG = 16 * MiB
 
 
-def png(width, height):
+def png(width, height, blue=160):
     """A real RGB PNG with a gradient, standard library only."""
-    raw = b"".join(b"\x00" + b"".join(bytes((x * 6 % 256, y * 8 % 256, 160)) for x in range(width))
+    raw = b"".join(b"\x00" + b"".join(bytes((x * 255 // width, y * 255 // height, blue)) for x in range(width))
                    for y in range(height))
 
     def chunk(kind, data):
@@ -95,14 +95,16 @@ class DatasettePlugin(unittest.TestCase):
         cls.pdf = b"%PDF-1.4\n" + os.urandom(3000) + b"\n%%EOF\n"
         with app:
             app.execute("BEGIN")
-            app.execute("INSERT INTO users VALUES (1, 'Ada', attachment_save(?, 'png'))", (cls.png,))
+            for i, (name, blue) in enumerate((("Ada", 160), ("Grace", 40), ("Edsger", 240))):
+                app.execute("INSERT INTO users VALUES (?, ?, attachment_save(?, 'png'))",
+                            (i + 1, name, cls.png if i == 0 else png(96, 64, blue)))
             app.execute("INSERT INTO documents VALUES (1, 'Report', attachment_save(?, 'pdf'))", (cls.pdf,))
             app.execute("INSERT INTO documents VALUES (3, 'Page', attachment_save(?, 'html'))",
                         (b"<script>document.title = 'ran'</script>",))
             # Referenced but in no remote: its download is answered 404.
             app.execute("INSERT INTO documents VALUES (2, 'Lost scan', 'lost-scan')")
             app.execute("INSERT INTO videos VALUES (1, 'Talk', attachment_save(?, 'bin'))", (os.urandom(BIG),))
-        cls.photo_id = app.execute("SELECT photo_id FROM users").fetchone()[0]
+        cls.photo_id = app.execute("SELECT photo_id FROM users WHERE id = 1").fetchone()[0]
         cls.pdf_id = app.execute("SELECT file_id FROM documents WHERE id = 1").fetchone()[0]
         cls.html_id = app.execute("SELECT file_id FROM documents WHERE id = 3").fetchone()[0]
         cls.big_id = app.execute("SELECT file_id FROM videos").fetchone()[0]
@@ -147,12 +149,14 @@ class DatasettePlugin(unittest.TestCase):
 
     def test_an_image_is_a_thumbnail_that_loads(self):
         self.browser.get(f"{self.base}/app/users")
-        img = self.browser.find_element(By.CSS_SELECTOR, "td.col-photo_id img")
-        self.assertEqual(img.get_attribute("src"), f"{self.base}/-/attachments/app/{self.photo_id}")
-        size = self.wait(lambda: self.browser.execute_script(
-            "const i = arguments[0]; return i.complete && i.naturalWidth ? [i.naturalWidth, i.naturalHeight] : null",
-            img))
-        self.assertEqual(size, [96, 64])
+        imgs = self.browser.find_elements(By.CSS_SELECTOR, "td.col-photo_id img")
+        self.assertEqual(len(imgs), 3)
+        self.assertEqual(imgs[0].get_attribute("src"), f"{self.base}/-/attachments/app/{self.photo_id}")
+        for img in imgs:
+            size = self.wait(lambda: self.browser.execute_script(
+                "const i = arguments[0]; return i.complete && i.naturalWidth ? [i.naturalWidth, i.naturalHeight] : null",
+                img))
+            self.assertEqual(size, [96, 64])
         self.browser.save_screenshot(os.path.join(self.shots, "datasette-table.png"))
 
     def test_another_file_is_a_link_to_its_exact_bytes(self):
