@@ -45,11 +45,7 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
 /// nothing. Refuses a database of a newer release.
 pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
     let stored = stored_version(conn)?;
-    if let Some(found) = stored {
-        if found > SCHEMA_VERSION {
-            return Err(Error::NewerSchema { found, known: SCHEMA_VERSION });
-        }
-    }
+    check_not_newer(stored)?;
     let queue_exists = table_exists(conn, table)?;
     if stored == Some(SCHEMA_VERSION) && queue_exists {
         return Ok(());
