@@ -62,7 +62,8 @@ bench: build deps
 	/usr/bin/python3 bench/run.py
 
 # The other Linux architecture and macOS (dist/linux-aarch64/, dist/macos-*/), one Python
-# wheel per library (manylinux2014 / macOS tags) and the npm tarball carrying them all.
+# wheel per library (manylinux2014 / macOS tags), the Datasette plugin wheel and the npm
+# tarball carrying every library.
 dist: build
 	CARGO=$(CARGO) PROFILE=$(PROFILE) scripts/build.sh cross
 	scripts/package.sh

@@ -20,6 +20,8 @@ else
   want npm npm
   want qemu-aarch64-static qemu-user-static   # runs the aarch64 library (tests/hosts/test_binaries.py)
   want dpkg-deb dpkg
+  want chromium chromium
+  want chromedriver chromium-driver
   [[ -d /usr/share/gocode/src/github.com/mattn/go-sqlite3 ]] || need_pkgs+=(golang-github-mattn-go-sqlite3-dev)
   [[ -x /usr/bin/python3 ]] || need_pkgs+=(python3)
   /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)

@@ -57,8 +57,13 @@ def macos_expected():
     return {t: v for t, v in MACOS.items() if t in installed}
 
 
+def cargo_version():
+    with open(os.path.join(ROOT, "Cargo.toml")) as f:
+        return re.search(r'^version = "([^"]+)"', f.read(), re.M).group(1)
+
+
 def wheel_for(tag):
-    return os.path.join(DIST, f"sqlite_attachments-0.1.0-py3-none-{tag}.whl")
+    return os.path.join(DIST, f"sqlite_attachments-{cargo_version()}-py3-none-{tag}.whl")
 
 
 class LinuxLibraries(unittest.TestCase):
@@ -109,7 +114,7 @@ class Wheels(unittest.TestCase):
                 with zipfile.ZipFile(wheel) as z:
                     with open(os.path.join(DIST, rel), "rb") as f:
                         self.assertEqual(z.read("sqlite_attachments/attachments.so"), f.read())
-                    meta = z.read("sqlite_attachments-0.1.0.dist-info/WHEEL").decode()
+                    meta = z.read(f"sqlite_attachments-{cargo_version()}.dist-info/WHEEL").decode()
                 self.assertIn(f"Tag: py3-none-manylinux_2_17_{machine}\n", meta)
                 self.assertIn(f"Tag: py3-none-manylinux2014_{machine}\n", meta)
                 shown = run(auditwheel, "show", wheel)
