@@ -12,11 +12,7 @@ if driver == "apsw":
     import apsw
 
     def connect(path):
-        conn = apsw.Connection(path)
-        # sqlite3 and sqlean wait 5 s for a lock by default; apsw does not wait at all, so a
-        # read that meets the worker's commit would fail with BusyError.
-        conn.setbusytimeout(5000)
-        return conn
+        return apsw.Connection(path)
 elif driver == "sqlean":
     import sqlean
 
