@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::queue::now_ms;
 use crate::schema::quote_ident;
 use crate::store::LocalStore;
+use crate::watch::Policy;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct Reconciled {
@@ -63,25 +64,39 @@ pub fn expiry_needed(conn: &Connection, config: &Config) -> Result<bool> {
 }
 
 /// Re-runs one watch's query and brings `_attachments_ref` up to date by difference:
-/// only ids that appeared, vanished or changed are written, and they are noted in
-/// `_attachments_delta` for the next comparison. A watch with no references yet (new)
-/// skips the notes and returns true: everything must be compared anyway.
-pub fn refresh_watch(conn: &Connection, name: &str, select_sql: &str) -> Result<bool> {
+/// only ids that appeared, vanished or changed (their columns or what `policy` decides
+/// for them) are written, and they are noted in `_attachments_delta` for the next
+/// comparison. A watch with no references yet (new) skips the notes and returns true:
+/// everything must be compared anyway.
+pub fn refresh_watch(conn: &Connection, name: &str, select_sql: &str, policy: &Policy) -> Result<bool> {
     let first_run: bool =
         conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM main._attachments_ref WHERE watch = ?1)", [name], |r| r.get(0))?;
+    // The policy, applied to each row of the result.
+    // language=SQLite
+    let with_policy = format!(
+        "SELECT s.*, CASE WHEN :download AND (:max_size IS NULL OR s.size IS NULL OR s.size <= :max_size) THEN 1 ELSE 0 END AS download,
+                :priority AS priority
+         FROM ({select_sql}) AS s"
+    );
+    let policy_params = named_params! {
+        ":watch": name, ":download": policy.download, ":max_size": policy.max_download_size, ":priority": policy.priority,
+    };
     if first_run {
         // Nothing to compare with: the result goes straight into place.
-        store_refs(conn, name, "OR IGNORE", &format!("SELECT * FROM ({select_sql})"))?;
+        store_refs(conn, "OR IGNORE", &with_policy, policy_params)?;
         conn.execute("UPDATE main._attachments_watch SET dirty = 0 WHERE name = ?1", [name])?;
         return Ok(true);
     }
     // language=SQLite
     conn.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS _attachments_fresh(
-             id TEXT PRIMARY KEY, file_extension, media_type, meta_data) WITHOUT ROWID;
+             id TEXT PRIMARY KEY, file_extension, media_type, meta_data, size, download, priority) WITHOUT ROWID;
          DELETE FROM temp._attachments_fresh;",
     )?;
-    conn.execute(&format!("INSERT OR IGNORE INTO temp._attachments_fresh SELECT * FROM ({select_sql})"), [])?;
+    conn.execute(
+        &format!("INSERT OR IGNORE INTO temp._attachments_fresh SELECT * FROM ({with_policy})"),
+        named_params! {":download": policy.download, ":max_size": policy.max_download_size, ":priority": policy.priority},
+    )?;
     // Vanished from the result: candidates for archiving.
     // language=SQLite
     conn.execute(
@@ -94,39 +109,42 @@ pub fn refresh_watch(conn: &Connection, name: &str, select_sql: &str) -> Result<
         "DELETE FROM main._attachments_ref WHERE watch = ?1 AND id NOT IN (SELECT id FROM temp._attachments_fresh)",
         [name],
     )?;
-    // New or changed: candidates for a download or a restore.
+    // New or changed: candidates for a download, a restore or a new priority.
     // language=SQLite
     conn.execute(
         "INSERT OR IGNORE INTO main._attachments_delta(id)
          SELECT f.id FROM temp._attachments_fresh AS f
          WHERE NOT EXISTS (SELECT 1 FROM main._attachments_ref AS r
                            WHERE r.watch = ?1 AND r.id = f.id AND r.file_extension IS f.file_extension
-                             AND r.media_type IS f.media_type AND r.meta_data IS f.meta_data)",
+                             AND r.media_type IS f.media_type AND r.meta_data IS f.meta_data
+                             AND r.size IS f.size AND r.download IS f.download AND r.priority IS f.priority)",
         [name],
     )?;
     // language=SQLite
     store_refs(
         conn,
-        name,
         "OR REPLACE",
         "SELECT * FROM temp._attachments_fresh WHERE id IN (SELECT id FROM main._attachments_delta)",
+        named_params! {":watch": name},
     )?;
     conn.execute("DELETE FROM temp._attachments_fresh", [])?;
     conn.execute("UPDATE main._attachments_watch SET dirty = 0 WHERE name = ?1", [name])?;
     Ok(false)
 }
 
-/// Writes the rows of `source` (id, file_extension, media_type, meta_data) as watch
-/// `name`'s references, with the file name and guessed media type computed once here.
-fn store_refs(conn: &Connection, name: &str, conflict: &str, source: &str) -> Result<()> {
+/// Writes the rows of `source` (id, file_extension, media_type, meta_data, size,
+/// download, priority) as watch `:watch`'s references, with the file name and guessed
+/// media type computed once here.
+fn store_refs(conn: &Connection, conflict: &str, source: &str, params: &[(&str, &dyn rusqlite::ToSql)]) -> Result<()> {
     // language=SQLite
     conn.execute(
         &format!(
-            "INSERT {conflict} INTO main._attachments_ref(watch, id, file_extension, media_type, meta_data, filename, guessed_type)
-             SELECT ?1, id, file_extension, media_type, meta_data, filename, attachment_media_type(filename)
+            "INSERT {conflict} INTO main._attachments_ref(watch, id, file_extension, media_type, meta_data, filename, guessed_type,
+                                                           size, download, priority)
+             SELECT :watch, id, file_extension, media_type, meta_data, filename, attachment_media_type(filename), size, download, priority
              FROM (SELECT s.*, attachment_filename(s.id, coalesce(s.file_extension, '')) AS filename FROM ({source}) AS s)"
         ),
-        [name],
+        params,
     )?;
     Ok(())
 }
@@ -154,14 +172,14 @@ fn mark_due(conn: &Connection, now: i64, force: bool) -> Result<()> {
 /// the others go on. Only a busy or locked database fails the whole pass.
 /// Runs on the extension's own connection (it installs an authorizer).
 pub fn refresh_dirty_watches(conn: &Connection, config: &Config, now: i64) -> Result<bool> {
-    let dirty: Vec<(String, String)> = conn
-        .prepare("SELECT name, query FROM main._attachments_watch WHERE dirty = ?1 ORDER BY name")?
-        .query_map([DIRTY], |r| Ok((r.get(0)?, r.get(1)?)))?
+    let dirty: Vec<(String, String, String)> = conn
+        .prepare("SELECT name, query, options FROM main._attachments_watch WHERE dirty = ?1 ORDER BY name")?
+        .query_map([DIRTY], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let mut full = false;
-    for (name, query) in &dirty {
+    for (name, query, options) in &dirty {
         conn.execute_batch("SAVEPOINT _attachments_watch_run")?;
-        let outcome = crate::watch::run(conn, config, name, query);
+        let outcome = crate::watch::run(conn, config, name, query, options);
         if outcome.is_err() {
             conn.execute_batch("ROLLBACK TO _attachments_watch_run")?;
         }
@@ -201,31 +219,18 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
     let in_scope = |col: &str| {
         if force { String::new() } else { format!("AND {col} IN (SELECT id FROM main._attachments_delta)") }
     };
-    // A watch with `"download": false` references ids without downloading them; an id
-    // any other watch references with downloads on is downloaded (the most generous
-    // policy wins). Only spelled out when such a watch exists: it costs a lookup per id.
-    let quiet: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM main._attachments_watch
-                        WHERE CASE WHEN json_valid(options) THEN json_extract(options, '$.download') END = 0)",
-        [],
-        |r| r.get(0),
-    )?;
+    // Each reference carries its watch's policy (download or not, priority); an id
+    // several watches reference gets the most generous: downloaded if any of them
+    // downloads it, at the highest priority.
     let downloadable = |col: &str| {
-        if !quiet {
-            return String::new();
-        }
-        format!(
-            "AND EXISTS (SELECT 1 FROM main._attachments_ref AS d JOIN main._attachments_watch AS w ON w.name = d.watch
-                         WHERE d.id = {col}
-                           AND coalesce(CASE WHEN json_valid(w.options) THEN json_extract(w.options, '$.download') END, 1) != 0)"
-        )
+        format!("AND EXISTS (SELECT 1 FROM main._attachments_ref AS d WHERE d.id = {col} AND d.download = 1)")
     };
     let mut out = Reconciled::default();
     // One row per referenced id in scope (watches that agree on nothing: the smallest
     // file name wins); the file name is NULL when id or extension is unsafe.
     let referenced = format!(
         "SELECT id, min(filename) AS filename, coalesce(max(media_type), min(guessed_type)) AS media_type,
-                max(meta_data) AS meta_data
+                max(meta_data) AS meta_data, max(download) AS download, max(priority) AS priority
          FROM main._attachments_ref WHERE 1 {} GROUP BY id",
         in_scope("id")
     );
@@ -233,10 +238,10 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
     if out.rejected > 0 {
         log::warn!("{} referenced ids skipped: unsafe id or file_extension", out.rejected);
     }
-    // Referenced, no row: download it (when downloads are on).
+    // Referenced, no row: download it (when downloads are on and a policy downloads it).
     let queue = QueueTable::unclaimed(conn, &config.table);
     if config.download_attachments {
-        out.queued = queue.queue_downloads(&referenced, &downloadable("r.id"), now)?;
+        out.queued = queue.queue_downloads(&referenced, "AND r.download = 1", now)?;
     }
     // Referenced, ARCHIVED: back to SYNCED with its local copy if it was uploaded; a local
     // copy never uploaded goes up again; without one, download again. A download given
@@ -245,6 +250,8 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
         queue.restore_referenced(&downloadable(&format!("{t}.id")), &in_scope("id"), now, config.download_attachments)?;
     // Not referenced, SYNCED or QUEUED_DOWNLOAD: archive. Uploads and deletes finish first.
     out.archived = queue.archive_unreferenced(&in_scope("id"), now)?;
+    // Every row takes the highest priority of the watches that reference it (0 for none).
+    queue.set_priorities(&in_scope("id"))?;
     conn.execute("DELETE FROM main._attachments_delta", [])?;
     Ok(out)
 }

@@ -44,7 +44,9 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
             sql TEXT NOT NULL);
         -- The ids each watch referenced when it was last run.
         -- filename is NULL when id or extension is unsafe; both it and guessed_type
-        -- are computed once, when the reference appears or changes.
+        -- are computed once, when the reference appears or changes. size is the
+        -- query's `size` column; download (0 or 1) and priority are the watch's policy
+        -- for this id (download is 0 when size is above its max_download_size).
         CREATE TABLE IF NOT EXISTS main._attachments_ref(
             watch TEXT NOT NULL,
             id TEXT NOT NULL,
@@ -53,6 +55,9 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
             meta_data TEXT,
             filename TEXT,
             guessed_type TEXT,
+            size INTEGER,
+            download INTEGER NOT NULL DEFAULT 1,
+            priority INTEGER NOT NULL DEFAULT 0,
             PRIMARY KEY (watch, id)) WITHOUT ROWID;
         CREATE INDEX IF NOT EXISTS main._attachments_ref_by_id ON _attachments_ref(id);
         -- Ids whose references changed since the last reconciliation.
@@ -75,12 +80,16 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
             claimed_by TEXT,
             claimed_until INTEGER,
             upload_resume TEXT,
-            bytes_done INTEGER);
+            bytes_done INTEGER,
+            priority INTEGER NOT NULL DEFAULT 0);
         CREATE INDEX IF NOT EXISTS main.{idx} ON {t}(state, next_attempt_at);"
     ))?;
     // Claims are few; every pass looks for those of dead processes, so they get a small
     // index of their own (created after the column exists in tables from earlier builds).
     let claims_index = format!("CREATE INDEX IF NOT EXISTS main.{claims} ON {t}(claimed_by) WHERE claimed_by IS NOT NULL");
+    // Rows with a priority are few; reconciliation looks for them to know whether any needs resetting.
+    let priority = quote_ident(&format!("_attachments_idx_{table}_priority"));
+    let priority_index = format!("CREATE INDEX IF NOT EXISTS main.{priority} ON {t}(priority) WHERE priority != 0");
     // Columns added after the first layout, for tables created by an earlier build.
     let added = [
         (table, "upload_resume", "TEXT"),
@@ -97,6 +106,11 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
         ("_attachments_watch", "last_error", "TEXT"),
         ("_attachments_watch", "last_run", "INTEGER"),
         ("_attachments_watch", "incremental", "INTEGER NOT NULL DEFAULT 1"),
+        // Per-watch policies (priority, max_download_size, download) applied per reference.
+        ("_attachments_ref", "size", "INTEGER"),
+        ("_attachments_ref", "download", "INTEGER NOT NULL DEFAULT 1"),
+        ("_attachments_ref", "priority", "INTEGER NOT NULL DEFAULT 0"),
+        (table, "priority", "INTEGER NOT NULL DEFAULT 0"),
     ];
     for (owner, column, decl) in added {
         let present: bool = conn.query_row(
@@ -106,9 +120,15 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
         )?;
         if !present {
             conn.execute_batch(&format!("ALTER TABLE main.{} ADD COLUMN {column} {decl}", quote_ident(owner)))?;
+            if owner == "_attachments_ref" && column == "download" {
+                // References stored before policies were applied per reference: every
+                // watch runs again, so its options reach its references.
+                conn.execute_batch("UPDATE main._attachments_watch SET dirty = 1")?;
+            }
         }
     }
     conn.execute_batch(&claims_index)?;
+    conn.execute_batch(&priority_index)?;
     Ok(())
 }
 

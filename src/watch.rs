@@ -260,10 +260,11 @@ pub fn analyze(conn: &Connection, guard: &mut Guard, query: &str) -> Result<Anal
         )));
     };
     let text = |name: &str| find(name).map(|c| format!("CAST(w.{c} AS TEXT)")).unwrap_or_else(|| "NULL".into());
+    let size = find("size").map(|c| format!("CAST(w.{c} AS INTEGER)")).unwrap_or_else(|| "NULL".into());
     // The newline ends a trailing `--` comment in the query.
     // language=SQLite
     let select_sql = format!(
-        "SELECT CAST(w.{id} AS TEXT) AS id, {} AS file_extension, {} AS media_type, {} AS meta_data
+        "SELECT CAST(w.{id} AS TEXT) AS id, {} AS file_extension, {} AS media_type, {} AS meta_data, {size} AS size
          FROM ({query}\n) AS w WHERE w.{id} IS NOT NULL",
         text("file_extension"),
         text("media_type"),
@@ -337,9 +338,25 @@ impl Options {
     }
 }
 
+/// What a watch's options decide for each id it references: whether it is downloaded
+/// (`download`, and its `size` column against `max_download_size`) and its priority.
+/// An id several watches reference takes the most generous policy (see reconcile.rs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    pub download: bool,
+    pub priority: i64,
+    pub max_download_size: Option<i64>,
+}
+
+impl Options {
+    pub fn policy(&self) -> Policy {
+        Policy { download: self.download.unwrap_or(true), priority: self.priority.unwrap_or(0), max_download_size: self.max_download_size }
+    }
+}
+
 /// Aggregates that make a trial run evaluate every column of a watch's result.
 const PROBE_COLUMNS: &str =
-    "count(*), max(length(id)), max(length(file_extension)), max(length(media_type)), max(length(meta_data))";
+    "count(*), max(length(id)), max(length(file_extension)), max(length(media_type)), max(length(meta_data)), max(size)";
 
 /// Checks a watch name: 1 to 64 letters, digits, '_' or '-'.
 pub(crate) fn check_name(name: &str) -> Result<()> {
@@ -371,7 +388,7 @@ pub fn watch(conn: &Connection, target: &crate::connection::DbTarget, config: &C
         // A query that fails now would fail every pass: refuse it. Every column is used,
         // so none is skipped by the optimizer.
         let referenced: i64 = own
-            .query_row(&format!("SELECT {PROBE_COLUMNS}, count(DISTINCT id) FROM ({})", analysis.select_sql), [], |r| r.get(5))
+            .query_row(&format!("SELECT {PROBE_COLUMNS}, count(DISTINCT id) FROM ({})", analysis.select_sql), [], |r| r.get(6))
             .map_err(|e| match guard.explain(e) {
                 Error::Sqlite(e) => hint(Error::Argument(format!("query fails when it runs: {e}"))),
                 other => other,
@@ -522,7 +539,9 @@ fn sync_triggers_drop_all(conn: &Connection, name: &str) -> Result<()> {
 /// Runs on the extension's own connection, in the caller's transaction: re-analyses
 /// watch `name`'s stored query under a guard, brings its triggers up to date, and
 /// refreshes its references. Anything it does is undone if it fails.
-pub fn run(conn: &Connection, config: &Config, name: &str, query: &str) -> Result<bool> {
+pub fn run(conn: &Connection, config: &Config, name: &str, query: &str, options: &str) -> Result<bool> {
+    // Stored options are checked again: the table is writable by anyone.
+    let policy = Options::parse(Some(options))?.policy();
     let mut guard = Guard::install(conn);
     let analysis = analyze(conn, &mut guard, query)?;
     // First a read-only run under the time limit: stopping a write statement (the
@@ -534,7 +553,7 @@ pub fn run(conn: &Connection, config: &Config, name: &str, query: &str) -> Resul
     guard.seen_mut().deadline = None;
     sync_triggers(conn, config, name, &analysis.reads)?;
     conn.execute("UPDATE main._attachments_watch SET select_sql = ?2 WHERE name = ?1 AND select_sql != ?2", params![name, analysis.select_sql])?;
-    crate::reconcile::refresh_watch(conn, name, &analysis.select_sql).map_err(|e| match e {
+    crate::reconcile::refresh_watch(conn, name, &analysis.select_sql, &policy).map_err(|e| match e {
         Error::Sqlite(e) => guard.explain(e),
         other => other,
     })

@@ -121,13 +121,13 @@ impl<'c> QueueTable<'c> {
     }
 
     /// Reconciliation, referenced and no row → QUEUED_DOWNLOAD. `referenced` is a query of
-    /// (id, filename, media_type, meta_data); `filter` an extra `AND ...` on `r.id`.
+    /// (id, filename, media_type, meta_data, download, priority); `filter` an extra `AND ...` on `r`.
     pub fn queue_downloads(&self, referenced: &str, filter: &str, now: i64) -> Result<usize> {
         let t = &self.t;
         Ok(self.conn.execute(
             &format!(
-                "INSERT INTO main.{t}(id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data)
-                 SELECT r.id, r.filename, NULL, ?1, NULL, r.media_type, {DOWNLOAD}, 0, r.meta_data
+                "INSERT INTO main.{t}(id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data, priority)
+                 SELECT r.id, r.filename, NULL, ?1, NULL, r.media_type, {DOWNLOAD}, 0, r.meta_data, r.priority
                  FROM ({referenced}) AS r
                  WHERE r.filename IS NOT NULL AND NOT EXISTS (SELECT 1 FROM main.{t} AS q WHERE q.id = r.id) {filter}"
             ),
@@ -163,6 +163,32 @@ impl<'c> QueueTable<'c> {
                    AND NOT EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = {t}.id)"
             ),
             [now],
+        )?)
+    }
+
+    /// Reconciliation: each row in `scope` (applied to `id`) takes the highest priority of
+    /// the watches referencing it, 0 when none does (no state change). Skipped when no
+    /// watch sets a priority and no row has one: the common case costs nothing per row.
+    pub fn set_priorities(&self, scope: &str) -> Result<usize> {
+        let t = &self.t;
+        let any: bool = self.conn.query_row(
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM main._attachments_watch
+                                WHERE CASE WHEN json_valid(options) THEN json_extract(options, '$.priority') END != 0)
+                     OR EXISTS (SELECT 1 FROM main.{t} WHERE priority != 0)"
+            ),
+            [],
+            |r| r.get(0),
+        )?;
+        if !any {
+            return Ok(0);
+        }
+        Ok(self.conn.execute(
+            &format!(
+                "UPDATE main.{t} SET priority = {best} WHERE 1 {scope} AND priority != {best}",
+                best = format!("coalesce((SELECT max(r.priority) FROM main._attachments_ref AS r WHERE r.id = {t}.id), 0)")
+            ),
+            [],
         )?)
     }
 
@@ -299,7 +325,8 @@ impl<'c> QueueTable<'c> {
         )?)
     }
 
-    /// Claims up to `limit` rows for `lease_ms`: uploads first (their files exist nowhere
+    /// Claims up to `limit` rows for `lease_ms`: the highest priority first (the most
+    /// generous watch referencing the row), then uploads (their files exist nowhere
     /// else), then downloads, then deletes, oldest first.
     pub fn claim(&self, last_rowid: i64, limit: usize, lease_ms: i64) -> Result<Vec<Job>> {
         let t = &self.t;
@@ -309,7 +336,7 @@ impl<'c> QueueTable<'c> {
             .conn
             .prepare(&format!(
                 "SELECT id, filename, local_uri, state, media_type, sha256, attempts, upload_resume FROM main.{t}
-                 WHERE {} ORDER BY state, timestamp LIMIT ?4",
+                 WHERE {} ORDER BY priority DESC, state, timestamp LIMIT ?4",
                 self.claimable()
             ))?
             .query_map(params![last_rowid, now, self.owner, limit as i64], |r| {

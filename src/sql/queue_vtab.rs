@@ -20,9 +20,9 @@ use crate::queue::State;
 use crate::remote::ErrorClass;
 use crate::schema::quote_ident;
 
-const COLUMNS: [&str; 16] = [
+const COLUMNS: [&str; 17] = [
     "id", "filename", "local_uri", "timestamp", "size", "media_type", "state", "has_synced", "meta_data",
-    "state_name", "bytes_done", "attempts", "next_attempt_at", "last_error", "sha256", "error_class",
+    "state_name", "bytes_done", "attempts", "next_attempt_at", "last_error", "sha256", "error_class", "priority",
 ];
 const COL_STATE: usize = 6;
 const COL_STATE_NAME: usize = 9;
@@ -104,7 +104,7 @@ impl QueueCursor<'_> {
         // language=SQLite
         let sql = format!(
             "SELECT id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data,
-                    NULL, bytes_done, attempts, next_attempt_at, last_error, sha256, NULL
+                    NULL, bytes_done, attempts, next_attempt_at, last_error, sha256, NULL, priority
              FROM main.{} {filter} ORDER BY rowid",
             quote_ident(&config.table)
         );
