@@ -68,7 +68,19 @@ pub fn expiry_needed(conn: &Connection, config: &Config) -> Result<bool> {
 /// for them) are written, and they are noted in `_attachments_delta` for the next
 /// comparison. A watch with no references yet (new) skips the notes and returns true:
 /// everything must be compared anyway.
-pub fn refresh_watch(conn: &Connection, name: &str, select_sql: &str, policy: &Policy) -> Result<bool> {
+///
+/// With `rows_sql` (the watch is refreshed row by row later), `_attachments_src` is
+/// filled from it, row by row; without, the watch's rows there are dropped. Either
+/// way the rows noted as changed are done with.
+pub fn refresh_watch(conn: &Connection, name: &str, select_sql: &str, rows_sql: Option<&str>, policy: &Policy) -> Result<bool> {
+    conn.execute("DELETE FROM main._attachments_changed WHERE watch = ?1", [name])?;
+    conn.execute("DELETE FROM main._attachments_src WHERE watch = ?1", [name])?;
+    if let Some(rows_sql) = rows_sql {
+        conn.execute(
+            &format!("INSERT OR IGNORE INTO main._attachments_src(watch, rid, id) SELECT ?1, rid, id FROM ({rows_sql})"),
+            [name],
+        )?;
+    }
     let first_run: bool =
         conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM main._attachments_ref WHERE watch = ?1)", [name], |r| r.get(0))?;
     // The policy, applied to each row of the result.
@@ -110,6 +122,83 @@ pub fn refresh_watch(conn: &Connection, name: &str, select_sql: &str, policy: &P
         [name],
     )?;
     // New or changed: candidates for a download, a restore or a new priority.
+    note_new_or_changed(conn, name)?;
+    conn.execute("DELETE FROM temp._attachments_fresh", [])?;
+    conn.execute("UPDATE main._attachments_watch SET dirty = 0 WHERE name = ?1", [name])?;
+    Ok(false)
+}
+
+/// Above this many changed rows, a full run is cheaper than one lookup per row.
+const MAX_CHANGED_ROWS: i64 = 20_000;
+
+/// Refreshes watch `name` from the rows of its one table noted in `_attachments_changed`
+/// only: their results now (`rows_sql` restricted to those rowids, which SQLite looks
+/// up by rowid) against the ids they gave before (`_attachments_src`); an id is still
+/// referenced while any row of the watch gives it. The same notes in
+/// `_attachments_delta` and `_attachments_ref` as [`refresh_watch`], at a cost that
+/// follows the number of changed rows, not the table. None when too many rows changed
+/// (the caller runs the watch in full).
+pub fn refresh_rows(conn: &Connection, name: &str, rows_sql: &str, policy: &Policy) -> Result<Option<bool>> {
+    let changed: i64 = conn.query_row("SELECT count(*) FROM main._attachments_changed WHERE watch = ?1", [name], |r| r.get(0))?;
+    if changed > MAX_CHANGED_ROWS {
+        return Ok(None);
+    }
+    // language=SQLite
+    conn.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS _attachments_rows(
+             rid INTEGER, id TEXT, file_extension, media_type, meta_data, size, download, priority);
+         CREATE TEMP TABLE IF NOT EXISTS _attachments_cand(id TEXT PRIMARY KEY) WITHOUT ROWID;
+         CREATE TEMP TABLE IF NOT EXISTS _attachments_fresh(
+             id TEXT PRIMARY KEY, file_extension, media_type, meta_data, size, download, priority) WITHOUT ROWID;
+         DELETE FROM temp._attachments_rows; DELETE FROM temp._attachments_cand; DELETE FROM temp._attachments_fresh;",
+    )?;
+    let changed_rows = "SELECT rid FROM main._attachments_changed WHERE watch = :watch";
+    // language=SQLite
+    conn.execute(
+        &format!(
+            "INSERT INTO temp._attachments_rows
+             SELECT s.*, CASE WHEN :download AND (:max_size IS NULL OR s.size IS NULL OR s.size <= :max_size) THEN 1 ELSE 0 END,
+                    :priority
+             FROM ({rows_sql}) AS s WHERE s.rid IN ({changed_rows})"
+        ),
+        named_params! {
+            ":watch": name, ":download": policy.download, ":max_size": policy.max_download_size, ":priority": policy.priority,
+        },
+    )?;
+    let w = named_params! {":watch": name};
+    // Every id the changed rows gave before or give now.
+    conn.execute(
+        &format!("INSERT OR IGNORE INTO temp._attachments_cand SELECT id FROM main._attachments_src WHERE watch = :watch AND rid IN ({changed_rows})"),
+        w,
+    )?;
+    conn.execute("INSERT OR IGNORE INTO temp._attachments_cand SELECT id FROM temp._attachments_rows", [])?;
+    conn.execute(&format!("DELETE FROM main._attachments_src WHERE watch = :watch AND rid IN ({changed_rows})"), w)?;
+    conn.execute("INSERT OR IGNORE INTO main._attachments_src(watch, rid, id) SELECT :watch, rid, id FROM temp._attachments_rows", w)?;
+    // Given by no row any more: candidates for archiving.
+    // language=SQLite
+    let gone = "SELECT c.id FROM temp._attachments_cand AS c
+                WHERE NOT EXISTS (SELECT 1 FROM main._attachments_src AS s WHERE s.watch = :watch AND s.id = c.id)";
+    conn.execute(
+        &format!(
+            "INSERT OR IGNORE INTO main._attachments_delta(id)
+             SELECT g.id FROM ({gone}) AS g
+             WHERE EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.watch = :watch AND r.id = g.id)"
+        ),
+        w,
+    )?;
+    conn.execute(&format!("DELETE FROM main._attachments_ref WHERE watch = :watch AND id IN ({gone})"), w)?;
+    // New or changed: the same comparison as a full run, over the changed rows' results.
+    conn.execute("INSERT OR IGNORE INTO temp._attachments_fresh SELECT id, file_extension, media_type, meta_data, size, download, priority FROM temp._attachments_rows", [])?;
+    note_new_or_changed(conn, name)?;
+    conn.execute_batch("DELETE FROM temp._attachments_rows; DELETE FROM temp._attachments_cand; DELETE FROM temp._attachments_fresh;")?;
+    conn.execute("DELETE FROM main._attachments_changed WHERE watch = ?1", [name])?;
+    conn.execute("UPDATE main._attachments_watch SET dirty = 0 WHERE name = ?1", [name])?;
+    Ok(Some(false))
+}
+
+/// Ids of `temp._attachments_fresh` that watch `name` did not reference with these
+/// values: noted in `_attachments_delta` and stored as its references.
+fn note_new_or_changed(conn: &Connection, name: &str) -> Result<()> {
     // language=SQLite
     conn.execute(
         "INSERT OR IGNORE INTO main._attachments_delta(id)
@@ -126,10 +215,7 @@ pub fn refresh_watch(conn: &Connection, name: &str, select_sql: &str, policy: &P
         "OR REPLACE",
         "SELECT * FROM temp._attachments_fresh WHERE id IN (SELECT id FROM main._attachments_delta)",
         named_params! {":watch": name},
-    )?;
-    conn.execute("DELETE FROM temp._attachments_fresh", [])?;
-    conn.execute("UPDATE main._attachments_watch SET dirty = 0 WHERE name = ?1", [name])?;
-    Ok(false)
+    )
 }
 
 /// Writes the rows of `source` (id, file_extension, media_type, meta_data, size,
@@ -151,6 +237,9 @@ fn store_refs(conn: &Connection, conflict: &str, source: &str, params: &[(&str, 
 
 /// `_attachments_watch.dirty`: the watch's tables changed (or it is new) since its query last ran.
 pub const DIRTY: i64 = 1;
+/// `_attachments_watch.dirty`: rows of a watch refreshed row by row changed (noted in
+/// `_attachments_changed`); its row-level triggers set it.
+pub const DIRTY_ROWS: i64 = 2;
 
 /// Marks dirty every watch due to re-run ([`DUE`]), or every watch with `force`.
 fn mark_due(conn: &Connection, now: i64, force: bool) -> Result<()> {
@@ -172,14 +261,14 @@ fn mark_due(conn: &Connection, now: i64, force: bool) -> Result<()> {
 /// the others go on. Only a busy or locked database fails the whole pass.
 /// Runs on the extension's own connection (it installs an authorizer).
 pub fn refresh_dirty_watches(conn: &Connection, config: &Config, now: i64) -> Result<bool> {
-    let dirty: Vec<(String, String, String)> = conn
-        .prepare("SELECT name, query, options FROM main._attachments_watch WHERE dirty = ?1 ORDER BY name")?
-        .query_map([DIRTY], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+    let dirty: Vec<(String, String, String, i64)> = conn
+        .prepare("SELECT name, query, options, dirty FROM main._attachments_watch WHERE dirty != 0 ORDER BY name")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let mut full = false;
-    for (name, query, options) in &dirty {
+    for (name, query, options, how) in &dirty {
         conn.execute_batch("SAVEPOINT _attachments_watch_run")?;
-        let outcome = crate::watch::run(conn, config, name, query, options);
+        let outcome = crate::watch::run(conn, config, name, query, options, *how);
         if outcome.is_err() {
             conn.execute_batch("ROLLBACK TO _attachments_watch_run")?;
         }

@@ -8,6 +8,14 @@ use crate::error::Result;
 /// Bumped when the layout changes; stored in `_attachments_config`.
 pub const SCHEMA_VERSION: i64 = 1;
 
+/// Rows of a watched table changed since the watch last ran (see `_attachments_src`);
+/// also created before row-level triggers that write it are.
+// language=SQLite
+pub const CHANGED_DDL: &str = "CREATE TABLE IF NOT EXISTS main._attachments_changed(
+            watch TEXT NOT NULL,
+            rid INTEGER NOT NULL,
+            PRIMARY KEY (watch, rid)) WITHOUT ROWID;";
+
 /// Creates what is missing in `main`. Runs in the caller's transaction.
 pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
     let t = quote_ident(table);
@@ -34,7 +42,8 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
             state TEXT NOT NULL DEFAULT 'ok',
             last_error TEXT,
             last_run INTEGER,
-            incremental INTEGER NOT NULL DEFAULT 1);
+            incremental INTEGER NOT NULL DEFAULT 1,
+            rows_sql TEXT);
         -- The triggers each watch owns, with the SQL they were created from, so a pass can
         -- notice one that a table migration dropped and create it again.
         CREATE TABLE IF NOT EXISTS main._attachments_trigger(
@@ -60,6 +69,16 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
             priority INTEGER NOT NULL DEFAULT 0,
             PRIMARY KEY (watch, id)) WITHOUT ROWID;
         CREATE INDEX IF NOT EXISTS main._attachments_ref_by_id ON _attachments_ref(id);
+        -- For watches refreshed row by row (`incremental`): which ids each row of the one
+        -- table such a watch reads gave at its last run (rid is the row's rowid), and the
+        -- rows changed since (written by the watch's triggers).
+        CREATE TABLE IF NOT EXISTS main._attachments_src(
+            watch TEXT NOT NULL,
+            rid INTEGER NOT NULL,
+            id TEXT NOT NULL,
+            PRIMARY KEY (watch, rid, id)) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS main._attachments_src_by_id ON _attachments_src(watch, id);
+        {CHANGED_DDL}
         -- Ids whose references changed since the last reconciliation.
         CREATE TABLE IF NOT EXISTS main._attachments_delta(id TEXT PRIMARY KEY) WITHOUT ROWID;
         -- The queue: the contract's nine columns, then bookkeeping.
@@ -106,6 +125,8 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
         ("_attachments_watch", "last_error", "TEXT"),
         ("_attachments_watch", "last_run", "INTEGER"),
         ("_attachments_watch", "incremental", "INTEGER NOT NULL DEFAULT 1"),
+        // The row-attributed query `_attachments_src` was last filled from (NULL: none).
+        ("_attachments_watch", "rows_sql", "TEXT"),
         // Per-watch policies (priority, max_download_size, download) applied per reference.
         ("_attachments_ref", "size", "INTEGER"),
         ("_attachments_ref", "download", "INTEGER NOT NULL DEFAULT 1"),

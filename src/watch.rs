@@ -206,6 +206,120 @@ impl Drop for Guard<'_> {
 pub struct Analysis {
     pub reads: Reads,
     pub select_sql: String,
+    /// For a query that can be refreshed row by row: the one table it reads, and the
+    /// same SELECT with a first column `rid`, the rowid of the row each result came from.
+    pub rows: Option<(String, String)>,
+}
+
+/// The words of `query` (upper case), with string literals, quoted identifiers and
+/// comments left out, each with the byte offset where it starts.
+fn words(query: &str) -> Vec<(usize, String)> {
+    let b = query.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let close = match c {
+            b'\'' => Some(b'\''),
+            b'"' => Some(b'"'),
+            b'`' => Some(b'`'),
+            b'[' => Some(b']'),
+            _ => None,
+        };
+        if let Some(close) = close {
+            i += 1;
+            while i < b.len() && b[i] != close {
+                i += 1;
+            }
+            i += 1;
+        } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
+            i += 2;
+            while i < b.len() && !(b[i] == b'*' && b.get(i + 1) == Some(&b'/')) {
+                i += 1;
+            }
+            i += 2;
+        } else if c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80 {
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] >= 0x80) {
+                i += 1;
+            }
+            out.push((start, query[start..i].to_ascii_uppercase()));
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Words that make a query's result depend on more than each row by itself (or that
+/// this simple reading cannot follow): such a watch is re-run in full.
+const NOT_ROW_BY_ROW: [&str; 11] =
+    ["WITH", "UNION", "INTERSECT", "EXCEPT", "GROUP", "HAVING", "LIMIT", "OFFSET", "OVER", "WINDOW", "VALUES"];
+
+/// `query` with the rowid of its one table as a first column `_attachments_rid`, when
+/// its shape allows a refresh row by row: one SELECT (no subquery, compound or CTE),
+/// nothing that groups, limits or looks across rows. The caller checks the rest by
+/// preparing it (see [`row_by_row`]).
+fn with_rowid(query: &str) -> Option<String> {
+    let words = words(query);
+    let selects: Vec<usize> = words.iter().filter(|(_, w)| w == "SELECT").map(|(i, _)| *i).collect();
+    if selects.len() != 1 || words.first().map(|(_, w)| w.as_str()) != Some("SELECT") {
+        return None;
+    }
+    if words.iter().any(|(_, w)| NOT_ROW_BY_ROW.contains(&w.as_str())) {
+        return None;
+    }
+    // After SELECT [DISTINCT | ALL].
+    let mut at = selects[0] + "SELECT".len();
+    if let Some((i, w)) = words.get(1) {
+        if w == "DISTINCT" || w == "ALL" {
+            at = i + w.len();
+        }
+    }
+    Some(format!("{} rowid AS _attachments_rid, {}", &query[..at], &query[at..]))
+}
+
+/// Whether `rows_sql` (a query of one table `table`, with its rowid) gives each result
+/// from one row alone: the table is read once (no self join) and nothing aggregates.
+/// Decided from the program SQLite compiles it to.
+fn row_by_row(conn: &Connection, table: &str, rows_sql: &str) -> bool {
+    let check = || -> rusqlite::Result<bool> {
+        let (root, sql): (i64, Option<String>) = conn.query_row(
+            "SELECT rootpage, sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+            [table],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if sql.is_none_or(|s| s.to_ascii_uppercase().contains("WITHOUT ROWID")) {
+            return Ok(false);
+        }
+        // A column named like the rowid hides it.
+        let hidden: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE lower(name) IN ('rowid', 'oid', '_rowid_'))",
+            [table],
+            |r| r.get(0),
+        )?;
+        if hidden {
+            return Ok(false);
+        }
+        let mut stmt = conn.prepare(&format!("EXPLAIN {rows_sql}"))?;
+        let mut rows = stmt.query([])?;
+        let mut opens = 0;
+        while let Some(r) = rows.next()? {
+            let opcode: String = r.get(1)?;
+            if opcode.starts_with("Agg") {
+                return Ok(false);
+            }
+            if (opcode == "OpenRead" || opcode == "ReopenIdx") && r.get::<_, i64>(3)? == root {
+                opens += 1;
+            }
+        }
+        Ok(opens <= 1)
+    };
+    check().unwrap_or(false)
 }
 
 /// Prepares `query` under `guard` to learn what it reads, and wraps it into the SELECT
@@ -263,14 +377,26 @@ pub fn analyze(conn: &Connection, guard: &mut Guard, query: &str) -> Result<Anal
     let size = find("size").map(|c| format!("CAST(w.{c} AS INTEGER)")).unwrap_or_else(|| "NULL".into());
     // The newline ends a trailing `--` comment in the query.
     // language=SQLite
-    let select_sql = format!(
-        "SELECT CAST(w.{id} AS TEXT) AS id, {} AS file_extension, {} AS media_type, {} AS meta_data, {size} AS size
-         FROM ({query}\n) AS w WHERE w.{id} IS NOT NULL",
-        text("file_extension"),
-        text("media_type"),
-        text("meta_data")
-    );
-    Ok(Analysis { reads, select_sql })
+    let wrap = |rid: &str, query: &str| {
+        format!(
+            "SELECT {rid}CAST(w.{id} AS TEXT) AS id, {} AS file_extension, {} AS media_type, {} AS meta_data, {size} AS size
+             FROM ({query}\n) AS w WHERE w.{id} IS NOT NULL",
+            text("file_extension"),
+            text("media_type"),
+            text("meta_data")
+        )
+    };
+    let select_sql = wrap("", query);
+    // Row by row only for one table of main (no CTE) whose query keeps each row apart.
+    let rows = match (reads.len(), with_rowid(query)) {
+        (1, Some(q)) if !columns.iter().any(|c| c.eq_ignore_ascii_case("_attachments_rid")) => {
+            let table = reads.keys().next().cloned().unwrap_or_default();
+            let rows_sql = wrap("w._attachments_rid AS rid, ", &q);
+            row_by_row(conn, &table, &rows_sql).then_some((table, rows_sql))
+        }
+        _ => None,
+    };
+    Ok(Analysis { reads, select_sql, rows })
 }
 
 /// A watch's options (the contract's `attachment_watch` third argument).
@@ -410,7 +536,7 @@ pub fn watch(conn: &Connection, target: &crate::connection::DbTarget, config: &C
              options = excluded.options, refresh_ms = excluded.refresh_ms, state = 'ok', last_error = NULL",
         params![name, query, analysis.select_sql, options.to_json(), options.refresh_ms],
     )?;
-    sync_triggers(conn, config, name, &analysis.reads)?;
+    sync_triggers(conn, config, name, &analysis.reads, analysis.rows.as_ref().map(|(t, _)| t.as_str()))?;
     // The references themselves are refreshed by the next reconciliation (dirty = 1).
     Ok(referenced as usize)
 }
@@ -424,9 +550,12 @@ pub(crate) fn trigger_name(name: &str, table: &str, suffix: &str) -> String {
 
 /// Makes watch `name`'s triggers those its `reads` need: creates missing ones (a table
 /// migration drops them with the table), re-creates changed ones, drops the rest.
-/// Sets and returns `incremental`: false when it reads a table that cannot carry
-/// triggers (a view's base tables are seen instead; virtual and internal tables are not).
-pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Reads) -> Result<bool> {
+/// With `row_table`, the triggers on that table note each changed row in
+/// `_attachments_changed` (the watch is refreshed row by row); the others mark the
+/// whole watch dirty. Sets and returns `incremental`: whether the watch is refreshed
+/// row by row (false too when `row_table` cannot carry triggers: a view's base tables
+/// are seen instead; virtual and internal tables are not).
+pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Reads, row_table: Option<&str>) -> Result<bool> {
     // Triggers of earlier builds, named in the `triggers` column.
     let legacy: Option<String> =
         conn.query_row("SELECT triggers FROM main._attachments_watch WHERE name = ?1", [name], |r| r.get(0)).optional()?;
@@ -439,7 +568,7 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
         conn.execute("UPDATE main._attachments_watch SET triggers = '[]' WHERE name = ?1", [name])?;
     }
     let mut wanted: BTreeMap<String, (String, String)> = BTreeMap::new();
-    let mut incremental = true;
+    let mut incremental = row_table.is_some();
     for (table, columns) in reads {
         let kind: Option<String> = conn
             .query_row("SELECT type FROM main.sqlite_schema WHERE name = ?1 COLLATE NOCASE AND type IN ('table', 'view')", [table], |r| r.get(0))
@@ -464,16 +593,39 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
             .collect::<rusqlite::Result<_>>()?;
         let of: Vec<String> = columns.iter().filter(|c| real.contains(c)).map(|c| quote_ident(c)).collect();
         let update = if of.is_empty() { "UPDATE".to_string() } else { format!("UPDATE OF {}", of.join(", ")) };
+        let row_level = incremental && row_table.is_some_and(|t| t.eq_ignore_ascii_case(table));
+        if row_level {
+            conn.execute_batch(crate::schema::CHANGED_DDL)?;
+        }
+        let w = quote_literal(name);
         for (suffix, event) in [("ins", "INSERT".to_string()), ("upd", update), ("del", "DELETE".to_string())] {
             let trigger = trigger_name(name, table, suffix);
+            // Row level: the rows changed are noted (without a conflict clause, which the
+            // app's own `UPDATE OR ABORT` would override), and the watch marked for a
+            // refresh of those rows unless a full one is due anyway.
             // language=SQLite
+            let body = if row_level {
+                let note = |row: &str| {
+                    format!(
+                        "INSERT INTO _attachments_changed(watch, rid) SELECT {w}, {row}.rowid
+                         WHERE NOT EXISTS (SELECT 1 FROM _attachments_changed WHERE watch = {w} AND rid = {row}.rowid);"
+                    )
+                };
+                let notes = match suffix {
+                    "ins" => note("NEW"),
+                    "del" => note("OLD"),
+                    _ => format!("{}\n{}", note("OLD"), note("NEW")),
+                };
+                format!("{notes}\n UPDATE _attachments_watch SET dirty = 2 WHERE name = {w} AND dirty = 0;")
+            } else {
+                format!("UPDATE _attachments_watch SET dirty = 1 WHERE name = {w} AND dirty != 1;")
+            };
             let sql = format!(
                 "CREATE TRIGGER main.{} AFTER {event} ON {} BEGIN
-                   UPDATE _attachments_watch SET dirty = 1 WHERE name = {} AND dirty != 1;
+                   {body}
                  END",
                 quote_ident(&trigger),
                 quote_ident(table),
-                quote_literal(name)
             );
             wanted.insert(trigger, (table.clone(), sql));
         }
@@ -512,6 +664,8 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
 /// Drops watch `name` with its triggers and references; false if there was none.
 pub fn unwatch(conn: &Connection, name: &str) -> Result<bool> {
     sync_triggers_drop_all(conn, name)?;
+    conn.execute("DELETE FROM main._attachments_src WHERE watch = ?1", [name])?;
+    conn.execute("DELETE FROM main._attachments_changed WHERE watch = ?1", [name])?;
     // What only this watch referenced may now be archived.
     conn.execute("INSERT OR IGNORE INTO main._attachments_delta(id) SELECT id FROM main._attachments_ref WHERE watch = ?1", [name])?;
     conn.execute("DELETE FROM main._attachments_ref WHERE watch = ?1", [name])?;
@@ -538,25 +692,49 @@ fn sync_triggers_drop_all(conn: &Connection, name: &str) -> Result<()> {
 
 /// Runs on the extension's own connection, in the caller's transaction: re-analyses
 /// watch `name`'s stored query under a guard, brings its triggers up to date, and
-/// refreshes its references. Anything it does is undone if it fails.
-pub fn run(conn: &Connection, config: &Config, name: &str, query: &str, options: &str) -> Result<bool> {
+/// refreshes its references: only the rows noted as changed when `dirty` says so
+/// (`DIRTY_ROWS`) and the watch is refreshed row by row from the same query as before,
+/// else in full. Anything it does is undone if it fails. True when every row then needs comparing.
+pub fn run(conn: &Connection, config: &Config, name: &str, query: &str, options: &str, dirty: i64) -> Result<bool> {
     // Stored options are checked again: the table is writable by anyone.
     let policy = Options::parse(Some(options))?.policy();
     let mut guard = Guard::install(conn);
     let analysis = analyze(conn, &mut guard, query)?;
-    // First a read-only run under the time limit: stopping a write statement (the
-    // INSERT … SELECT that stores the result) would roll back the whole transaction,
+    let row_table = analysis.rows.as_ref().map(|(t, _)| t.as_str());
+    let rows_sql = analysis.rows.as_ref().map(|(_, q)| q.as_str());
+    let (was_incremental, last_rows_sql): (bool, Option<String>) = conn.query_row(
+        "SELECT incremental, rows_sql FROM main._attachments_watch WHERE name = ?1",
+        [name],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let incremental = sync_triggers(conn, config, name, &analysis.reads, row_table)?;
+    let rows_sql = rows_sql.filter(|_| incremental);
+    conn.execute("UPDATE main._attachments_watch SET select_sql = ?2 WHERE name = ?1 AND select_sql != ?2", params![name, analysis.select_sql])?;
+    let explain = |e: Error| match e {
+        Error::Sqlite(e) => guard.explain(e),
+        other => other,
+    };
+    if let Some(rows_sql) = rows_sql {
+        let same = was_incremental && last_rows_sql.as_deref() == Some(rows_sql);
+        if dirty == crate::reconcile::DIRTY_ROWS && same {
+            if let Some(full) = crate::reconcile::refresh_rows(conn, name, rows_sql, &policy).map_err(explain)? {
+                return Ok(full);
+            }
+        }
+    }
+    // In full. First a read-only run under the time limit: stopping a write statement
+    // (the INSERT … SELECT that stores the result) would roll back the whole transaction,
     // stopping a read-only one does not. Every column is used, so none is skipped.
     conn.query_row(&format!("SELECT {PROBE_COLUMNS} FROM ({})", analysis.select_sql), [], |_| Ok(()))
         .map_err(|e| guard.explain(e))?;
     // Within one transaction the same query over the same data takes as long again.
     guard.seen_mut().deadline = None;
-    sync_triggers(conn, config, name, &analysis.reads)?;
-    conn.execute("UPDATE main._attachments_watch SET select_sql = ?2 WHERE name = ?1 AND select_sql != ?2", params![name, analysis.select_sql])?;
-    crate::reconcile::refresh_watch(conn, name, &analysis.select_sql, &policy).map_err(|e| match e {
+    let full = crate::reconcile::refresh_watch(conn, name, &analysis.select_sql, rows_sql, &policy).map_err(|e| match e {
         Error::Sqlite(e) => guard.explain(e),
         other => other,
-    })
+    })?;
+    conn.execute("UPDATE main._attachments_watch SET rows_sql = ?2 WHERE name = ?1", params![name, rows_sql])?;
+    Ok(full)
 }
 
 #[cfg(test)]
