@@ -594,11 +594,18 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
         let of: Vec<String> = columns.iter().filter(|c| real.contains(c)).map(|c| quote_ident(c)).collect();
         let update = if of.is_empty() { "UPDATE".to_string() } else { format!("UPDATE OF {}", of.join(", ")) };
         let row_level = incremental && row_table.is_some_and(|t| t.eq_ignore_ascii_case(table));
-        if row_level {
+        let update = if row_level {
             conn.execute_batch(crate::schema::CHANGED_DDL)?;
-        }
+            // Any update that moves a row (a new rowid) or changes a column the query reads;
+            // one that writes the same values notes nothing.
+            let changed: Vec<String> = of.iter().map(|c| format!(" OR OLD.{c} IS NOT NEW.{c}")).collect();
+            format!("UPDATE ON {} WHEN OLD.rowid != NEW.rowid{}", quote_ident(table), changed.concat())
+        } else {
+            format!("{update} ON {}", quote_ident(table))
+        };
         let w = quote_literal(name);
-        for (suffix, event) in [("ins", "INSERT".to_string()), ("upd", update), ("del", "DELETE".to_string())] {
+        let on = |event: &str| format!("{event} ON {}", quote_ident(table));
+        for (suffix, event) in [("ins", on("INSERT")), ("upd", update.clone()), ("del", on("DELETE"))] {
             let trigger = trigger_name(name, table, suffix);
             // Row level: the rows changed are noted (without a conflict clause, which the
             // app's own `UPDATE OR ABORT` would override), and the watch marked for a
@@ -621,11 +628,10 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
                 format!("UPDATE _attachments_watch SET dirty = 1 WHERE name = {w} AND dirty != 1;")
             };
             let sql = format!(
-                "CREATE TRIGGER main.{} AFTER {event} ON {} BEGIN
+                "CREATE TRIGGER main.{} AFTER {event} BEGIN
                    {body}
                  END",
                 quote_ident(&trigger),
-                quote_ident(table),
             );
             wanted.insert(trigger, (table.clone(), sql));
         }
