@@ -281,7 +281,8 @@ def reconcile_one_change():
         c = connect(os.path.join(work, "a.db"), local_dir="files", remote=f"file://{work}/remote")
         c.execute("CREATE TABLE docs(id INTEGER PRIMARY KEY, file_id TEXT)")
         c.execute(f"INSERT INTO docs SELECT value, lower(hex(randomblob(16))) FROM ({series(n)})")
-        c.execute("CREATE TABLE docs_plain AS SELECT * FROM docs")
+        c.execute("CREATE TABLE docs_plain(id INTEGER PRIMARY KEY, file_id TEXT)")
+        c.execute("INSERT INTO docs_plain SELECT * FROM docs")
         c.execute("SELECT attachment_watch('docs', 'SELECT file_id AS id, ''pdf'' AS file_extension FROM docs')")
         t0 = time.perf_counter()
         queued = json.loads(one(c, "SELECT attachment_reconcile()"))["queued_downloads"]

@@ -36,16 +36,24 @@ const DUE: &str = "(refresh_ms IS NOT NULL AND coalesce(last_run, 0) + max(refre
 
 /// Whether [`reconcile`] has anything to do: one read, so a caller can skip the write transaction.
 pub fn needed(conn: &Connection, force: bool) -> Result<bool> {
-    let (watches, pending, delta): (i64, i64, bool) = conn.query_row(
+    let (watches, pending, delta, rows): (i64, i64, bool, bool) = conn.query_row(
         &format!(
             "SELECT count(*), count(*) FILTER (WHERE dirty != 0 OR {DUE}),
-                    EXISTS (SELECT 1 FROM main._attachments_delta)
+                    EXISTS (SELECT 1 FROM main._attachments_delta),
+                    EXISTS (SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = '_attachments_changed')
              FROM main._attachments_watch"
         ),
         named_params! {":now": now_ms()},
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
     )?;
-    Ok(watches > 0 && (pending > 0 || delta || force))
+    if watches == 0 {
+        return Ok(false);
+    }
+    if pending > 0 || delta || force {
+        return Ok(true);
+    }
+    // Rows noted by a watch's row-level triggers (the table exists once one has them).
+    Ok(rows && conn.query_row("SELECT EXISTS (SELECT 1 FROM main._attachments_changed)", [], |r| r.get(0))?)
 }
 
 /// When the earliest `refresh_ms` of a watch falls due (ms since the epoch), for the
@@ -237,9 +245,7 @@ fn store_refs(conn: &Connection, conflict: &str, source: &str, params: &[(&str, 
 
 /// `_attachments_watch.dirty`: the watch's tables changed (or it is new) since its query last ran.
 pub const DIRTY: i64 = 1;
-/// `_attachments_watch.dirty`: rows of a watch refreshed row by row changed (noted in
-/// `_attachments_changed`); its row-level triggers set it.
-pub const DIRTY_ROWS: i64 = 2;
+
 
 /// Marks dirty every watch due to re-run ([`DUE`]), or every watch with `force`.
 fn mark_due(conn: &Connection, now: i64, force: bool) -> Result<()> {
@@ -262,7 +268,11 @@ fn mark_due(conn: &Connection, now: i64, force: bool) -> Result<()> {
 /// Runs on the extension's own connection (it installs an authorizer).
 pub fn refresh_dirty_watches(conn: &Connection, config: &Config, now: i64) -> Result<bool> {
     let dirty: Vec<(String, String, String, i64)> = conn
-        .prepare("SELECT name, query, options, dirty FROM main._attachments_watch WHERE dirty != 0 ORDER BY name")?
+        .prepare(
+            "SELECT name, query, options, dirty FROM main._attachments_watch AS w
+             WHERE dirty != 0 OR EXISTS (SELECT 1 FROM main._attachments_changed AS c WHERE c.watch = w.name)
+             ORDER BY name",
+        )?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let mut full = false;
@@ -302,6 +312,7 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
     if !needed(conn, force)? {
         return Ok(Reconciled::default());
     }
+    conn.execute_batch(crate::schema::ROWS_DDL)?;
     mark_due(conn, now, force)?;
     let force = refresh_dirty_watches(conn, config, now)? || force;
     let t = quote_ident(&config.table);

@@ -16,6 +16,20 @@ pub const CHANGED_DDL: &str = "CREATE TABLE IF NOT EXISTS main._attachments_chan
             rid INTEGER NOT NULL,
             PRIMARY KEY (watch, rid)) WITHOUT ROWID;";
 
+/// The tables of the row-by-row refresh; also made sure of by reconciliation, which
+/// may run on a database an earlier build created before anything else here ran.
+// language=SQLite
+pub const ROWS_DDL: &str = "CREATE TABLE IF NOT EXISTS main._attachments_src(
+            watch TEXT NOT NULL,
+            rid INTEGER NOT NULL,
+            id TEXT NOT NULL,
+            PRIMARY KEY (watch, rid, id)) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS main._attachments_src_by_id ON _attachments_src(watch, id);
+        CREATE TABLE IF NOT EXISTS main._attachments_changed(
+            watch TEXT NOT NULL,
+            rid INTEGER NOT NULL,
+            PRIMARY KEY (watch, rid)) WITHOUT ROWID;";
+
 /// Creates what is missing in `main`. Runs in the caller's transaction.
 pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
     let t = quote_ident(table);
@@ -72,13 +86,7 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
         -- For watches refreshed row by row (`incremental`): which ids each row of the one
         -- table such a watch reads gave at its last run (rid is the row's rowid), and the
         -- rows changed since (written by the watch's triggers).
-        CREATE TABLE IF NOT EXISTS main._attachments_src(
-            watch TEXT NOT NULL,
-            rid INTEGER NOT NULL,
-            id TEXT NOT NULL,
-            PRIMARY KEY (watch, rid, id)) WITHOUT ROWID;
-        CREATE INDEX IF NOT EXISTS main._attachments_src_by_id ON _attachments_src(watch, id);
-        {CHANGED_DDL}
+        {ROWS_DDL}
         -- Ids whose references changed since the last reconciliation.
         CREATE TABLE IF NOT EXISTS main._attachments_delta(id TEXT PRIMARY KEY) WITHOUT ROWID;
         -- The queue: the contract's nine columns, then bookkeeping.

@@ -605,11 +605,16 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
         };
         let w = quote_literal(name);
         let on = |event: &str| format!("{event} ON {}", quote_ident(table));
-        for (suffix, event) in [("ins", on("INSERT")), ("upd", update.clone()), ("del", on("DELETE"))] {
+        let mut events = vec![("ins", on("INSERT")), ("upd", update.clone()), ("del", on("DELETE"))];
+        if row_level {
+            // A row that moved (a new rowid) no longer gives what it gave under the old one.
+            // A trigger of its own, so the common update runs one statement, not two.
+            events.push(("mov", format!("UPDATE ON {} WHEN OLD.rowid != NEW.rowid", quote_ident(table))));
+        }
+        for (suffix, event) in events {
             let trigger = trigger_name(name, table, suffix);
-            // Row level: the rows changed are noted (without a conflict clause, which the
-            // app's own `UPDATE OR ABORT` would override), and the watch marked for a
-            // refresh of those rows unless a full one is due anyway.
+            // Row level: the rows changed are noted, without a conflict clause (the app's
+            // own `UPDATE OR ABORT` would override it); a note is what marks the watch.
             // language=SQLite
             let body = if row_level {
                 let note = |row: &str| {
@@ -618,12 +623,7 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
                          WHERE NOT EXISTS (SELECT 1 FROM _attachments_changed WHERE watch = {w} AND rid = {row}.rowid);"
                     )
                 };
-                let notes = match suffix {
-                    "ins" => note("NEW"),
-                    "del" => note("OLD"),
-                    _ => format!("{}\n{}", note("OLD"), note("NEW")),
-                };
-                format!("{notes}\n UPDATE _attachments_watch SET dirty = 2 WHERE name = {w} AND dirty = 0;")
+                note(if matches!(suffix, "del" | "mov") { "OLD" } else { "NEW" })
             } else {
                 format!("UPDATE _attachments_watch SET dirty = 1 WHERE name = {w} AND dirty != 1;")
             };
@@ -698,9 +698,9 @@ fn sync_triggers_drop_all(conn: &Connection, name: &str) -> Result<()> {
 
 /// Runs on the extension's own connection, in the caller's transaction: re-analyses
 /// watch `name`'s stored query under a guard, brings its triggers up to date, and
-/// refreshes its references: only the rows noted as changed when `dirty` says so
-/// (`DIRTY_ROWS`) and the watch is refreshed row by row from the same query as before,
-/// else in full. Anything it does is undone if it fails. True when every row then needs comparing.
+/// refreshes its references: only the rows noted as changed when `dirty` is not
+/// [`crate::reconcile::DIRTY`] and the watch is refreshed row by row from the same
+/// query as before, else in full. Anything it does is undone if it fails. True when every row then needs comparing.
 pub fn run(conn: &Connection, config: &Config, name: &str, query: &str, options: &str, dirty: i64) -> Result<bool> {
     // Stored options are checked again: the table is writable by anyone.
     let policy = Options::parse(Some(options))?.policy();
@@ -722,7 +722,7 @@ pub fn run(conn: &Connection, config: &Config, name: &str, query: &str, options:
     };
     if let Some(rows_sql) = rows_sql {
         let same = was_incremental && last_rows_sql.as_deref() == Some(rows_sql);
-        if dirty == crate::reconcile::DIRTY_ROWS && same {
+        if dirty != crate::reconcile::DIRTY && same {
             if let Some(full) = crate::reconcile::refresh_rows(conn, name, rows_sql, &policy).map_err(explain)? {
                 return Ok(full);
             }

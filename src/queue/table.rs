@@ -120,6 +120,17 @@ impl<'c> QueueTable<'c> {
         )?)
     }
 
+    /// `state` as reconciliation's statements test it: with a scope (a few changed ids),
+    /// `+state`, so SQLite looks the ids up by key instead of walking every row of a
+    /// state through the state index (which made one change cost a pass over the queue).
+    fn state_column(scope: &str) -> &'static str {
+        if scope.is_empty() {
+            "state"
+        } else {
+            "+state"
+        }
+    }
+
     /// Reconciliation, referenced and no row → QUEUED_DOWNLOAD. `referenced` is a query of
     /// (id, filename, media_type, meta_data, download, priority); `filter` an extra `AND ...` on `r`.
     pub fn queue_downloads(&self, referenced: &str, filter: &str, now: i64) -> Result<usize> {
@@ -141,11 +152,12 @@ impl<'c> QueueTable<'c> {
     /// `filter` applies to `{t}.id` (download policy), `scope` to `id` (changed ids).
     pub fn restore_referenced(&self, filter: &str, scope: &str, now: i64, download: bool) -> Result<usize> {
         let t = &self.t;
+        let state = Self::state_column(scope);
         Ok(self.conn.execute(
             &format!(
                 "UPDATE main.{t} SET state = CASE WHEN local_uri IS NULL THEN {DOWNLOAD} WHEN has_synced = 1 THEN {SYNCED} ELSE {UPLOAD} END,
                      timestamp = ?1, {SUCCESS}
-                 WHERE state = {ARCHIVED} AND given_up = 0 AND (local_uri IS NOT NULL OR (?2 {filter})) {scope}
+                 WHERE {state} = {ARCHIVED} AND given_up = 0 AND (local_uri IS NOT NULL OR (?2 {filter})) {scope}
                    AND EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = {t}.id)"
             ),
             params![now, download],
@@ -156,10 +168,11 @@ impl<'c> QueueTable<'c> {
     /// deletes finish first. `scope` applies to `id`.
     pub fn archive_unreferenced(&self, scope: &str, now: i64) -> Result<usize> {
         let t = &self.t;
+        let state = Self::state_column(scope);
         Ok(self.conn.execute(
             &format!(
                 "UPDATE main.{t} SET state = {ARCHIVED}, given_up = 0, timestamp = ?1
-                 WHERE state IN ({DOWNLOAD}, {SYNCED}) {scope}
+                 WHERE {state} IN ({DOWNLOAD}, {SYNCED}) {scope}
                    AND NOT EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = {t}.id)"
             ),
             [now],

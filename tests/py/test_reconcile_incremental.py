@@ -101,7 +101,7 @@ class RowByRow(Case):
                 for sql in batch:
                     w.execute(sql)
                 w.execute("COMMIT")
-            row_level_runs += one(inc, "SELECT count(*) FROM _attachments_watch WHERE dirty = 2") > 0
+            row_level_runs += one(inc, "SELECT count(*) FROM _attachments_changed") > 0
             one(inc, "SELECT attachment_reconcile()")
             # The other database re-runs every watch in full, as before row-level refresh.
             writers[1].execute("UPDATE _attachments_watch SET dirty = 1")
