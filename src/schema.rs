@@ -9,12 +9,11 @@ use crate::error::Result;
 pub const SCHEMA_VERSION: i64 = 1;
 
 /// Rows of a watched table changed since the watch last ran (see `_attachments_src`);
-/// also created before row-level triggers that write it are.
+/// also created before row-level triggers that write it are. Append-only, without a
+/// key or constraint: the cheapest insert for the app's writes (a row changed twice is
+/// noted twice), and none that could conflict under the app's own `OR ROLLBACK`.
 // language=SQLite
-pub const CHANGED_DDL: &str = "CREATE TABLE IF NOT EXISTS main._attachments_changed(
-            watch TEXT NOT NULL,
-            rid INTEGER NOT NULL,
-            PRIMARY KEY (watch, rid)) WITHOUT ROWID;";
+pub const CHANGED_DDL: &str = "CREATE TABLE IF NOT EXISTS main._attachments_changed(watch TEXT, rid INTEGER);";
 
 /// The tables of the row-by-row refresh; also made sure of by reconciliation, which
 /// may run on a database an earlier build created before anything else here ran.
@@ -25,10 +24,7 @@ pub const ROWS_DDL: &str = "CREATE TABLE IF NOT EXISTS main._attachments_src(
             id TEXT NOT NULL,
             PRIMARY KEY (watch, rid, id)) WITHOUT ROWID;
         CREATE INDEX IF NOT EXISTS main._attachments_src_by_id ON _attachments_src(watch, id);
-        CREATE TABLE IF NOT EXISTS main._attachments_changed(
-            watch TEXT NOT NULL,
-            rid INTEGER NOT NULL,
-            PRIMARY KEY (watch, rid)) WITHOUT ROWID;";
+        CREATE TABLE IF NOT EXISTS main._attachments_changed(watch TEXT, rid INTEGER);";
 
 /// Creates what is missing in `main`. Runs in the caller's transaction.
 pub fn ensure(conn: &Connection, table: &str) -> Result<()> {

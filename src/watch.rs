@@ -613,16 +613,11 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
         }
         for (suffix, event) in events {
             let trigger = trigger_name(name, table, suffix);
-            // Row level: the rows changed are noted, without a conflict clause (the app's
-            // own `UPDATE OR ABORT` would override it); a note is what marks the watch.
+            // Row level: the rows changed are noted (an append, nothing that can conflict);
+            // a note is what marks the watch.
             // language=SQLite
             let body = if row_level {
-                let note = |row: &str| {
-                    format!(
-                        "INSERT INTO _attachments_changed(watch, rid) SELECT {w}, {row}.rowid
-                         WHERE NOT EXISTS (SELECT 1 FROM _attachments_changed WHERE watch = {w} AND rid = {row}.rowid);"
-                    )
-                };
+                let note = |row: &str| format!("INSERT INTO _attachments_changed(watch, rid) VALUES ({w}, {row}.rowid);");
                 note(if matches!(suffix, "del" | "mov") { "OLD" } else { "NEW" })
             } else {
                 format!("UPDATE _attachments_watch SET dirty = 1 WHERE name = {w} AND dirty != 1;")
