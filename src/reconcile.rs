@@ -299,6 +299,12 @@ pub fn refresh_dirty_watches(conn: &Connection, config: &Config, now: i64) -> Re
             "UPDATE main._attachments_watch SET dirty = 0, state = ?2, last_error = ?3, last_run = ?4 WHERE name = ?1",
             rusqlite::params![name, if error.is_some() { "failed" } else { "ok" }, error, now],
         )?;
+        if error.is_some() {
+            // Its rows noted so far are dropped and its next run is a full one, so a failed
+            // watch is not retried on every pass, only when its tables change again.
+            conn.execute("DELETE FROM main._attachments_changed WHERE watch = ?1", [name])?;
+            conn.execute("UPDATE main._attachments_watch SET rows_sql = NULL WHERE name = ?1", [name])?;
+        }
     }
     Ok(full)
 }

@@ -53,7 +53,8 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
             last_error TEXT,
             last_run INTEGER,
             incremental INTEGER NOT NULL DEFAULT 1,
-            rows_sql TEXT);
+            rows_sql TEXT,
+            rows_schema INTEGER);
         -- The triggers each watch owns, with the SQL they were created from, so a pass can
         -- notice one that a table migration dropped and create it again.
         CREATE TABLE IF NOT EXISTS main._attachments_trigger(
@@ -131,6 +132,9 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
         ("_attachments_watch", "incremental", "INTEGER NOT NULL DEFAULT 1"),
         // The row-attributed query `_attachments_src` was last filled from (NULL: none).
         ("_attachments_watch", "rows_sql", "TEXT"),
+        // PRAGMA schema_version when it was: VACUUM (which may renumber rowids) and
+        // migrations change it, and then the watch runs in full.
+        ("_attachments_watch", "rows_schema", "INTEGER"),
         // Per-watch policies (priority, max_download_size, download) applied per reference.
         ("_attachments_ref", "size", "INTEGER"),
         ("_attachments_ref", "download", "INTEGER NOT NULL DEFAULT 1"),

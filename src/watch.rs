@@ -665,6 +665,7 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
 /// Drops watch `name` with its triggers and references; false if there was none.
 pub fn unwatch(conn: &Connection, name: &str) -> Result<bool> {
     sync_triggers_drop_all(conn, name)?;
+    conn.execute_batch(crate::schema::ROWS_DDL)?;
     conn.execute("DELETE FROM main._attachments_src WHERE watch = ?1", [name])?;
     conn.execute("DELETE FROM main._attachments_changed WHERE watch = ?1", [name])?;
     // What only this watch referenced may now be archived.
@@ -699,14 +700,18 @@ fn sync_triggers_drop_all(conn: &Connection, name: &str) -> Result<()> {
 pub fn run(conn: &Connection, config: &Config, name: &str, query: &str, options: &str, dirty: i64) -> Result<bool> {
     // Stored options are checked again: the table is writable by anyone.
     let policy = Options::parse(Some(options))?.policy();
+    // Read before this run changes any trigger: a change by anyone else (a migration,
+    // VACUUM, which may renumber rowids) means the rowids noted so far cannot be trusted.
+    let schema_version = |conn: &Connection| conn.query_row("PRAGMA main.schema_version", [], |r| r.get::<_, i64>(0));
+    let schema_before = schema_version(conn)?;
     let mut guard = Guard::install(conn);
     let analysis = analyze(conn, &mut guard, query)?;
     let row_table = analysis.rows.as_ref().map(|(t, _)| t.as_str());
     let rows_sql = analysis.rows.as_ref().map(|(_, q)| q.as_str());
-    let (was_incremental, last_rows_sql): (bool, Option<String>) = conn.query_row(
-        "SELECT incremental, rows_sql FROM main._attachments_watch WHERE name = ?1",
+    let (was_incremental, last_rows_sql, last_schema): (bool, Option<String>, Option<i64>) = conn.query_row(
+        "SELECT incremental, rows_sql, rows_schema FROM main._attachments_watch WHERE name = ?1",
         [name],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
     let incremental = sync_triggers(conn, config, name, &analysis.reads, row_table)?;
     let rows_sql = rows_sql.filter(|_| incremental);
@@ -715,10 +720,18 @@ pub fn run(conn: &Connection, config: &Config, name: &str, query: &str, options:
         Error::Sqlite(e) => guard.explain(e),
         other => other,
     };
+    let remember = |conn: &Connection, rows_sql: Option<&str>| -> Result<()> {
+        conn.execute(
+            "UPDATE main._attachments_watch SET rows_sql = ?2, rows_schema = ?3 WHERE name = ?1",
+            params![name, rows_sql, schema_version(conn)?],
+        )?;
+        Ok(())
+    };
     if let Some(rows_sql) = rows_sql {
-        let same = was_incremental && last_rows_sql.as_deref() == Some(rows_sql);
+        let same = was_incremental && last_rows_sql.as_deref() == Some(rows_sql) && last_schema == Some(schema_before);
         if dirty != crate::reconcile::DIRTY && same {
             if let Some(full) = crate::reconcile::refresh_rows(conn, name, rows_sql, &policy).map_err(explain)? {
+                remember(conn, Some(rows_sql))?;
                 return Ok(full);
             }
         }
@@ -734,7 +747,7 @@ pub fn run(conn: &Connection, config: &Config, name: &str, query: &str, options:
         Error::Sqlite(e) => guard.explain(e),
         other => other,
     })?;
-    conn.execute("UPDATE main._attachments_watch SET rows_sql = ?2 WHERE name = ?1", params![name, rows_sql])?;
+    remember(conn, rows_sql)?;
     Ok(full)
 }
 

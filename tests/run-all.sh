@@ -19,6 +19,7 @@ step "Local files: integrity, ownership, verify under the lock" tests/py/run.sh 
 step "The file:// remote and downloads: missing roots, hostile files, known checksums, full disks" tests/py/run.sh test_dir_remote
 step "Watches: untrusted queries, failures kept per watch, triggers repaired" tests/py/run.sh test_watches
 step "Watch policies: download, priority, max_download_size (file:// remote)" tests/py/run.sh test_watch_policies
+step "Row-by-row reconciliation: same end state as a full re-run (seeded property test)" tests/py/run.sh test_reconcile_incremental
 step "Hostile servers: redirects, truncation, trickles, secrets (nginx, s3s-fs, fault proxy)" tests/py/run.sh test_hostile_servers
 step "Queue state machine: one test per transition" tests/py/run.sh test_queue_states
 step "Hostile input catalogue (SQL, synced data, hand-edited tables, hostile servers)" tests/py/run.sh test_hostile_input

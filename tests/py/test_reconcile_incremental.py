@@ -153,6 +153,44 @@ class RowByRow(Case):
         self.assertEqual(sorted(r[0] for r in a.execute("SELECT id FROM attachment_queue WHERE state_name = 'QUEUED_DOWNLOAD'")),
                          ["f4", "f5"])
 
+    def test_a_failing_row_by_row_watch_waits_for_the_next_change_and_then_runs_in_full(self):
+        a = self.device("a")
+        a.execute("CREATE TABLE posts(id INTEGER PRIMARY KEY, data TEXT)")
+        a.execute("INSERT INTO posts(data) VALUES ('{\"photo\": \"p-1\"}')")
+        a.execute("SELECT attachment_watch('w', 'SELECT json_extract(data, ''$.photo'') AS id FROM posts')")
+        one(a, "SELECT attachment_reconcile()")
+        self.assertEqual(one(a, "SELECT incremental FROM attachment_watches"), 1)
+        a.execute("INSERT INTO posts(data) VALUES ('not json')")
+        one(a, "SELECT attachment_reconcile()")
+        state, run = a.execute("SELECT state, last_run FROM attachment_watches").fetchone()
+        self.assertEqual(state, "failed")
+        self.assertEqual(one(a, "SELECT count(*) FROM _attachments_changed"), 0)
+        one(a, "SELECT attachment_reconcile()")
+        self.assertEqual(one(a, "SELECT last_run FROM attachment_watches"), run, "not retried without a change")
+        # Fixed: the watch runs again, in full, and references what the table gives.
+        a.execute("UPDATE posts SET data = '{\"photo\": \"p-2\"}' WHERE data = 'not json'")
+        one(a, "SELECT attachment_reconcile()")
+        self.assertEqual(one(a, "SELECT state FROM attachment_watches"), "ok")
+        self.assertEqual(sorted(r[0] for r in a.execute("SELECT id FROM attachment_queue")), ["p-1", "p-2"])
+
+    def test_vacuum_and_migrations_make_the_next_refresh_a_full_one(self):
+        a = self.device("a")
+        a.execute("CREATE TABLE refs(id TEXT, x INTEGER)")
+        a.execute("INSERT INTO refs VALUES ('r-1', 1), ('r-2', 2)")
+        a.execute("SELECT attachment_watch('w', 'SELECT id FROM refs')")
+        one(a, "SELECT attachment_reconcile()")
+        version = lambda: one(a, "PRAGMA schema_version")
+        self.assertEqual(one(a, "SELECT rows_schema FROM _attachments_watch"), version())
+        a.execute("DELETE FROM refs WHERE id = 'r-1'")
+        a.execute("VACUUM")
+        self.assertNotEqual(one(a, "SELECT rows_schema FROM _attachments_watch"), version())
+        a.execute("INSERT INTO refs VALUES ('r-3', 3)")
+        one(a, "SELECT attachment_reconcile()")
+        self.assertEqual(one(a, "SELECT rows_schema FROM _attachments_watch"), version())
+        self.assertEqual(dict(a.execute("SELECT id, state_name FROM attachment_queue")),
+                         {"r-1": "ARCHIVED", "r-2": "QUEUED_DOWNLOAD", "r-3": "QUEUED_DOWNLOAD"})
+        self.assertEqual(one(a, "SELECT count(*) FROM _attachments_src"), 2)
+
 
 if __name__ == "__main__":
     unittest.main()
