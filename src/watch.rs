@@ -594,6 +594,11 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
         let of: Vec<String> = columns.iter().filter(|c| real.contains(c)).map(|c| quote_ident(c)).collect();
         let update = if of.is_empty() { "UPDATE".to_string() } else { format!("UPDATE OF {}", of.join(", ")) };
         let row_level = incremental && row_table.is_some_and(|t| t.eq_ignore_ascii_case(table));
+        let keys = if row_level { unique_keys(conn, table)? } else { Some(Vec::new()) };
+        let Some(keys) = keys else {
+            // A unique index on an expression: REPLACE may delete rows no trigger can name.
+            return sync_triggers(conn, config, name, reads, None);
+        };
         let update = if row_level {
             conn.execute_batch(crate::schema::CHANGED_DDL)?;
             // Any update that moves a row (a new rowid) or changes a column the query reads;
@@ -610,6 +615,40 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
             // A row that moved (a new rowid) no longer gives what it gave under the old one.
             // A trigger of its own, so the common update runs one statement, not two.
             events.push(("mov", format!("UPDATE ON {} WHEN OLD.rowid != NEW.rowid", quote_ident(table))));
+        }
+        // REPLACE (`INSERT OR REPLACE`, `UPDATE OR REPLACE`) deletes the rows that hold a
+        // unique key the new values take, and fires no delete trigger for them (unless
+        // recursive_triggers is on): before the write, the rows holding those keys are noted.
+        let mut replaced = Vec::new();
+        if row_level && !keys.is_empty() {
+            let w = quote_literal(name);
+            let note = |other: &str| -> String {
+                keys.iter()
+                    .map(|key| {
+                        let same: Vec<String> = key.iter().map(|c| format!("{c} = NEW.{c}")).collect();
+                        format!(
+                            "INSERT INTO _attachments_changed(watch, rid) SELECT {w}, rowid FROM {} WHERE {}{other};",
+                            quote_ident(table),
+                            same.join(" AND ")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            let mut key_columns: Vec<String> = keys.concat();
+            key_columns.sort();
+            key_columns.dedup();
+            replaced.push(("rpi", format!("BEFORE INSERT ON {}", quote_ident(table)), note("")));
+            replaced.push((
+                "rpu",
+                format!("BEFORE UPDATE OF {} ON {}", key_columns.join(", "), quote_ident(table)),
+                note(" AND rowid != OLD.rowid"),
+            ));
+        }
+        for (suffix, event, body) in replaced {
+            let trigger = trigger_name(name, table, suffix);
+            let sql = format!("CREATE TRIGGER main.{} {event} BEGIN\n{body}\nEND", quote_ident(&trigger));
+            wanted.insert(trigger, (table.clone(), sql));
         }
         for (suffix, event) in events {
             let trigger = trigger_name(name, table, suffix);
@@ -660,6 +699,31 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
     }
     conn.execute("UPDATE main._attachments_watch SET incremental = ?2 WHERE name = ?1", params![name, incremental])?;
     Ok(incremental)
+}
+
+/// The unique keys of `table` besides its rowid (primary key and unique indexes), each
+/// as its quoted columns; None when one is on an expression.
+fn unique_keys(conn: &Connection, table: &str) -> Result<Option<Vec<Vec<String>>>> {
+    let indexes: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_index_list(?1) WHERE \"unique\"")?
+        .query_map([table], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut keys = Vec::new();
+    for index in indexes {
+        let columns: Vec<(i64, Option<String>)> = conn
+            .prepare("SELECT cid, name FROM pragma_index_info(?1) ORDER BY seqno")?
+            .query_map([&index], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut key = Vec::new();
+        for (cid, column) in columns {
+            match column {
+                Some(c) if cid >= 0 => key.push(quote_ident(&c)),
+                _ => return Ok(None),
+            }
+        }
+        keys.push(key);
+    }
+    Ok(Some(keys))
 }
 
 /// Drops watch `name` with its triggers and references; false if there was none.

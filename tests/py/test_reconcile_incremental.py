@@ -12,6 +12,7 @@ from helpers import Case, one
 SCHEMA = """
 CREATE TABLE items(id INTEGER PRIMARY KEY, file_id TEXT, kind TEXT, hidden INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE tags(item INTEGER, tag TEXT);
+CREATE TABLE docs(key TEXT PRIMARY KEY, file_id TEXT, slug TEXT UNIQUE);
 """
 WATCHES = [
     ("photos", "SELECT file_id AS id, 'jpg' AS file_extension FROM items WHERE kind = 'photo' AND NOT hidden", '{"priority": 5}'),
@@ -19,8 +20,9 @@ WATCHES = [
     ("sized", "SELECT file_id AS id, length(file_id) * 20 AS size FROM items WHERE kind != 'photo'", '{"max_download_size": 50}'),
     ("tagged", "SELECT i.file_id AS id FROM items AS i JOIN tags AS t ON t.item = i.id WHERE t.tag = 'keep'", None),
     ("mixed", "SELECT file_id AS id FROM items WHERE kind = 'video' UNION ALL SELECT tag AS id FROM tags WHERE tag LIKE 'f%'", None),
+    ("docs", "SELECT file_id AS id FROM docs WHERE slug IS NOT NULL", None),
 ]
-INCREMENTAL = {"photos": 1, "hidden": 1, "sized": 1, "tagged": 0, "mixed": 0}
+INCREMENTAL = {"photos": 1, "hidden": 1, "sized": 1, "tagged": 0, "mixed": 0, "docs": 1}
 POOL = [f"f{i}" for i in range(12)]
 KINDS = ["photo", "video", "doc", "voicememo"]
 
@@ -60,8 +62,12 @@ class RowByRow(Case):
             return f"INSERT INTO tags VALUES ({n}, '{rng.choice(['keep', 'drop', f])}')"
         if r < 0.9:
             return f"DELETE FROM tags WHERE item = {n}"
-        if r < 0.95:
+        if r < 0.93:
             return f"UPDATE items SET file_id = NULL WHERE id % 40 = {n}"
+        if r < 0.97:
+            # REPLACE by primary key or by the unique slug: deletes without a delete trigger.
+            return (f"INSERT OR REPLACE INTO docs VALUES ('k{n % 6}', '{f}', "
+                    f"{rng.choice(['NULL', repr('s' + str(n % 4))])})")
         return f"UPDATE items SET file_id = '{f}', kind = '{k}' WHERE id % 7 = {n % 7}"
 
     def snapshot(self, c):
@@ -152,6 +158,28 @@ class RowByRow(Case):
         one(a, "SELECT attachment_reconcile()")
         self.assertEqual(sorted(r[0] for r in a.execute("SELECT id FROM attachment_queue WHERE state_name = 'QUEUED_DOWNLOAD'")),
                          ["f4", "f5"])
+
+    def test_replace_that_deletes_another_row_is_seen(self):
+        a = self.device("a")
+        a.execute("CREATE TABLE docs(id TEXT PRIMARY KEY, file_id TEXT, slug TEXT UNIQUE)")
+        a.execute("CREATE TABLE odd(id INTEGER PRIMARY KEY, file_id TEXT)")
+        a.execute("CREATE UNIQUE INDEX odd_lower ON odd(lower(file_id))")
+        a.execute("SELECT attachment_watch('docs', 'SELECT file_id AS id FROM docs')")
+        a.execute("SELECT attachment_watch('odd', 'SELECT file_id AS id FROM odd')")
+        self.assertEqual(dict(a.execute("SELECT name, incremental FROM attachment_watches")), {"docs": 1, "odd": 0})
+        w = plain(os.path.join(self.dir, "a.db"))
+        w.execute("INSERT INTO docs VALUES ('d1', 'f1', 's1'), ('d2', 'f2', 's2'), ('d3', 'f3', 's3')")
+        one(a, "SELECT attachment_reconcile()")
+        # REPLACE deletes the row holding the key (a new rowid for the new row), by primary
+        # key, by another unique column, and by an update that takes another row's key.
+        w.execute("INSERT OR REPLACE INTO docs VALUES ('d1', 'f4', 's4')")
+        w.execute("REPLACE INTO docs VALUES ('d9', 'f5', 's2')")
+        w.execute("UPDATE OR REPLACE docs SET slug = 's3' WHERE id = 'd9'")
+        w.close()
+        one(a, "SELECT attachment_reconcile()")
+        self.assertEqual(dict(a.execute("SELECT id, state_name FROM attachment_queue")),
+                         {"f1": "ARCHIVED", "f2": "ARCHIVED", "f3": "ARCHIVED", "f4": "QUEUED_DOWNLOAD", "f5": "QUEUED_DOWNLOAD"})
+        self.assertEqual(sorted(r[0] for r in a.execute("SELECT id FROM _attachments_src WHERE watch = 'docs'")), ["f4", "f5"])
 
     def test_a_failing_row_by_row_watch_waits_for_the_next_change_and_then_runs_in_full(self):
         a = self.device("a")
