@@ -246,6 +246,10 @@ def reconcile():
         c = connect(os.path.join(work, "a.db"), local_dir="files", remote=f"file://{work}/remote")
         c.execute("CREATE TABLE docs(id INTEGER PRIMARY KEY, file_id TEXT)")
         c.execute(f"INSERT INTO docs SELECT value, lower(hex(randomblob(16))) FROM ({series(RECONCILE_N)})")
+        # The baseline's table exists before the watch first runs: a schema change makes the
+        # next refresh of a row-by-row watch a full one (see the README), which is not the
+        # one change measured below.
+        c.execute("CREATE TABLE plain(id TEXT PRIMARY KEY, filename TEXT, state INTEGER)")
         # As the worker does it: attachment_reconcile() runs on the extension's own connection.
         t0 = time.perf_counter()
         c.execute("SELECT attachment_watch('docs', 'SELECT file_id AS id, ''pdf'' AS file_extension FROM docs')")
@@ -254,7 +258,6 @@ def reconcile():
         assert queued == RECONCILE_N, queued
         t0 = time.perf_counter()
         c.execute("BEGIN IMMEDIATE")
-        c.execute("CREATE TABLE plain(id TEXT PRIMARY KEY, filename TEXT, state INTEGER)")
         c.execute("INSERT INTO plain SELECT file_id, file_id || '.pdf', 1 FROM docs")
         c.execute("COMMIT")
         base.append(time.perf_counter() - t0)

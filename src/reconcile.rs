@@ -5,7 +5,7 @@ use rusqlite::{named_params, Connection};
 
 use crate::config::Config;
 use crate::queue::table::QueueTable;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::queue::now_ms;
 use crate::schema::quote_ident;
 use crate::store::LocalStore;
@@ -280,16 +280,25 @@ pub fn refresh_dirty_watches(conn: &Connection, config: &Config, now: i64) -> Re
         conn.execute_batch("SAVEPOINT _attachments_watch_run")?;
         let outcome = crate::watch::run(conn, config, name, query, options, *how);
         if outcome.is_err() {
+            // SQLite rolled the whole transaction back (a full disk, an I/O error): there
+            // is no savepoint left to return to, and it is not the watch's fault.
+            if conn.is_autocommit() {
+                return outcome;
+            }
             conn.execute_batch("ROLLBACK TO _attachments_watch_run")?;
         }
         conn.execute_batch("RELEASE _attachments_watch_run")?;
+        let storage_failed = |e: &Error| {
+            matches!(e, Error::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(f.code, rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure))
+        };
         let error = match outcome {
             Ok(first) => {
                 full |= first;
                 None
             }
-            // Busy, or interrupted because the pass is stopping: not the watch's fault.
-            Err(e) if e.is_busy() || crate::cancel::requested() => return Err(e),
+            // Busy, out of space, or interrupted because the pass is stopping: not the watch's fault.
+            Err(e) if e.is_busy() || storage_failed(&e) || crate::cancel::requested() => return Err(e),
             Err(e) => {
                 log::warn!("watch {name} failed: {e}");
                 Some(e.to_string())
