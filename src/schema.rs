@@ -1,12 +1,41 @@
-//! Tables the extension owns. The queue table's name comes from the config;
-//! every internal table and trigger starts with `_attachments_`.
+//! Tables the extension owns, and the numbered migrations that bring a database
+//! written by an earlier release up to this build's layout. The queue table's name
+//! comes from the config; every internal table and trigger starts with `_attachments_`.
+//!
+//! `_attachments_config.schema_version` records the layout a database has. It is read
+//! back by [`ensure`] (at `attachment_init` and the first pass of each process) and by
+//! [`check_not_newer`] (every function that loads the config): a database written by a
+//! newer release is refused rather than half-understood.
+//!
+//! ## Adding a migration (a new column, table or index)
+//! 1. Append a [`Migration`] to [`MIGRATIONS`] with the next number, whose `run` brings
+//!    a database of the previous version there. Make it idempotent (use [`add_column`],
+//!    `CREATE TABLE/INDEX IF NOT EXISTS`): a new database, or a new queue table after
+//!    `table` changed, gets [`create_tables`] and then every migration in order, so a
+//!    migration may find its change made already.
+//! 2. Optionally write the column into [`create_tables`] too, for readers of the layout;
+//!    the migration must still add it to older tables.
+//! 3. [`SCHEMA_VERSION`] follows by itself (the last migration's number); add a line to
+//!    CHANGELOG.md. Never edit, reorder or renumber a migration that was released.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
-/// Bumped when the layout changes; stored in `_attachments_config`.
-pub const SCHEMA_VERSION: i64 = 1;
+/// One step of the layout's history: brings a database at `version - 1` to `version`.
+pub struct Migration {
+    pub version: i64,
+    pub what: &'static str,
+    /// Runs in the transaction that migrates; `table` is the queue table's name.
+    pub run: fn(&Connection, &str) -> Result<()>,
+}
+
+/// Every migration, in order. Migration 1 is the layout of release 0.1.0.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, what: "the tables of release 0.1.0", run: create_tables },
+    Migration { version: 2, what: "columns added to the first layout before schema_version was read", run: added_before_0_2 },
+    Migration { version: 3, what: "per-watch policies and row-by-row refresh of watches", run: policies_and_rows },
+];
 
 /// Rows of a watched table changed since the watch last ran (see `_attachments_src`);
 /// also created before row-level triggers that write it are. Append-only, without a
@@ -15,8 +44,10 @@ pub const SCHEMA_VERSION: i64 = 1;
 // language=SQLite
 pub const CHANGED_DDL: &str = "CREATE TABLE IF NOT EXISTS main._attachments_changed(watch TEXT, rid INTEGER);";
 
-/// The tables of the row-by-row refresh; also made sure of by reconciliation, which
-/// may run on a database an earlier build created before anything else here ran.
+/// The tables of the row-by-row refresh: for watches refreshed row by row
+/// (`incremental`), which ids each row of the one table such a watch reads gave at its
+/// last run (rid is the row's rowid), and the rows changed since (written by the
+/// watch's triggers). Also made sure of by reconciliation and unwatch.
 // language=SQLite
 pub const ROWS_DDL: &str = "CREATE TABLE IF NOT EXISTS main._attachments_src(
             watch TEXT NOT NULL,
@@ -26,8 +57,68 @@ pub const ROWS_DDL: &str = "CREATE TABLE IF NOT EXISTS main._attachments_src(
         CREATE INDEX IF NOT EXISTS main._attachments_src_by_id ON _attachments_src(watch, id);
         CREATE TABLE IF NOT EXISTS main._attachments_changed(watch TEXT, rid INTEGER);";
 
-/// Creates what is missing in `main`. Runs in the caller's transaction.
+/// The layout this build writes and understands: the number of the last migration.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
+
+/// Brings the database up to [`SCHEMA_VERSION`] and makes sure the queue table `table`
+/// exists. Runs in the caller's transaction (the caller's own at `attachment_init`, a
+/// `BEGIN IMMEDIATE` on the extension's connection in a pass), so a migration is all or
+/// nothing. Refuses a database of a newer release.
 pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
+    let stored = stored_version(conn)?;
+    check_not_newer(stored)?;
+    let queue_exists = table_exists(conn, table)?;
+    if stored == Some(SCHEMA_VERSION) && queue_exists {
+        return Ok(());
+    }
+    // Missing tables are created (a new database; a new queue table after `table`
+    // changed), then every migration they have not had, each idempotent.
+    create_tables(conn, table)?;
+    let from = if queue_exists { stored.unwrap_or(0) } else { 0 };
+    for m in MIGRATIONS.iter().filter(|m| m.version > from && m.version > 1) {
+        if stored.is_some() && queue_exists {
+            log::info!("migrating the database to schema {}: {}", m.version, m.what);
+        }
+        (m.run)(conn, table)?;
+    }
+    // No row yet on a new database: `Config::store` inserts it with SCHEMA_VERSION.
+    conn.execute("UPDATE main._attachments_config SET schema_version = ?1 WHERE id = 1", [SCHEMA_VERSION])?;
+    Ok(())
+}
+
+/// Refuses a database whose stored layout is newer than this build's.
+pub fn check_not_newer(stored: Option<i64>) -> Result<()> {
+    match stored {
+        Some(found) if found > SCHEMA_VERSION => Err(Error::NewerSchema { found, known: SCHEMA_VERSION }),
+        _ => Ok(()),
+    }
+}
+
+/// The stored schema_version; None before the first `attachment_init` (no table or no row).
+fn stored_version(conn: &Connection) -> Result<Option<i64>> {
+    match conn.query_row("SELECT schema_version FROM main._attachments_config WHERE id = 1", [], |r| r.get(0)).optional() {
+        Ok(v) => Ok(v),
+        Err(rusqlite::Error::SqliteFailure(_, Some(msg))) if msg.starts_with("no such table") => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn table_exists(conn: &Connection, table: &str) -> Result<bool> {
+    Ok(conn.query_row("SELECT count(*) FROM main.sqlite_schema WHERE type = 'table' AND name = ?1", [table], |r| r.get::<_, i64>(0))? > 0)
+}
+
+/// Adds `column` to `table` unless it is there.
+pub fn add_column(conn: &Connection, table: &str, column: &str, decl: &str) -> Result<()> {
+    let present: bool =
+        conn.query_row("SELECT count(*) FROM main.pragma_table_info(?1) WHERE name = ?2", [table, column], |r| r.get(0))?;
+    if !present {
+        conn.execute_batch(&format!("ALTER TABLE main.{} ADD COLUMN {column} {decl}", quote_ident(table)))?;
+    }
+    Ok(())
+}
+
+/// Migration 1, and the newest layout of every table: creates what is missing in `main`.
+fn create_tables(conn: &Connection, table: &str) -> Result<()> {
     let t = quote_ident(table);
     let idx = quote_ident(&format!("_attachments_idx_{table}_due"));
     let claims = quote_ident(&format!("_attachments_idx_{table}_claims"));
@@ -36,7 +127,8 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
         "CREATE TABLE IF NOT EXISTS main._attachments_config(
             id INTEGER PRIMARY KEY CHECK (id = 1),
             config TEXT NOT NULL,
-            schema_version INTEGER NOT NULL DEFAULT {SCHEMA_VERSION});
+            -- The layout this database has (see schema.rs); 1 is the first layout's default.
+            schema_version INTEGER NOT NULL DEFAULT 1);
         -- One row per attachment_watch(): its query and options, and how its last run went.
         -- Only `query` is ever run (re-analysed under a guard each time: the table is
         -- writable by anyone); select_sql is what it was last wrapped into, for reading.
@@ -80,11 +172,8 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
             priority INTEGER NOT NULL DEFAULT 0,
             PRIMARY KEY (watch, id)) WITHOUT ROWID;
         CREATE INDEX IF NOT EXISTS main._attachments_ref_by_id ON _attachments_ref(id);
-        -- For watches refreshed row by row (`incremental`): which ids each row of the one
-        -- table such a watch reads gave at its last run (rid is the row's rowid), and the
-        -- rows changed since (written by the watch's triggers).
-        {ROWS_DDL}
         -- Ids whose references changed since the last reconciliation.
+        {ROWS_DDL}
         CREATE TABLE IF NOT EXISTS main._attachments_delta(id TEXT PRIMARY KEY) WITHOUT ROWID;
         -- The queue: the contract's nine columns, then bookkeeping.
         CREATE TABLE IF NOT EXISTS main.{t}(
@@ -111,10 +200,45 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
     // Claims are few; every pass looks for those of dead processes, so they get a small
     // index of their own (created after the column exists in tables from earlier builds).
     let claims_index = format!("CREATE INDEX IF NOT EXISTS main.{claims} ON {t}(claimed_by) WHERE claimed_by IS NOT NULL");
+    conn.execute_batch(&claims_index)?;
+    Ok(())
+}
+
+/// Migration 3: each reference carries its watch's policy (the query's `size`, whether
+/// it is downloaded, its priority), queue rows a priority the claims order by, and the
+/// tables and bookkeeping of watches refreshed row by row. Every watch runs again, so
+/// its options reach the references it stored before.
+fn policies_and_rows(conn: &Connection, table: &str) -> Result<()> {
+    let added = [
+        ("_attachments_ref", "size", "INTEGER"),
+        ("_attachments_ref", "download", "INTEGER NOT NULL DEFAULT 1"),
+        ("_attachments_ref", "priority", "INTEGER NOT NULL DEFAULT 0"),
+        (table, "priority", "INTEGER NOT NULL DEFAULT 0"),
+        // The row-attributed query `_attachments_src` was last filled from (NULL: none).
+        ("_attachments_watch", "rows_sql", "TEXT"),
+        // PRAGMA schema_version then: a later change (a migration, VACUUM, which may
+        // renumber rowids) makes the watch's next refresh a full one.
+        ("_attachments_watch", "rows_schema", "INTEGER"),
+    ];
+    for (owner, column, decl) in added {
+        add_column(conn, owner, column, decl)?;
+    }
+    conn.execute_batch(ROWS_DDL)?;
     // Rows with a priority are few; reconciliation looks for them to know whether any needs resetting.
     let priority = quote_ident(&format!("_attachments_idx_{table}_priority"));
-    let priority_index = format!("CREATE INDEX IF NOT EXISTS main.{priority} ON {t}(priority) WHERE priority != 0");
-    // Columns added after the first layout, for tables created by an earlier build.
+    conn.execute_batch(&format!(
+        "CREATE INDEX IF NOT EXISTS main.{priority} ON {}(priority) WHERE priority != 0",
+        quote_ident(table)
+    ))?;
+    conn.execute_batch("UPDATE main._attachments_watch SET dirty = 1")?;
+    Ok(())
+}
+
+/// Migration 2: tables written by builds before 0.2.0 all say schema 1, but the
+/// earliest of them lack columns added since; each is added where it is missing.
+/// Closed: a column added after this goes into a migration of its own, appended to
+/// [`MIGRATIONS`] (see the module comment), never into this list.
+fn added_before_0_2(conn: &Connection, table: &str) -> Result<()> {
     let added = [
         (table, "upload_resume", "TEXT"),
         (table, "bytes_done", "INTEGER"),
@@ -130,34 +254,10 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
         ("_attachments_watch", "last_error", "TEXT"),
         ("_attachments_watch", "last_run", "INTEGER"),
         ("_attachments_watch", "incremental", "INTEGER NOT NULL DEFAULT 1"),
-        // The row-attributed query `_attachments_src` was last filled from (NULL: none).
-        ("_attachments_watch", "rows_sql", "TEXT"),
-        // PRAGMA schema_version when it was: VACUUM (which may renumber rowids) and
-        // migrations change it, and then the watch runs in full.
-        ("_attachments_watch", "rows_schema", "INTEGER"),
-        // Per-watch policies (priority, max_download_size, download) applied per reference.
-        ("_attachments_ref", "size", "INTEGER"),
-        ("_attachments_ref", "download", "INTEGER NOT NULL DEFAULT 1"),
-        ("_attachments_ref", "priority", "INTEGER NOT NULL DEFAULT 0"),
-        (table, "priority", "INTEGER NOT NULL DEFAULT 0"),
     ];
     for (owner, column, decl) in added {
-        let present: bool = conn.query_row(
-            "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
-            [owner, column],
-            |r| r.get(0),
-        )?;
-        if !present {
-            conn.execute_batch(&format!("ALTER TABLE main.{} ADD COLUMN {column} {decl}", quote_ident(owner)))?;
-            if owner == "_attachments_ref" && column == "download" {
-                // References stored before policies were applied per reference: every
-                // watch runs again, so its options reach its references.
-                conn.execute_batch("UPDATE main._attachments_watch SET dirty = 1")?;
-            }
-        }
+        add_column(conn, owner, column, decl)?;
     }
-    conn.execute_batch(&claims_index)?;
-    conn.execute_batch(&priority_index)?;
     Ok(())
 }
 
@@ -174,6 +274,17 @@ pub fn quote_literal(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn migrations_are_numbered_from_one_without_gaps() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i64 + 1, "{}", m.what);
+        }
+        assert_eq!(SCHEMA_VERSION, MIGRATIONS.len() as i64);
+        assert!(check_not_newer(Some(SCHEMA_VERSION)).is_ok() && check_not_newer(None).is_ok());
+        let e = check_not_newer(Some(SCHEMA_VERSION + 1)).unwrap_err().to_string();
+        assert!(e.contains(&format!("created by a newer sqlite-attachments (schema {}, this build knows {SCHEMA_VERSION})", SCHEMA_VERSION + 1)), "{e}");
+    }
 
     #[test]
     fn quoting_escapes() {
