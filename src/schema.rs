@@ -75,7 +75,10 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
             claimed_by TEXT,
             claimed_until INTEGER,
             upload_resume TEXT,
-            bytes_done INTEGER);
+            bytes_done INTEGER,
+            given_up INTEGER NOT NULL DEFAULT 0,
+            last_used INTEGER,
+            pinned INTEGER NOT NULL DEFAULT 0);
         CREATE INDEX IF NOT EXISTS main.{idx} ON {t}(state, next_attempt_at);"
     ))?;
     // Claims are few; every pass looks for those of dead processes, so they get a small
@@ -97,6 +100,11 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
         ("_attachments_watch", "last_error", "TEXT"),
         ("_attachments_watch", "last_run", "INTEGER"),
         ("_attachments_watch", "incremental", "INTEGER NOT NULL DEFAULT 1"),
+        // When the file was last read through the extension, saved or downloaded (ms since the
+        // epoch; recorded lazily, see cache.rs): the archived cache evicts the least recently used.
+        (table, "last_used", "INTEGER"),
+        // attachment_pin: kept on the device, never evicted, downloaded whatever the watches say.
+        (table, "pinned", "INTEGER NOT NULL DEFAULT 0"),
     ];
     for (owner, column, decl) in added {
         let present: bool = conn.query_row(

@@ -1,7 +1,8 @@
 //! `attachment_queue`: an eponymous read-only virtual table with every queue
 //! column plus state_name, bytes_done, attempts, next_attempt_at, last_error,
 //! error_class (the class `last_error` starts with: auth, not_found, network,
-//! server, local, config, integrity).
+//! server, local, config, integrity), pinned, and last_used (as written: uses noted
+//! in memory reach it with the next pass, see cache.rs).
 
 use std::borrow::Cow;
 use std::ffi::{c_int, CStr};
@@ -20,9 +21,10 @@ use crate::queue::State;
 use crate::remote::ErrorClass;
 use crate::schema::quote_ident;
 
-const COLUMNS: [&str; 16] = [
+const COLUMNS: [&str; 18] = [
     "id", "filename", "local_uri", "timestamp", "size", "media_type", "state", "has_synced", "meta_data",
     "state_name", "bytes_done", "attempts", "next_attempt_at", "last_error", "sha256", "error_class",
+    "pinned", "last_used",
 ];
 const COL_STATE: usize = 6;
 const COL_STATE_NAME: usize = 9;
@@ -104,7 +106,7 @@ impl QueueCursor<'_> {
         // language=SQLite
         let sql = format!(
             "SELECT id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data,
-                    NULL, bytes_done, attempts, next_attempt_at, last_error, sha256, NULL
+                    NULL, bytes_done, attempts, next_attempt_at, last_error, sha256, NULL, pinned, last_used
              FROM main.{} {filter} ORDER BY rowid",
             quote_ident(&config.table)
         );
