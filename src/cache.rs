@@ -46,10 +46,17 @@ pub fn touch(db_file: &str, id: &str) {
     }
     let now = now_ms();
     let Ok(mut pending) = PENDING.lock() else { return };
-    if !pending.contains_key(db_file) {
-        pending.insert(db_file.to_string(), Uses::new());
+    match pending.get_mut(db_file) {
+        Some(uses) => note(uses, id, now),
+        None => {
+            let mut uses = Uses::new();
+            note(&mut uses, id, now);
+            pending.insert(db_file.to_string(), uses);
+        }
     }
-    let Some(uses) = pending.get_mut(db_file) else { return };
+}
+
+fn note(uses: &mut Uses, id: &str, now: i64) {
     if let Some(at) = uses.get_mut(id) {
         *at = (*at).max(now);
     } else if uses.len() < MAX_PENDING {

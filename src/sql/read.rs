@@ -21,8 +21,9 @@ pub fn register(db: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The store and the name of the local copy of `id`, if the row names one, and the id.
-fn complete_local_path(ctx: &Context) -> Result<Option<(LocalStore, String, String)>> {
+/// The store and the name of the local copy of `id`, if the row names one. Asking for
+/// it is a use of the file: noted in memory for the cache (see cache.rs), never written here.
+fn complete_local_path(ctx: &Context) -> Result<Option<(LocalStore, String)>> {
     // NULL in, NULL out: `SELECT attachment_local_uri(photo_id) FROM users` works for users without a photo.
     let Some(id) = opt_text_arg(ctx, 0, "id")? else { return Ok(None) };
     let conn = caller(ctx)?;
@@ -36,27 +37,20 @@ fn complete_local_path(ctx: &Context) -> Result<Option<(LocalStore, String, Stri
         .optional()?
         .flatten();
     let Some(local_uri) = local_uri else { return Ok(None) };
-    Ok(Some((LocalStore::open(config.local_dir_for(conn.path())?)?, local_uri, id)))
-}
-
-/// A read of `id`'s local copy is a use: noted in memory for the cache (see cache.rs).
-fn used(ctx: &Context, id: &str) -> Result<()> {
-    crate::cache::touch(caller(ctx)?.path().unwrap_or(""), id);
-    Ok(())
+    crate::cache::touch(conn.path().unwrap_or(""), &id);
+    Ok(Some((LocalStore::open(config.local_dir_for(conn.path())?)?, local_uri)))
 }
 
 /// The path of the local copy; never a symlink (it could point anywhere).
 fn local_uri(ctx: &Context) -> Result<Option<String>> {
-    let Some((store, name, id)) = complete_local_path(ctx)? else { return Ok(None) };
-    let Some(path) = store.existing(&name)? else { return Ok(None) };
-    used(ctx, &id)?;
-    Ok(Some(path.to_string_lossy().into_owned()))
+    let Some((store, name)) = complete_local_path(ctx)? else { return Ok(None) };
+    Ok(store.existing(&name)?.map(|p| p.to_string_lossy().into_owned()))
 }
 
 /// The local copy's bytes. Opened without following a symlink; a file above SQLite's
 /// blob limit is refused before a byte is read (it could not be returned anyway).
 fn data(ctx: &Context) -> Result<Option<Vec<u8>>> {
-    let Some((store, name, id)) = complete_local_path(ctx)? else { return Ok(None) };
+    let Some((store, name)) = complete_local_path(ctx)? else { return Ok(None) };
     let opened = match store.open_file(&name) {
         Ok(opened) => opened,
         Err(Error::Argument(_)) => None, // a symlink or special file: not ours to read
@@ -76,7 +70,6 @@ fn data(ctx: &Context) -> Result<Option<Vec<u8>>> {
     if out.len() as u64 > limit {
         return Err(Error::Argument(format!("the local file of {name} grew too big to return as a blob while it was read")));
     }
-    used(ctx, &id)?;
     Ok(Some(out))
 }
 
