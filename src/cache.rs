@@ -64,6 +64,11 @@ fn note(uses: &mut Uses, id: &str, now: i64) {
     }
 }
 
+/// The last use of `id` noted in memory and not yet written, if any.
+pub fn pending_use(db_file: &str, id: &str) -> Option<i64> {
+    PENDING.lock().ok()?.get(db_file)?.get(id).copied()
+}
+
 /// Whether uses of `db_file` wait to be written.
 pub fn uses_pending(db_file: &str) -> bool {
     PENDING.lock().map(|p| p.get(db_file).is_some_and(|u| !u.is_empty())).unwrap_or(false)

@@ -170,7 +170,7 @@ impl<'c> QueueTable<'c> {
         Ok(self.conn.execute(
             &format!(
                 "UPDATE main.{t} SET state = {ARCHIVED}, given_up = 0, timestamp = ?1
-                 WHERE (state = {SYNCED} OR (state = {DOWNLOAD} AND pinned = 0)) {scope}
+                 WHERE state IN ({DOWNLOAD}, {SYNCED}) AND NOT (state = {DOWNLOAD} AND pinned != 0) {scope}
                    AND NOT EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = {t}.id)"
             ),
             [now],
