@@ -24,6 +24,8 @@ pub struct Config {
     pub table: String,
     pub download_attachments: bool,
     pub archived_cache_limit: i64,
+    /// Bytes of ARCHIVED local files kept; None: no limit by size.
+    pub archived_cache_bytes: Option<i64>,
     pub sync_interval_ms: i64,
     pub max_concurrency: i64,
     pub max_attempts: i64,
@@ -216,8 +218,8 @@ impl Config {
         if let Some(key) = duplicate_key(text) {
             return Err(Error::config(&key, "is given more than once; give each key once"));
         }
-        const KEYS: [&str; 10] = [
-            "local_dir", "remote", "table", "download_attachments", "archived_cache_limit",
+        const KEYS: [&str; 11] = [
+            "local_dir", "remote", "table", "download_attachments", "archived_cache_limit", "archived_cache_bytes",
             "sync_interval_ms", "max_concurrency", "max_attempts", "s3_endpoint", "s3_region",
         ];
         if let Some(k) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
@@ -257,6 +259,7 @@ impl Config {
             table,
             download_attachments: optional_bool(&obj, "download_attachments")?.unwrap_or(true),
             archived_cache_limit: optional_int(&obj, "archived_cache_limit", 0, i64::MAX)?.unwrap_or(100),
+            archived_cache_bytes: optional_int(&obj, "archived_cache_bytes", 0, i64::MAX)?,
             sync_interval_ms: optional_int(&obj, "sync_interval_ms", 10, 86_400_000)?.unwrap_or(30_000),
             max_concurrency: optional_int(&obj, "max_concurrency", 1, 64)?.unwrap_or(4),
             max_attempts: optional_int(&obj, "max_attempts", 1, 1_000_000)?.unwrap_or(DEFAULT_MAX_ATTEMPTS),
@@ -273,6 +276,7 @@ impl Config {
             "table": self.table,
             "download_attachments": self.download_attachments,
             "archived_cache_limit": self.archived_cache_limit,
+            "archived_cache_bytes": self.archived_cache_bytes,
             "sync_interval_ms": self.sync_interval_ms,
             "max_concurrency": self.max_concurrency,
             "max_attempts": self.max_attempts,
@@ -383,6 +387,23 @@ mod tests {
         assert_eq!((c.archived_cache_limit, c.sync_interval_ms, c.max_concurrency), (100, 30_000, 4));
         assert_eq!(c.remote, Remote::Dir("/tmp/r".into()));
         assert_eq!(Config::parse(&c.to_json().to_string()).unwrap(), c);
+    }
+
+    #[test]
+    fn archived_cache_bytes_is_checked_and_has_no_default() {
+        let parse = |extra: &str| Config::parse(&format!(r#"{{"local_dir":"a","remote":"file:///x"{extra}}}"#));
+        let c = parse("").unwrap();
+        assert_eq!(c.archived_cache_bytes, None);
+        assert_eq!(c.to_json()["archived_cache_bytes"], Value::Null);
+        let c = parse(r#","archived_cache_bytes":1048576"#).unwrap();
+        assert_eq!(c.archived_cache_bytes, Some(1_048_576));
+        assert_eq!(Config::parse(&c.to_json().to_string()).unwrap(), c);
+        assert_eq!(parse(r#","archived_cache_bytes":0"#).unwrap().archived_cache_bytes, Some(0));
+        assert_eq!(parse(r#","archived_cache_bytes":null"#).unwrap().archived_cache_bytes, None);
+        for bad in ["-1", "1.5", "\"1GB\"", "true"] {
+            let e = parse(&format!(r#","archived_cache_bytes":{bad}"#)).unwrap_err().to_string();
+            assert!(e.contains("'archived_cache_bytes'") && e.contains("expected an integer of at least 0"), "{e}");
+        }
     }
 
     #[test]

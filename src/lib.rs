@@ -3,6 +3,7 @@
 //! `.load ./dist/attachments` registers the SQL functions and the
 //! `attachment_queue` virtual table; see the README.
 
+mod cache;
 mod cancel;
 mod config;
 mod connection;

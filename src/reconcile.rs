@@ -8,7 +8,6 @@ use crate::queue::table::QueueTable;
 use crate::error::{Error, Result};
 use crate::queue::now_ms;
 use crate::schema::quote_ident;
-use crate::store::LocalStore;
 use crate::watch::Policy;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -64,11 +63,6 @@ pub fn next_refresh_due(conn: &Connection) -> Result<Option<i64>> {
         [],
         |r| r.get(0),
     )?)
-}
-
-/// Whether the cache holds more ARCHIVED rows than the limit allows.
-pub fn expiry_needed(conn: &Connection, config: &Config) -> Result<bool> {
-    Ok(QueueTable::unclaimed(conn, &config.table).evictable_count()? > config.archived_cache_limit)
 }
 
 /// Re-runs one watch's query and brings `_attachments_ref` up to date by difference:
@@ -341,14 +335,7 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
         format!("AND EXISTS (SELECT 1 FROM main._attachments_ref AS d WHERE d.id = {col} AND d.download = 1)")
     };
     let mut out = Reconciled::default();
-    // One row per referenced id in scope (watches that agree on nothing: the smallest
-    // file name wins); the file name is NULL when id or extension is unsafe.
-    let referenced = format!(
-        "SELECT id, min(filename) AS filename, coalesce(max(media_type), min(guessed_type)) AS media_type,
-                max(meta_data) AS meta_data, max(download) AS download, max(priority) AS priority
-         FROM main._attachments_ref WHERE 1 {} GROUP BY id",
-        in_scope("id")
-    );
+    let referenced = referenced(&in_scope("id"));
     out.rejected = conn.query_row(&format!("SELECT count(*) FROM ({referenced}) WHERE filename IS NULL"), [], |r| r.get::<_, i64>(0))? as usize;
     if out.rejected > 0 {
         log::warn!("{} referenced ids skipped: unsafe id or file_extension", out.rejected);
@@ -371,24 +358,21 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
     Ok(out)
 }
 
-/// Removes ARCHIVED rows beyond `archived_cache_limit`, oldest first, with their
-/// local files. Remote objects stay: other devices may still reference them.
-/// Runs in the caller's transaction; returns the number of rows removed.
-pub fn expire_cache(conn: &Connection, config: &Config, store: &LocalStore) -> Result<usize> {
-    let queue = QueueTable::unclaimed(conn, &config.table);
-    let victims = queue.eviction_victims(config.archived_cache_limit)?;
-    let mut expired = 0;
-    for (id, local_uri) in &victims {
-        if let Some(file) = local_uri {
-            // A file that cannot be removed keeps its row, so verify can try again.
-            if let Err(e) = store.remove(file) {
-                log::warn!("cache expiry could not remove {file}: {e}");
-                continue;
-            }
-        }
-        if queue.expire(id)? {
-            expired += 1;
-        }
-    }
-    Ok(expired)
+/// The referenced ids in `scope` (an `AND ...` on `id`), one row each: (id, filename,
+/// media_type, meta_data, download, priority). Watches that agree on nothing: the
+/// smallest file name wins; the file name is NULL when id or extension is unsafe; the
+/// most generous policy wins (downloaded if any watch downloads it, highest priority).
+pub fn referenced(scope: &str) -> String {
+    // language=SQLite
+    format!(
+        "SELECT id, min(filename) AS filename, coalesce(max(media_type), min(guessed_type)) AS media_type,
+                max(meta_data) AS meta_data, max(download) AS download, max(priority) AS priority
+         FROM main._attachments_ref WHERE 1 {scope} GROUP BY id"
+    )
+}
+
+/// Notes that `id` needs comparing again by the next reconciliation (say, it was unpinned).
+pub fn note_changed(conn: &Connection, id: &str) -> Result<()> {
+    conn.execute("INSERT OR IGNORE INTO main._attachments_delta(id) VALUES (?1)", [id])?;
+    Ok(())
 }

@@ -35,6 +35,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, what: "the tables of release 0.1.0", run: create_tables },
     Migration { version: 2, what: "columns added to the first layout before schema_version was read", run: added_before_0_2 },
     Migration { version: 3, what: "per-watch policies and row-by-row refresh of watches", run: policies_and_rows },
+    Migration { version: 4, what: "the archived cache's last use and pinning (last_used, pinned)", run: cache_columns },
 ];
 
 /// Rows of a watched table changed since the watch last ran (see `_attachments_src`);
@@ -194,7 +195,9 @@ fn create_tables(conn: &Connection, table: &str) -> Result<()> {
             claimed_until INTEGER,
             upload_resume TEXT,
             bytes_done INTEGER,
-            priority INTEGER NOT NULL DEFAULT 0);
+            priority INTEGER NOT NULL DEFAULT 0,
+            last_used INTEGER,
+            pinned INTEGER NOT NULL DEFAULT 0);
         CREATE INDEX IF NOT EXISTS main.{idx} ON {t}(state, next_attempt_at);"
     ))?;
     // Claims are few; every pass looks for those of dead processes, so they get a small
@@ -259,6 +262,15 @@ fn added_before_0_2(conn: &Connection, table: &str) -> Result<()> {
         add_column(conn, owner, column, decl)?;
     }
     Ok(())
+}
+
+/// Migration 4: the queue's `last_used` (when the file was last read through the extension,
+/// saved or downloaded, in ms; written lazily, see cache.rs: the archived cache evicts the
+/// least recently used) and `pinned` (`attachment_pin`: kept on the device, never evicted,
+/// downloaded whatever the watches say).
+fn cache_columns(conn: &Connection, table: &str) -> Result<()> {
+    add_column(conn, table, "last_used", "INTEGER")?;
+    add_column(conn, table, "pinned", "INTEGER NOT NULL DEFAULT 0")
 }
 
 /// `"name"` with embedded quotes doubled: safe for any identifier.

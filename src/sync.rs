@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 use rusqlite::Connection;
 use serde_json::{json, Value};
 
+use crate::cache;
 use crate::config::Config;
 use crate::connection::immediate;
 use crate::error::{Error, Result};
@@ -289,8 +290,16 @@ impl Syncer {
         if summary.cancelled {
             return Ok(summary);
         }
-        if reconcile::expiry_needed(conn, &self.config)? {
-            summary.expired = write(conn, should_stop, || reconcile::expire_cache(conn, &self.config, &self.store))?;
+        // Uses noted by reads since the last pass are written first, in the expiry's own
+        // transaction (or one of their own when nothing is to be expired).
+        let expiry_needed = cache::expiry_needed(conn, &self.config)?;
+        if expiry_needed || cache::uses_pending(&self.db_file) {
+            summary.expired = cache::with_uses(&self.db_file, |uses| {
+                write(conn, should_stop, || {
+                    cache::record_uses(conn, &self.config.table, uses)?;
+                    if expiry_needed { cache::expire(conn, &self.config, &self.store) } else { Ok(0) }
+                })
+            })?;
         }
         summary.pending = queue.pending()?;
         Ok(summary)

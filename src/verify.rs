@@ -82,7 +82,8 @@ pub fn run_now(own_conn: &Connection, db_file: &str, config: &Config, store: &Lo
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Verified {
-    /// SYNCED rows whose local copy vanished, queued for download again.
+    /// SYNCED rows whose local copy vanished, and pinned ARCHIVED rows without one, queued
+    /// for download again.
     pub requeued: usize,
     /// Rows whose file is missing and cannot be recovered (an upload that lost its file).
     pub archived: usize,
@@ -172,6 +173,9 @@ pub fn verify(conn: &Connection, config: &Config, store: &LocalStore) -> Result<
             _ => {}
         }
     }
+
+    // A pinned attachment is kept on the device: one whose copy vanished is fetched again.
+    out.requeued += queue.download_pinned(None)?;
 
     // Only names this extension writes reach here (`{id}.{ext}` and its temp names).
     let owned: HashSet<&str> = rows.iter().map(|r| r.filename.as_str()).collect();

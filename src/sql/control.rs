@@ -153,7 +153,14 @@ fn expire_cache(ctx: &Context) -> Result<i64> {
     let db_file = target.path.as_str();
     let store = LocalStore::open(config.local_dir_for(Some(db_file))?)?;
     let own = crate::connection::open_connection(&target)?;
-    Ok(crate::connection::immediate(&own, || reconcile::expire_cache(&own, &config, &store))? as i64)
+    // Uses noted by reads in this process are written first: they decide what goes.
+    let expired = crate::cache::with_uses(db_file, |uses| {
+        crate::connection::immediate(&own, || {
+            crate::cache::record_uses(&own, &config.table, uses)?;
+            crate::cache::expire(&own, &config, &store)
+        })
+    })?;
+    Ok(expired as i64)
 }
 
 /// Starts this process's worker for the caller's database file (harmless if it runs).

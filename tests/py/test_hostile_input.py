@@ -126,6 +126,9 @@ FUNCTIONS = {
     "attachment_delete": (1, 1, ["id"], ["abc"]),
     "attachment_watch": (2, 3, ["name", "query", "options"], ["w1", "SELECT id FROM docs", "{}"]),
     "attachment_unwatch": (1, 1, ["name"], ["w1"]),
+    "attachment_pin": (1, 1, ["id"], ["abc"]),
+    "attachment_unpin": (1, 1, ["id"], ["abc"]),
+    "attachment_cache": (0, 0, [], []),
     "attachment_version": (0, 0, [], []),
 }
 # The reconciliation's pure helpers answer NULL for anything unsafe (documented: such
@@ -133,7 +136,7 @@ FUNCTIONS = {
 PURE = {"attachment_filename", "attachment_media_type"}
 WRONG = {"NULL": None, "INTEGER": 42, "REAL": 1.5, "BLOB": b"\x00\x01", "TEXT": "text"}
 # Arguments where NULL is documented as meaning "none" or "all".
-NULL_OK = {("attachment_retry", 0), ("attachment_local_uri", 0), ("attachment_data", 0), ("attachment_delete", 0), ("attachment_save", 2), ("attachment_save", 3),
+NULL_OK = {("attachment_retry", 0), ("attachment_local_uri", 0), ("attachment_data", 0), ("attachment_delete", 0), ("attachment_pin", 0), ("attachment_unpin", 0), ("attachment_save", 2), ("attachment_save", 3),
            ("attachment_save_file", 2), ("attachment_save_file", 3), ("attachment_watch", 2)}
 
 
@@ -200,6 +203,11 @@ def sql_cases():
         for label, value in (("../x", "../x"), ("/etc/passwd", "/etc/passwd"), ("NUL", "a\x00b"),
                              ("1 MB", HUGE), ("unicode lookalike", "аbc")):
             specials.append((f"id {label}", fn, [value], "safe", None))
+    # Pinning names an id to keep: an unsafe one is refused, never looked up.
+    for fn in ("attachment_pin", "attachment_unpin"):
+        for label, value in (("../x", "../x"), ("/etc/passwd", "/etc/passwd"), ("NUL", "a\x00b"),
+                             ("1 MB", HUGE), ("unicode lookalike", "аbc")):
+            specials.append((f"id {label}", fn, [value], "misuse", "id"))
     specials += [
         ("id ../x", "attachment_filename", ["../x", "bin"], "null_or_misuse", None),
         ("ext ../x", "attachment_filename", ["abc", "../bin"], "null_or_misuse", None),
