@@ -4,6 +4,7 @@
 //! `attachment_queue` virtual table; see the README.
 
 mod cancel;
+mod concurrency;
 mod config;
 mod connection;
 mod error;
@@ -19,6 +20,7 @@ mod schema;
 mod sql;
 mod store;
 mod sync;
+mod throttle;
 mod verify;
 mod watch;
 mod worker;

@@ -97,6 +97,10 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
         ("_attachments_watch", "last_error", "TEXT"),
         ("_attachments_watch", "last_run", "INTEGER"),
         ("_attachments_watch", "incremental", "INTEGER NOT NULL DEFAULT 1"),
+        // attachment_pause(): every process's worker stops moving bytes while it is 1.
+        ("_attachments_config", "paused", "INTEGER NOT NULL DEFAULT 0"),
+        // The adaptive number of transfers in flight, as the last pass left it.
+        ("_attachments_config", "concurrency", "INTEGER"),
     ];
     for (owner, column, decl) in added {
         let present: bool = conn.query_row(
