@@ -321,25 +321,35 @@ impl LocalStore {
         sink.out = Some(io::BufWriter::with_capacity(64 * 1024, file));
         let result = fill(&mut sink);
         let flushed = sink.out.take().map(|w| w.into_inner().map_err(|e| e.into_error()));
-        let result = result.and_then(|claimed| {
-            let file = flushed.ok_or_else(|| Error::Misuse("partial file lost".into()))?.map_err(|e| Error::io(&path, e))?;
-            drop(file);
-            let sha256 = hex::encode(sink.hasher.clone().finalize());
-            check_claims(&claimed, sink.size, &sha256)?;
-            Ok(Written { size: sink.size, sha256 })
-        });
-        match result {
-            Ok(written) => Ok((Staged { tmp: path, dest, lock: Some(Held(lock)), meta: Some(meta) }, written)),
+        let fetched = match (result, flushed) {
+            (Ok(claimed), Some(Ok(_))) => Ok(claimed),
+            (Ok(_), flushed) => {
+                let e = flushed.and_then(|f| f.err()).unwrap_or_else(|| io::Error::other("partial file lost"));
+                Err(RemoteError::local(format!("writing {}: {e}", path.display())).into())
+            }
+            (Err(e), _) => Err(e),
+        };
+        let claimed = match fetched {
+            Ok(claimed) => claimed,
             Err(e) => {
+                // Cut by the network, a stop or a pause: the next attempt asks for the rest.
                 if keeps_partial(&e) {
                     let _ = lock.sync_data();
                 } else {
                     let _ = fs::remove_file(&path);
                     let _ = fs::remove_file(&meta);
                 }
-                Err(e)
+                return Err(e);
             }
+        };
+        let sha256 = hex::encode(sink.hasher.clone().finalize());
+        if let Err(e) = check_claims(&claimed, sink.size, &sha256) {
+            // The whole file is not the object: start over next time.
+            let _ = fs::remove_file(&path);
+            let _ = fs::remove_file(&meta);
+            return Err(e);
         }
+        Ok((Staged { tmp: path, dest, lock: Some(Held(lock)), meta: Some(meta) }, Written { size: sink.size, sha256 }))
     }
 
     #[cfg(target_os = "linux")]
@@ -481,10 +491,12 @@ pub fn partial_of(name: &str) -> Option<&str> {
     names::check_filename(base).ok().map(|_| base)
 }
 
-/// Whether a failed download's partial file is worth keeping for the next attempt.
+/// Whether a failed download's partial file is worth keeping for the next attempt: after
+/// a transient failure (the network, a stop, a pause, a full disk) or a body cut short;
+/// not after bytes that are not the object's (re-encoded, too long) or an object gone.
 fn keeps_partial(e: &Error) -> bool {
     match e {
-        Error::Remote(r) => r.kind == ErrorKind::Transient && r.class != ErrorClass::Integrity,
+        Error::Remote(r) => r.kind == ErrorKind::Transient && (r.class != ErrorClass::Integrity || r.is_truncation()),
         _ => false,
     }
 }

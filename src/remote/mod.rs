@@ -214,6 +214,9 @@ impl ErrorClass {
     }
 }
 
+/// How a cut body's error begins (see [`RemoteError::truncated`]).
+const TRUNCATED: &str = "incomplete transfer: ";
+
 #[derive(Debug, Clone)]
 pub struct RemoteError {
     pub kind: ErrorKind,
@@ -253,6 +256,16 @@ impl RemoteError {
     /// Bytes that are not the file's (short, long, wrong checksum, re-encoded): retried soon.
     pub fn integrity(message: impl Into<String>) -> RemoteError {
         RemoteError::new(ErrorKind::Transient, message).with_class(ErrorClass::Integrity)
+    }
+
+    /// A body cut short: what did arrive is the object's start, and can be resumed.
+    pub fn truncated(message: impl Into<String>) -> RemoteError {
+        RemoteError::integrity(format!("{TRUNCATED}{}", message.into()))
+    }
+
+    /// True for [`RemoteError::truncated`].
+    pub fn is_truncation(&self) -> bool {
+        self.class == ErrorClass::Integrity && self.message.starts_with(TRUNCATED)
     }
 
     /// An endpoint that is wrong or behind a login: retried with the longest backoff.

@@ -235,14 +235,14 @@ impl Transport {
         progress(0).map_err(|e| RemoteError::new(ErrorKind::Transient, format!("download interrupted: {e}")))?;
         let mut body = RateReader::new(resp.body_mut().as_reader(), &self.limits, Pace::InsideReads);
         let copied = copy_with_progress(&mut body, out, progress).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => RemoteError::integrity(match length {
-                Some(len) => format!("incomplete transfer: the body ended after {} of {len} bytes", body.total()),
-                None => format!("incomplete transfer: the chunked body ended after {} bytes, before its last chunk", body.total()),
+            std::io::ErrorKind::UnexpectedEof => RemoteError::truncated(match length {
+                Some(len) => format!("the body ended after {} of {len} bytes", body.total()),
+                None => format!("the chunked body ended after {} bytes, before its last chunk", body.total()),
             }),
             _ => RemoteError::new(ErrorKind::Transient, format!("download interrupted: {e}")),
         })?;
         if let Some(len) = length.filter(|len| *len != copied) {
-            return Err(RemoteError::integrity(format!("incomplete transfer: got {copied} of {len} bytes")));
+            return Err(RemoteError::truncated(format!("got {copied} of {len} bytes")));
         }
         let length = total.or(length.map(|l| l + offset)).or(if offset == 0 { None } else { Some(offset + copied) });
         Ok(Ranged::Done(Fetched { length, sha256 }))
