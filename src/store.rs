@@ -333,7 +333,8 @@ impl LocalStore {
             Ok(claimed) => claimed,
             Err(e) => {
                 // Cut by the network, a stop or a pause: the next attempt asks for the rest.
-                if keeps_partial(&e) {
+                let empty = lock.metadata().map(|m| m.len() == 0).unwrap_or(false);
+                if keeps_partial(&e) && !empty {
                     let _ = lock.sync_data();
                 } else {
                     let _ = fs::remove_file(&path);

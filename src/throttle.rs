@@ -97,7 +97,7 @@ impl Steer {
 
 /// Charges a transfer's progress reports to its database's bucket: the callbacks report
 /// totals so far, this turns them into the bytes moved since the last report (a total that
-/// goes down is a new answer starting over, charged from zero).
+/// goes down is a new answer starting over from there, or parts reporting out of order).
 pub struct Meter {
     steer: Arc<Steer>,
     last: AtomicU64,
@@ -110,8 +110,7 @@ impl Meter {
 
     pub fn report(&self, total: u64, stop: &dyn Fn() -> bool) -> io::Result<()> {
         let last = self.last.swap(total, Ordering::Relaxed);
-        let moved = if total >= last { total - last } else { total };
-        self.steer.pay(moved, stop)
+        self.steer.pay(total.saturating_sub(last), stop)
     }
 }
 
@@ -161,6 +160,9 @@ mod tests {
         // 250 KB moved against 250 KB of burst: nothing owed yet.
         let tokens = steer.bucket.lock().unwrap().unwrap().0;
         assert!(tokens.abs() < 1_000.0, "{tokens}");
-        meter.report(10, &|| false).unwrap(); // a new answer: 10 bytes, not a negative amount
+        meter.report(0, &|| false).unwrap(); // a new answer starts over: nothing moved, nothing owed
+        meter.report(10, &|| false).unwrap();
+        let tokens = steer.bucket.lock().unwrap().unwrap().0;
+        assert!((tokens + 10.0).abs() < 1_000.0, "{tokens}");
     }
 }

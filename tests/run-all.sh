@@ -21,6 +21,7 @@ step "Watches: untrusted queries, failures kept per watch, triggers repaired" te
 step "Hostile servers: redirects, truncation, trickles, secrets (nginx, s3s-fs, fault proxy)" tests/py/run.sh test_hostile_servers
 step "Queue state machine: one test per transition" tests/py/run.sh test_queue_states
 step "Hostile input catalogue (SQL, synced data, hand-edited tables, hostile servers)" tests/py/run.sh test_hostile_input
+step "Transfers: resumable downloads, bandwidth cap, pause and resume, adaptive concurrency (nginx, s3s-fs, signing backend)" tests/py/run.sh test_transfers
 step "Reliability at small counts (crash, faults, three processes, disk full)" /usr/bin/python3 tests/reliability/run.py --small
 step "Host: Python package from dist/ (stdlib sqlite3, apsw, sqlean.py)" tests/hosts/test-python.sh
 step "Host: Go example (mattn/go-sqlite3)" tests/hosts/test-go.sh
