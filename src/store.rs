@@ -493,11 +493,16 @@ pub fn partial_of(name: &str) -> Option<&str> {
 }
 
 /// Whether a failed download's partial file is worth keeping for the next attempt: after
-/// a transient failure (the network, a stop, a pause, a full disk) or a body cut short;
-/// not after bytes that are not the object's (re-encoded, too long) or an object gone.
+/// a transient failure of the network or server (a timeout, a reset, a stop, a pause) or a
+/// body cut short; not after bytes that are not the object's (re-encoded, too long), an
+/// object gone, or a local write failure (a full disk is not kept fuller by us).
 fn keeps_partial(e: &Error) -> bool {
     match e {
-        Error::Remote(r) => r.kind == ErrorKind::Transient && (r.class != ErrorClass::Integrity || r.is_truncation()),
+        Error::Remote(r) => {
+            r.kind == ErrorKind::Transient
+                && r.class != ErrorClass::Local
+                && (r.class != ErrorClass::Integrity || r.is_truncation())
+        }
         _ => false,
     }
 }
