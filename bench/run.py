@@ -353,6 +353,7 @@ def resumed_download(kind, storage_port):
         a.execute("INSERT INTO items VALUES (1, attachment_save_file(?, 'bin'))", (src,))
         os.remove(src)
         a.execute("SELECT attachment_sync()")
+        assert one(a, "SELECT state FROM attachments") == 3, a.execute("SELECT last_error FROM attachments").fetchall()
         fid = one(a, "SELECT file_id FROM items")
         # Capped so the kill lands near the middle: about 8 s for the whole object.
         b = connect(os.path.join(work, "b.db"), local_dir="b", max_bytes_per_second=size // 8, **remote)
@@ -385,7 +386,8 @@ def resumed_download(kind, storage_port):
 
 
 def steering(nginx, s3_port):
-    os.environ.update(AWS_ACCESS_KEY_ID=servers.ACCESS_KEY, AWS_SECRET_ACCESS_KEY=servers.SECRET_KEY)
+    os.environ.update(AWS_ACCESS_KEY_ID=servers.ACCESS_KEY, AWS_SECRET_ACCESS_KEY=servers.SECRET_KEY,
+                      ATTACHMENTS_HTTP_TOKEN=servers.TOKEN)  # the signing backend's
     capped_transfer(nginx)
     resumed_download("http", nginx.port)
     resumed_download("s3", s3_port)
