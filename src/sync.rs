@@ -44,6 +44,8 @@ const RENEW_EVERY: Duration = Duration::from_secs(1);
 const GATHER: Duration = Duration::from_millis(10);
 /// How often a pass looks at its stop condition while it waits for transfers.
 const STOP_CHECK: Duration = Duration::from_millis(50);
+/// A pause waits this long for the transfers in flight to hand back what they can resume.
+const PAUSE_GRACE: Duration = Duration::from_secs(2);
 /// A write waits for the lock this long at a time; between slices the pass can stop.
 const BUSY_SLICE: Duration = Duration::from_millis(200);
 /// Writes the pass cannot do without (reconcile, verify, expiry) wait at most this long in all.
@@ -122,6 +124,11 @@ impl Gate {
             }
             active = self.changed.wait_timeout(active, STOP_CHECK).unwrap_or_else(|e| e.into_inner()).0;
         }
+    }
+
+    /// Transfers moving bytes now.
+    fn active(&self) -> usize {
+        *self.active.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn leave(&self) {
@@ -288,6 +295,13 @@ impl Syncer {
                 cancel.store(true, Ordering::Relaxed);
                 if pausing && !should_stop() {
                     summary.paused = true;
+                    // Transfers stop at their next read; their results carry what can resume
+                    // (an S3 multipart upload's id and stored parts), so they are waited for
+                    // a moment. A stop does not wait: it must return at once.
+                    let give_up = Instant::now() + PAUSE_GRACE;
+                    while gate.active() > 0 && Instant::now() < give_up && !should_stop() {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
                 } else {
                     summary.cancelled = true;
                 }
@@ -431,8 +445,11 @@ impl Syncer {
                         break;
                     }
                     let outcome = me.perform(&job, &cancel);
+                    // Left after the result is sent: a pass that waits for the gate to empty
+                    // then finds every result in the channel.
+                    let sent = done.send((job, outcome));
                     gate.leave();
-                    if let Err(crossbeam_channel::SendError((_, outcome))) = done.send((job, outcome)) {
+                    if let Err(crossbeam_channel::SendError((_, outcome))) = sent {
                         if let Outcome::Downloaded { staged, .. } = outcome {
                             staged.discard();
                         }

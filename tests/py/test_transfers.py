@@ -381,6 +381,42 @@ class PauseAndResume(WithEnv, Case):
         self.assertEqual(gets[-1][2], len(data) - resumed_at, "only the rest was fetched")
 
 
+class PauseS3Multipart(WithEnv, Case):
+    env = {"AWS_ACCESS_KEY_ID": servers.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": servers.SECRET_KEY}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.root = tempfile.mkdtemp(prefix="att-s3-")
+        cls.s3 = servers.S3(cls.root)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.s3.stop()
+
+    def test_a_paused_multipart_upload_keeps_its_parts(self):
+        proxy = servers.FaultProxy(self.s3.port, "pass")
+        self.addCleanup(proxy.stop)
+        a = self.device("a", remote=f"s3://{servers.BUCKET}/mp", s3_endpoint=f"http://127.0.0.1:{proxy.port}",
+                        max_bytes_per_second=8 * MiB)
+        data = os.urandom(20 * MiB)  # parts of 16 and 4 MiB, sent side by side
+        a.execute("SELECT attachment_save(?, 'bin')", (data,))
+        one(a, "SELECT attachment_start_sync()")
+        self.started.append(a)
+        # The 4 MiB part is stored after about 8 MiB have moved; the 16 MiB one is still going.
+        wait_until(lambda: any(m == "PUT" and st == 200 for m, st, _, _ in proxy.answers()), what="a stored part")
+        one(a, "SELECT attachment_pause()")
+        wait_until(lambda: one(a, "SELECT claimed_by IS NULL FROM attachments"), timeout=5, what="the upload to stop")
+        resume = json.loads(one(a, "SELECT upload_resume FROM attachments"))
+        self.assertEqual([n for n, _ in resume["etags"]], [2], "the stored part is kept with its upload id")
+        self.assertEqual(one(a, "SELECT state_name || ' ' || attempts FROM attachment_queue"), "QUEUED_UPLOAD 0")
+        one(a, "SELECT attachment_resume()")
+        wait_until(lambda: one(a, "SELECT state_name FROM attachment_queue") == "SYNCED", timeout=30, what="the upload")
+        parts = [r for r in proxy.requests() if r.startswith("PUT")]
+        self.assertEqual(len(parts), 3, f"part 1 twice, part 2 once: {parts}")
+        with open(os.path.join(self.root, servers.BUCKET, "mp", one(a, "SELECT filename FROM attachments")), "rb") as f:
+            self.assertEqual(f.read(), data)
+
+
 class AdaptiveConcurrency(WithEnv, Case):
     env = {"ATTACHMENTS_HTTP_TOKEN": servers.TOKEN}
 
