@@ -171,6 +171,7 @@ class HttpWebDav(ResumeContract, Case):
         held = size_or_none(self.partial("b", "r4"))
         self.assertLess(held, len(data))
         b.execute("UPDATE attachments SET claimed_by = NULL, claimed_until = NULL")  # the dead process's claim
+        b.execute("SELECT attachment_init(?)", (json.dumps({"local_dir": "files-b", **self.remote_config(proxy.port)}),))
         self.assertEqual(self.sync(b)["downloaded"], 1, b.execute("SELECT last_error FROM attachment_queue").fetchall())
         self.assertEqual(self.local("b", "r4"), data)
         last = [a for a in proxy.answers() if a[0] == "GET"][-1]
@@ -250,6 +251,58 @@ class SignedUrls(ResumeContract, Case):
         presigned_put(self.backend(port), id, f"{id}.bin", data)
 
 
+class DirRemoteResume(Case):
+    """file://: the remote file's inode, size and modification time stand in for an ETag."""
+
+    def downloader(self, **config):
+        b = self.device("b", **config)
+        b.execute("CREATE TABLE refs(id TEXT)")
+        b.execute("SELECT attachment_watch('refs', 'SELECT id, ''bin'' AS file_extension FROM refs')")
+        return b
+
+    def killed_half_way(self, data):
+        os.makedirs(self.remote, exist_ok=True)
+        with open(os.path.join(self.remote, "d1.bin"), "wb") as f:
+            f.write(data)
+        b = self.downloader(max_bytes_per_second=512 * KiB)
+        b.execute("INSERT INTO refs VALUES ('d1')")
+        partial = os.path.join(self.dir, "files-b", ".d1.bin.partial")
+        child = subprocess.Popen([sys.executable, "-c", SYNC_IN_CHILD, os.path.join(self.dir, "b.db"), LIB])
+        try:
+            wait_until(lambda: (size_or_none(partial) or 0) > 600_000, what="a partial file")
+        finally:
+            child.kill()
+            child.wait()
+        b.execute("UPDATE attachments SET claimed_by = NULL, claimed_until = NULL")  # the dead process's claim
+        return b, size_or_none(partial)
+
+    def test_a_killed_download_goes_on_from_its_partial_file(self):
+        data = os.urandom(2 * MiB)
+        b, held = self.killed_half_way(data)
+        one(b, "SELECT attachment_start_sync()")
+        self.started.append(b)
+        # The first progress the resumed transfer shows already counts the bytes it held.
+        first = []
+        wait_until(lambda: first.append(one(b, "SELECT bytes_done FROM attachment_queue")) or (first[-1] or 0) > 0
+                   or one(b, "SELECT state_name FROM attachment_queue") == "SYNCED", what="progress")
+        self.assertGreaterEqual(next(n for n in first if n), held)
+        wait_until(lambda: one(b, "SELECT state_name FROM attachment_queue") == "SYNCED", what="the download")
+        with open(os.path.join(self.dir, "files-b", "d1.bin"), "rb") as f:
+            self.assertEqual(f.read(), data)
+
+    def test_a_file_replaced_meanwhile_is_read_again_whole(self):
+        old, new = os.urandom(2 * MiB), os.urandom(2 * MiB)
+        b, held = self.killed_half_way(old)
+        tmp = os.path.join(self.remote, ".new")
+        with open(tmp, "wb") as f:
+            f.write(new)
+        os.rename(tmp, os.path.join(self.remote, "d1.bin"))
+        b.execute("SELECT attachment_init(?)", (json.dumps({"local_dir": "files-b", "remote": f"file://{self.remote}"}),))
+        self.assertEqual(self.sync(b)["downloaded"], 1)
+        with open(os.path.join(self.dir, "files-b", "d1.bin"), "rb") as f:
+            self.assertEqual(f.read(), new)
+
+
 class Bandwidth(Case):
     def test_a_cap_paces_a_transfer(self):
         a = self.device("a", max_bytes_per_second=256 * KiB)
@@ -287,7 +340,7 @@ class Bandwidth(Case):
 
 
 class BandwidthOverHttp(WithEnv, Case):
-    # A minimum rate of 2 MB/s judged over 1 s: a capped transfer at 256 KiB/s would be
+    # A minimum rate of 2 MB/s judged over 1 s: a capped transfer at 512 KiB/s would be
     # cut if the time it waits for the cap counted against the server.
     env = {"ATTACHMENTS_HTTP_TOKEN": servers.TOKEN,
            "SQLITE_ATTACHMENTS_TEST_TIMEOUTS": "min_rate=2000000,min_rate_window=1"}
@@ -303,11 +356,11 @@ class BandwidthOverHttp(WithEnv, Case):
 
     def test_waiting_for_the_cap_is_not_a_stall(self):
         remote = f"http://127.0.0.1:{self.nginx.port}/cap/"
-        a = self.device("a", remote=remote, max_bytes_per_second=256 * KiB)
+        a = self.device("a", remote=remote, max_bytes_per_second=512 * KiB)
         a.execute("CREATE TABLE refs(id TEXT)")
         a.execute("INSERT INTO refs VALUES (attachment_save(randomblob(?), 'bin'))", (1 * MiB,))
         self.assertEqual(self.sync(a)["uploaded"], 1, a.execute("SELECT last_error FROM attachment_queue").fetchall())
-        b = self.device("b", remote=remote, max_bytes_per_second=256 * KiB)
+        b = self.device("b", remote=remote, max_bytes_per_second=512 * KiB)
         b.execute("CREATE TABLE refs(id TEXT)")
         b.execute("INSERT INTO refs SELECT ? ", (one(a, "SELECT id FROM refs"),))
         b.execute("SELECT attachment_watch('refs', 'SELECT id, ''bin'' AS file_extension FROM refs')")
@@ -345,7 +398,7 @@ class PauseAndResume(WithEnv, Case):
         req = urllib.request.Request(f"http://127.0.0.1:{self.nginx.port}/p/p1.bin", data=data, method="PUT",
                                      headers={"Authorization": f"Bearer {servers.TOKEN}"})
         urllib.request.urlopen(req).read()
-        b = self.device("b", remote=f"http://127.0.0.1:{proxy.port}/p/", max_bytes_per_second=256 * KiB)
+        b = self.device("b", remote=f"http://127.0.0.1:{proxy.port}/p/", max_bytes_per_second=512 * KiB)
         b.execute("CREATE TABLE refs(id TEXT)")
         b.execute("SELECT attachment_watch('refs', 'SELECT id, ''bin'' AS file_extension FROM refs')")
         b.execute("INSERT INTO refs VALUES ('p1')")
@@ -357,7 +410,7 @@ class PauseAndResume(WithEnv, Case):
             self.assertEqual(one(b, "SELECT attachment_pause()"), 1)
             time.sleep(1.5)  # the other process sees the flag within about a second
             held = size_or_none(partial)
-            time.sleep(1.5)
+            time.sleep(1.0)
             self.assertEqual(size_or_none(partial), held, "bytes stopped moving")
             self.assertLess(held, len(data))
             row = b.execute("SELECT q.state_name, q.attempts, a.claimed_by FROM attachment_queue q JOIN attachments a USING (id)").fetchone()
