@@ -1,10 +1,10 @@
 //! attachment_init, attachment_sync, attachment_verify, attachment_expire_cache,
-//! attachment_start_sync and attachment_stop_sync.
+//! attachment_start_sync, attachment_stop_sync and attachment_version.
 
 use super::Context;
 use rusqlite::Connection;
 
-use super::{caller, scalar, text_arg, EFFECTFUL};
+use super::{caller, scalar, text_arg, EFFECTFUL, PURE};
 use crate::config::Config;
 use crate::connection::DbTarget;
 use crate::error::{Error, Result};
@@ -28,6 +28,7 @@ pub fn register(db: &Connection) -> rusqlite::Result<()> {
     scalar(db, "attachment_stop_sync", "attachment_stop_sync()", 0..=0, EFFECTFUL, stop_sync)?;
     scalar(db, "attachment_pause", "attachment_pause()", 0..=0, EFFECTFUL, pause)?;
     scalar(db, "attachment_resume", "attachment_resume()", 0..=0, EFFECTFUL, resume)?;
+    scalar(db, "attachment_version", "attachment_version()", 0..=0, PURE, version)?;
     Ok(())
 }
 
@@ -203,4 +204,9 @@ fn pause(ctx: &Context) -> Result<i64> {
 
 fn resume(ctx: &Context) -> Result<i64> {
     set_paused(ctx, false)
+}
+
+/// `sqlite-attachments 0.2.0 (schema 3)`: this build's release and the layout it writes.
+fn version(_ctx: &Context) -> Result<String> {
+    Ok(format!("sqlite-attachments {} (schema {})", env!("CARGO_PKG_VERSION"), schema::SCHEMA_VERSION))
 }
