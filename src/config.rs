@@ -15,6 +15,10 @@ use crate::error::{Error, Result};
 static PARSED: LazyLock<Mutex<HashMap<String, Config>>> = LazyLock::new(Default::default);
 
 pub const DEFAULT_MAX_ATTEMPTS: i64 = 10;
+/// The default upper bound of transfers in flight; the worker adapts below it (see
+/// `concurrency.rs`). High enough for links with 150 ms of latency.
+pub const DEFAULT_MAX_CONCURRENCY: i64 = 32;
+pub const MAX_CONCURRENCY: i64 = 256;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -28,6 +32,8 @@ pub struct Config {
     pub archived_cache_bytes: Option<i64>,
     pub sync_interval_ms: i64,
     pub max_concurrency: i64,
+    /// Cap on transfer bandwidth (uploads and downloads together), bytes per second.
+    pub max_bytes_per_second: Option<i64>,
     pub max_attempts: i64,
     pub s3_endpoint: Option<String>,
     pub s3_region: String,
@@ -218,9 +224,9 @@ impl Config {
         if let Some(key) = duplicate_key(text) {
             return Err(Error::config(&key, "is given more than once; give each key once"));
         }
-        const KEYS: [&str; 11] = [
+        const KEYS: [&str; 12] = [
             "local_dir", "remote", "table", "download_attachments", "archived_cache_limit", "archived_cache_bytes",
-            "sync_interval_ms", "max_concurrency", "max_attempts", "s3_endpoint", "s3_region",
+            "sync_interval_ms", "max_concurrency", "max_bytes_per_second", "max_attempts", "s3_endpoint", "s3_region",
         ];
         if let Some(k) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
             return Err(Error::config(k, format!("unknown key; known keys are {}", KEYS.join(", "))));
@@ -261,7 +267,8 @@ impl Config {
             archived_cache_limit: optional_int(&obj, "archived_cache_limit", 0, i64::MAX)?.unwrap_or(100),
             archived_cache_bytes: optional_int(&obj, "archived_cache_bytes", 0, i64::MAX)?,
             sync_interval_ms: optional_int(&obj, "sync_interval_ms", 10, 86_400_000)?.unwrap_or(30_000),
-            max_concurrency: optional_int(&obj, "max_concurrency", 1, 64)?.unwrap_or(4),
+            max_concurrency: optional_int(&obj, "max_concurrency", 1, MAX_CONCURRENCY)?.unwrap_or(DEFAULT_MAX_CONCURRENCY),
+            max_bytes_per_second: optional_int(&obj, "max_bytes_per_second", crate::throttle::MIN_BYTES_PER_SECOND, i64::MAX)?,
             max_attempts: optional_int(&obj, "max_attempts", 1, 1_000_000)?.unwrap_or(DEFAULT_MAX_ATTEMPTS),
             s3_endpoint,
             s3_region,
@@ -279,6 +286,7 @@ impl Config {
             "archived_cache_bytes": self.archived_cache_bytes,
             "sync_interval_ms": self.sync_interval_ms,
             "max_concurrency": self.max_concurrency,
+            "max_bytes_per_second": self.max_bytes_per_second,
             "max_attempts": self.max_attempts,
             "s3_endpoint": self.s3_endpoint,
             "s3_region": self.s3_region,
@@ -384,7 +392,8 @@ mod tests {
         let c = Config::parse(r#"{"local_dir":"files","remote":"file:///tmp/r"}"#).unwrap();
         assert_eq!(c.table, "attachments");
         assert!(c.download_attachments);
-        assert_eq!((c.archived_cache_limit, c.sync_interval_ms, c.max_concurrency), (100, 30_000, 4));
+        assert_eq!((c.archived_cache_limit, c.sync_interval_ms, c.max_concurrency), (100, 30_000, 32));
+        assert_eq!(c.max_bytes_per_second, None);
         assert_eq!(c.remote, Remote::Dir("/tmp/r".into()));
         assert_eq!(Config::parse(&c.to_json().to_string()).unwrap(), c);
     }
@@ -412,6 +421,11 @@ mod tests {
         assert!(err(r#"{"remote":"file:///x"}"#).contains("'local_dir': is required"));
         assert!(err(r#"{"local_dir":"a","remote":"file:///x","colour":1}"#).contains("'colour': unknown key"));
         assert!(err(r#"{"local_dir":"a","remote":"file:///x","max_concurrency":0}"#).contains("'max_concurrency'"));
+        assert!(err(r#"{"local_dir":"a","remote":"file:///x","max_bytes_per_second":100}"#).contains("'max_bytes_per_second'"));
+        assert!(err(r#"{"local_dir":"a","remote":"file:///x","max_bytes_per_second":"1M"}"#).contains("'max_bytes_per_second'"));
+        let capped = Config::parse(r#"{"local_dir":"a","remote":"file:///x","max_bytes_per_second":262144}"#).unwrap();
+        assert_eq!(capped.max_bytes_per_second, Some(262144));
+        assert_eq!(capped.to_json()["max_bytes_per_second"], 262144);
         assert!(err(r#"{"local_dir":"a","remote":"file:///x","download_attachments":"yes"}"#).contains("'download_attachments'"));
         assert!(err(r#"{"local_dir":"a","remote":"ftp://x"}"#).contains("'remote'"));
         assert!(err(r#"{"local_dir":"a","remote":"file://relative"}"#).contains("absolute"));

@@ -5,6 +5,7 @@
 
 mod cache;
 mod cancel;
+mod concurrency;
 mod config;
 mod connection;
 mod error;
@@ -20,6 +21,7 @@ mod schema;
 mod sql;
 mod store;
 mod sync;
+mod throttle;
 mod verify;
 mod watch;
 mod worker;

@@ -36,6 +36,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 2, what: "columns added to the first layout before schema_version was read", run: added_before_0_2 },
     Migration { version: 3, what: "per-watch policies and row-by-row refresh of watches", run: policies_and_rows },
     Migration { version: 4, what: "the archived cache's last use and pinning (last_used, pinned)", run: cache_columns },
+    Migration { version: 5, what: "the pause flag and the adaptive concurrency level", run: steering },
 ];
 
 /// Rows of a watched table changed since the watch last ran (see `_attachments_src`);
@@ -271,6 +272,14 @@ fn added_before_0_2(conn: &Connection, table: &str) -> Result<()> {
 fn cache_columns(conn: &Connection, table: &str) -> Result<()> {
     add_column(conn, table, "last_used", "INTEGER")?;
     add_column(conn, table, "pinned", "INTEGER NOT NULL DEFAULT 0")
+}
+
+/// Migration 5: `_attachments_config.paused` (`attachment_pause()`: every process's passes
+/// stop moving bytes while it is 1) and `_attachments_config.concurrency` (the adaptive
+/// number of transfers in flight, as the last pass of any process left it).
+fn steering(conn: &Connection, _table: &str) -> Result<()> {
+    add_column(conn, "_attachments_config", "paused", "INTEGER NOT NULL DEFAULT 0")?;
+    add_column(conn, "_attachments_config", "concurrency", "INTEGER")
 }
 
 /// `"name"` with embedded quotes doubled: safe for any identifier.

@@ -180,8 +180,15 @@ pub fn verify(conn: &Connection, config: &Config, store: &LocalStore) -> Result<
     // Only names this extension writes reach here (`{id}.{ext}` and its temp names).
     let owned: HashSet<&str> = rows.iter().map(|r| r.filename.as_str()).collect();
     let old_enough = |m: SystemTime| SystemTime::now().duration_since(m).map(|age| age >= GRACE).unwrap_or(false);
+    // A partial download is kept while its row still waits for that download.
+    let downloading: HashSet<&str> =
+        rows.iter().filter(|r| State::from_code(r.state) == Some(State::QueuedDownload)).map(|r| r.filename.as_str()).collect();
     for entry in &entries {
-        if entry.is_temp {
+        if let Some(of) = &entry.partial_of {
+            if !downloading.contains(of.as_str()) && store.remove_unlocked(entry)? {
+                out.temp_removed += 1;
+            }
+        } else if entry.is_temp {
             if old_enough(entry.modified) && store.remove_unlocked(entry)? {
                 out.temp_removed += 1;
             }

@@ -26,6 +26,7 @@ step "Archived cache: limits by rows and bytes, LRU, pinning, attachment_cache()
 step "Upgrades: the 0.1.0 fixture migrated, a newer schema refused" tests/py/run.sh test_upgrade
 step "Docs match the library (functions, config defaults, columns); README and docs links resolve in the repository and the packages" tests/py/run.sh test_docs
 step "Hostile input catalogue (SQL, synced data, hand-edited tables, hostile servers)" tests/py/run.sh test_hostile_input
+step "Transfers: resumable downloads, bandwidth cap, pause and resume, adaptive concurrency (nginx, s3s-fs, signing backend)" tests/py/run.sh test_transfers
 step "Reliability at small counts (crash, faults, three processes, disk full)" /usr/bin/python3 tests/reliability/run.py --small
 step "Host: Python package from dist/ (stdlib sqlite3, apsw, sqlean.py)" tests/hosts/test-python.sh
 step "Host: Go example (mattn/go-sqlite3)" tests/hosts/test-go.sh

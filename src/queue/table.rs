@@ -490,6 +490,17 @@ impl<'c> QueueTable<'c> {
         Ok(())
     }
 
+    /// Drops the claim of a transfer that was stopped (a stop or a pause), keeping the
+    /// resume state it handed back (an S3 multipart upload's id and parts), if any.
+    pub fn release_keeping(&self, id: &str, resume: Option<&str>) -> Result<()> {
+        let t = &self.t;
+        self.conn.execute(
+            &format!("UPDATE main.{t} SET upload_resume = coalesce(?3, upload_resume), {UNCLAIM} WHERE id = ?1 AND claimed_by = ?2"),
+            params![id, self.owner, resume],
+        )?;
+        Ok(())
+    }
+
     /// Frees every claim of `owner`, a process known to be gone.
     pub fn release_owner(&self, owner: &str) -> Result<usize> {
         let t = &self.t;

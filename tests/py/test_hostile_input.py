@@ -116,6 +116,8 @@ FUNCTIONS = {
     "attachment_expire_cache": (0, 0, [], []),
     "attachment_start_sync": (0, 0, [], []),
     "attachment_stop_sync": (0, 0, [], []),
+    "attachment_pause": (0, 0, [], []),
+    "attachment_resume": (0, 0, [], []),
     "attachment_local_uri": (1, 1, ["id"], ["abc"]),
     "attachment_data": (1, 1, ["id"], ["abc"]),
     "attachment_filename": (2, 2, ["id", "ext"], ["abc", "bin"]),
@@ -894,8 +896,15 @@ class HostileServers(Catalogue):
                             self.escape(s.encode() not in blob, f"a credential leaked: {blob[:500]!r}")
                     local = os.path.join(self.root, f"files-{dev}")
                     if direction == "down":
-                        self.escape([x for x in os.listdir(local) if x != ".attachments-owner"] == [],
-                                    "no partial, login page or temp file kept")
+                        kept = [x for x in os.listdir(local) if x != ".attachments-owner"]
+                        # Only what arrived of the file itself may stay, for the next attempt to
+                        # resume from: never a login page, a temp file or anything at the file's name.
+                        partial = [x for x in kept if x.endswith(".partial")]
+                        self.escape(all(x.startswith(".") and x.endswith((".partial", ".partial-meta")) for x in kept),
+                                    f"no login page or temp file kept: {kept}")
+                        for x in partial:
+                            with open(os.path.join(local, x), "rb") as f:
+                                self.escape(data.startswith(f.read()), "a partial download is the file's start")
 
 
 if __name__ == "__main__":
