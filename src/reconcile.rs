@@ -31,7 +31,8 @@ const DUE: &str = "(refresh_ms IS NOT NULL AND coalesce(last_run, 0) + max(refre
     OR (state = 'ok' AND EXISTS (
         SELECT 1 FROM main._attachments_trigger AS t
         WHERE t.watch = _attachments_watch.name
-          AND NOT EXISTS (SELECT 1 FROM main.sqlite_schema AS s WHERE s.type = 'trigger' AND s.name = t.name)))";
+          AND NOT EXISTS (SELECT 1 FROM main.sqlite_schema AS s
+                          WHERE s.type = 'trigger' AND s.name = t.name AND s.tbl_name = t.tbl COLLATE NOCASE)))";
 
 /// Whether [`reconcile`] has anything to do: one read, so a caller can skip the write transaction.
 pub fn needed(conn: &Connection, force: bool) -> Result<bool> {

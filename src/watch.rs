@@ -587,13 +587,27 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
                 continue;
             }
         }
-        let real: Vec<String> = conn
-            .prepare("SELECT name FROM pragma_table_info(?1)")?
-            .query_map([table], |r| r.get(0))?
+        // Every column, generated ones included (hidden 2 and 3), with whether it is generated.
+        let real: Vec<(String, bool)> = conn
+            .prepare("SELECT name, hidden IN (2, 3) FROM pragma_table_xinfo(?1)")?
+            .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
-        let of: Vec<String> = columns.iter().filter(|c| real.contains(c)).map(|c| quote_ident(c)).collect();
-        let update = if of.is_empty() { "UPDATE".to_string() } else { format!("UPDATE OF {}", of.join(", ")) };
-        let row_level = incremental && row_table.is_some_and(|t| t.eq_ignore_ascii_case(table));
+        let generated = |c: &String| real.iter().any(|(name, g)| *g && name.eq_ignore_ascii_case(c));
+        // A generated column changes when the columns it is computed from do, which an
+        // UPDATE OF naming it does not see, nor a comparison of OLD and NEW in a BEFORE
+        // trigger: a table with one is watched by any update of any column, not row by row.
+        let has_generated = real.iter().any(|(_, g)| *g);
+        let reads_generated = columns.iter().any(generated);
+        let of: Vec<String> = columns
+            .iter()
+            .filter(|c| real.iter().any(|(name, _)| name == *c))
+            .map(|c| quote_ident(c))
+            .collect();
+        let update = if of.is_empty() || reads_generated { "UPDATE".to_string() } else { format!("UPDATE OF {}", of.join(", ")) };
+        let row_level = incremental && !has_generated && row_table.is_some_and(|t| t.eq_ignore_ascii_case(table));
+        if has_generated && row_table.is_some_and(|t| t.eq_ignore_ascii_case(table)) {
+            incremental = false;
+        }
         let keys = if row_level { unique_keys(conn, table)? } else { Some(Vec::new()) };
         let Some(keys) = keys else {
             // A unique index on an expression: REPLACE may delete rows no trigger can name.
@@ -625,7 +639,10 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
             let note = |other: &str| -> String {
                 keys.iter()
                     .map(|key| {
-                        let same: Vec<String> = key.iter().map(|c| format!("{c} = NEW.{c}")).collect();
+                        // Compared as the index compares them: with its collation, which
+                        // may differ from the column's (`CREATE UNIQUE INDEX ... (k COLLATE NOCASE)`).
+                        let same: Vec<String> =
+                            key.iter().map(|(c, coll)| format!("{c} = NEW.{c} COLLATE {coll}")).collect();
                         format!(
                             "INSERT INTO _attachments_changed(watch, rid) SELECT {w}, rowid FROM {} WHERE {}{other};",
                             quote_ident(table),
@@ -635,7 +652,7 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
                     .collect::<Vec<_>>()
                     .join("\n")
             };
-            let mut key_columns: Vec<String> = keys.concat();
+            let mut key_columns: Vec<String> = keys.concat().into_iter().map(|(c, _)| c).collect();
             key_columns.sort();
             key_columns.dedup();
             replaced.push(("rpi", format!("BEFORE INSERT ON {}", quote_ident(table)), note("")));
@@ -672,7 +689,10 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
     }
     let have: Vec<(String, String, bool)> = conn
         .prepare(
-            "SELECT t.name, t.sql, EXISTS (SELECT 1 FROM main.sqlite_schema AS s WHERE s.type = 'trigger' AND s.name = t.name)
+            // Present on the table it was made for: `ALTER TABLE ... RENAME` takes a
+            // table's triggers along to its new name.
+            "SELECT t.name, t.sql, EXISTS (SELECT 1 FROM main.sqlite_schema AS s
+                                           WHERE s.type = 'trigger' AND s.name = t.name AND s.tbl_name = t.tbl COLLATE NOCASE)
              FROM main._attachments_trigger AS t WHERE t.watch = ?1",
         )?
         .query_map([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -702,22 +722,23 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
 }
 
 /// The unique keys of `table` besides its rowid (primary key and unique indexes), each
-/// as its quoted columns; None when one is on an expression.
-fn unique_keys(conn: &Connection, table: &str) -> Result<Option<Vec<Vec<String>>>> {
+/// as its quoted columns with the quoted collation the index compares them with; None
+/// when one is on an expression.
+fn unique_keys(conn: &Connection, table: &str) -> Result<Option<Vec<Vec<(String, String)>>>> {
     let indexes: Vec<String> = conn
         .prepare("SELECT name FROM pragma_index_list(?1) WHERE \"unique\"")?
         .query_map([table], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     let mut keys = Vec::new();
     for index in indexes {
-        let columns: Vec<(i64, Option<String>)> = conn
-            .prepare("SELECT cid, name FROM pragma_index_info(?1) ORDER BY seqno")?
-            .query_map([&index], |r| Ok((r.get(0)?, r.get(1)?)))?
+        let columns: Vec<(i64, Option<String>, Option<String>)> = conn
+            .prepare("SELECT cid, name, coll FROM pragma_index_xinfo(?1) WHERE key ORDER BY seqno")?
+            .query_map([&index], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
         let mut key = Vec::new();
-        for (cid, column) in columns {
+        for (cid, column, coll) in columns {
             match column {
-                Some(c) if cid >= 0 => key.push(quote_ident(&c)),
+                Some(c) if cid >= 0 => key.push((quote_ident(&c), quote_ident(coll.as_deref().unwrap_or("BINARY")))),
                 _ => return Ok(None),
             }
         }

@@ -220,5 +220,64 @@ class RowByRow(Case):
         self.assertEqual(one(a, "SELECT count(*) FROM _attachments_src"), 2)
 
 
+class ShapesTriggersCannotFollow(Case):
+    """Writes a row-level trigger cannot see by the columns it names: each must still
+    be seen, by the next attachment_reconcile() (what a worker pass runs)."""
+
+    def queue(self, c):
+        return dict(c.execute("SELECT id, state_name FROM attachment_queue"))
+
+    def test_an_update_of_the_base_of_a_generated_column_is_seen(self):
+        a = self.device("a")
+        a.execute("CREATE TABLE g(id INTEGER PRIMARY KEY, x TEXT, y TEXT, fid TEXT GENERATED ALWAYS AS ('f' || x))")
+        a.execute("INSERT INTO g(x) VALUES ('1'), ('2')")
+        a.execute("SELECT attachment_watch('w', 'SELECT fid AS id, ''bin'' AS file_extension FROM g')")
+        # Reading the generated column and another column: UPDATE OF y would miss x too.
+        a.execute("SELECT attachment_watch('v', 'SELECT fid AS id FROM g WHERE y IS NULL UNION SELECT fid FROM g')")
+        one(a, "SELECT attachment_reconcile()")
+        w = plain(os.path.join(self.dir, "a.db"))
+        w.execute("UPDATE g SET x = '3' WHERE id = 1")
+        w.close()
+        one(a, "SELECT attachment_reconcile()")
+        self.assertEqual(self.queue(a), {"f1": "ARCHIVED", "f2": "QUEUED_DOWNLOAD", "f3": "QUEUED_DOWNLOAD"})
+
+    def test_a_renamed_table_replaced_by_a_new_one_is_watched(self):
+        a = self.device("a")
+        a.execute("CREATE TABLE p(id INTEGER PRIMARY KEY, fid TEXT)")
+        a.execute("INSERT INTO p(fid) VALUES ('f1')")
+        a.execute("SELECT attachment_watch('w', 'SELECT fid AS id FROM p')")
+        a.execute("CREATE TABLE q(fid TEXT)")
+        a.execute("SELECT attachment_watch('s', 'SELECT fid AS id FROM q UNION SELECT fid FROM q')")
+        one(a, "SELECT attachment_reconcile()")
+        w = plain(os.path.join(self.dir, "a.db"))
+        w.executescript("""ALTER TABLE p RENAME TO p_old; CREATE TABLE p(id INTEGER PRIMARY KEY, fid TEXT);
+                           INSERT INTO p(fid) VALUES ('f2');
+                           ALTER TABLE q RENAME TO q_old; CREATE TABLE q(fid TEXT); INSERT INTO q VALUES ('s1');""")
+        one(a, "SELECT attachment_reconcile()")
+        self.assertEqual(self.queue(a), {"f1": "ARCHIVED", "f2": "QUEUED_DOWNLOAD", "s1": "QUEUED_DOWNLOAD"})
+        # And the triggers now follow the new tables: later writes are seen too.
+        w.executescript("INSERT INTO p(fid) VALUES ('f3'); INSERT INTO q VALUES ('s2');")
+        w.close()
+        one(a, "SELECT attachment_reconcile()")
+        self.assertEqual(self.queue(a)["f3"], "QUEUED_DOWNLOAD")
+        self.assertEqual(self.queue(a)["s2"], "QUEUED_DOWNLOAD")
+        self.assertEqual(one(a, "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND tbl_name IN ('p_old', 'q_old')"), 0)
+
+    def test_replace_through_a_unique_index_with_its_own_collation_is_seen(self):
+        a = self.device("a")
+        a.executescript("""CREATE TABLE p(id INTEGER PRIMARY KEY, k TEXT, fid TEXT);
+                           CREATE UNIQUE INDEX p_k ON p(k COLLATE NOCASE);
+                           INSERT INTO p(k, fid) VALUES ('k1', 'f1'), ('k2', 'f2');""")
+        a.execute("SELECT attachment_watch('w', 'SELECT fid AS id FROM p')")
+        one(a, "SELECT attachment_reconcile()")
+        w = plain(os.path.join(self.dir, "a.db"))
+        w.execute("INSERT OR REPLACE INTO p(k, fid) VALUES ('K1', 'f3')")
+        w.execute("INSERT INTO p(k, fid) VALUES ('k4', 'f4')")
+        w.execute("UPDATE OR REPLACE p SET k = 'K2' WHERE fid = 'f4'")
+        w.close()
+        one(a, "SELECT attachment_reconcile()")
+        self.assertEqual(self.queue(a), {"f1": "ARCHIVED", "f2": "ARCHIVED", "f3": "QUEUED_DOWNLOAD", "f4": "QUEUED_DOWNLOAD"})
+
+
 if __name__ == "__main__":
     unittest.main()
