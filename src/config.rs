@@ -207,7 +207,7 @@ impl<'de> serde::Deserialize<'de> for Members {
 }
 
 /// The first key given twice in the JSON object `text`, if any.
-fn duplicate_key(text: &str) -> Option<String> {
+pub(crate) fn duplicate_key(text: &str) -> Option<String> {
     let Members(keys) = serde_json::from_str(text).ok()?;
     let mut seen = std::collections::HashSet::new();
     keys.into_iter().find(|k| !seen.insert(k.clone()))

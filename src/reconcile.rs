@@ -352,7 +352,11 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
     out.restored =
         queue.restore_referenced(&downloadable(&format!("{t}.id")), &in_scope("id"), now, config.download_attachments)?;
     // Not referenced, SYNCED or QUEUED_DOWNLOAD: archive. Uploads and deletes finish first.
-    out.archived = queue.archive_unreferenced(&in_scope("id"), now)?;
+    // Not while a failed watch has no last good set (it failed before it ever ran well):
+    // what it references is unknown. Its first good run compares every row.
+    if !blind_watch(conn)? {
+        out.archived = queue.archive_unreferenced(&in_scope("id"), now)?;
+    }
     // Every row takes the highest priority of the watches that reference it (0 for none).
     queue.set_priorities(&in_scope("id"))?;
     conn.execute("DELETE FROM main._attachments_delta", [])?;
@@ -370,6 +374,46 @@ pub fn referenced(scope: &str) -> String {
                 max(meta_data) AS meta_data, max(download) AS download, max(priority) AS priority
          FROM main._attachments_ref WHERE 1 {scope} GROUP BY id"
     )
+}
+
+/// Whether a watch is failed without any reference kept from a good run.
+fn blind_watch(conn: &Connection) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM main._attachments_watch AS w
+                        WHERE w.state = 'failed' AND NOT EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.watch = w.name))",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// Notes an upload just recorded as SYNCED for comparison, when there is a watch to
+/// compare it with (without one nothing is archived, and the note would stay).
+pub fn note_uploaded(conn: &Connection, id: &str) -> Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO main._attachments_delta(id) SELECT ?1 WHERE EXISTS (SELECT 1 FROM main._attachments_watch)",
+        [id],
+    )?;
+    Ok(())
+}
+
+/// How often the worker re-runs every watch in full although no trigger fired
+/// ([`recheck_watches`]): `sync_interval_ms`, but at least a minute.
+/// `SQLITE_ATTACHMENTS_RECHECK_MS` overrides it (for tests).
+pub fn recheck_every(sync_interval_ms: u64) -> std::time::Duration {
+    let ms = std::env::var("SQLITE_ATTACHMENTS_RECHECK_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| sync_interval_ms.max(60_000));
+    std::time::Duration::from_millis(ms)
+}
+
+/// The worker's safety net: marks every watch that last ran well for a full re-run by
+/// the next pass, so a change no trigger saw (a shape of table or write they cannot
+/// follow, a query that depends on time without `refresh_ms`) is caught within
+/// [`recheck_every`]. A full run writes only what differs, and only the ids whose
+/// references changed are compared with the queue. Failed watches wait for a change.
+pub fn recheck_watches(conn: &Connection) -> Result<usize> {
+    Ok(conn.execute("UPDATE main._attachments_watch SET dirty = ?1 WHERE dirty != ?1 AND state = 'ok'", [DIRTY])?)
 }
 
 /// Notes that `id` needs comparing again by the next reconciliation (say, it was unpinned).

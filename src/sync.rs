@@ -420,6 +420,14 @@ impl Syncer {
         if summary.cancelled {
             return Ok(summary);
         }
+        // Uploads just finished that nothing references are archived by this pass, not the next.
+        if summary.uploaded > 0 && reconcile::needed(conn, false)? {
+            let again = write(conn, should_stop, || reconcile::reconcile(conn, &self.config, now_ms(), false))?;
+            summary.archived += again.archived;
+            summary.reconciled.queued += again.queued;
+            summary.reconciled.restored += again.restored;
+            summary.reconciled.rejected += again.rejected;
+        }
         // Uses noted by reads since the last pass are written first, in the expiry's own
         // transaction (or one of their own when nothing is to be expired).
         let expiry_needed = cache::expiry_needed(conn, &self.config)?;
@@ -489,6 +497,11 @@ impl Syncer {
             (counted, remove) = (Summary::default(), Vec::new());
             for (job, outcome) in &batch {
                 remove.extend(self.record(queue, job, outcome, cancelled, &mut counted)?);
+                // An upload now SYNCED may be referenced by nothing: reconciliation left it
+                // alone while it was queued, so it is compared again at the end of the pass.
+                if matches!(outcome, Outcome::Uploaded) && !cancelled {
+                    reconcile::note_uploaded(conn, &job.id)?;
+                }
             }
             Ok(())
         })?;

@@ -421,6 +421,10 @@ impl Options {
         let Value::Object(obj) = value else {
             return Err(Error::Argument("options must be a JSON object".into()));
         };
+        // serde_json keeps the last of two equal keys without a word; the config refuses them too.
+        if let Some(key) = crate::config::duplicate_key(text) {
+            return Err(bad(&key, "is given more than once; give each key once"));
+        }
         let mut o = Options::default();
         for (key, v) in &obj {
             match key.as_str() {
@@ -856,7 +860,7 @@ mod tests {
         let o = Options::parse(Some(r#"{"refresh_ms": 500, "download": false}"#)).unwrap();
         assert_eq!((o.refresh_ms, o.download), (Some(500), Some(false)));
         assert_eq!(o.to_json(), r#"{"download":false,"refresh_ms":500}"#);
-        for bad in ["[]", "x", r#"{"refresh_ms": 10}"#, r#"{"priority": "high"}"#, r#"{"other": 1}"#] {
+        for bad in ["[]", "x", r#"{"refresh_ms": 10}"#, r#"{"priority": 1, "priority": 2}"#, r#"{"priority": "high"}"#, r#"{"other": 1}"#] {
             assert!(Options::parse(Some(bad)).is_err(), "{bad}");
         }
     }

@@ -2,7 +2,8 @@
 //! own connection. It runs a sync pass when the database changes (another
 //! connection committed: a save, a delete, a watched table), when woken by
 //! `attachment_sync()`, when a retry falls due, and every `sync_interval_ms`;
-//! otherwise it sleeps (a read of `PRAGMA data_version` every 50 ms).
+//! every max(`sync_interval_ms`, 60 s) it re-runs every watch in full, the safety net
+//! for changes no trigger saw; otherwise it sleeps (a read of `PRAGMA data_version` every 50 ms).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -122,23 +123,37 @@ fn run(target: &DbTarget, stop: &AtomicBool, woken: &Receiver<()>) {
     let mut seen_version = i64::MIN;
     let mut next_full = Instant::now();
     let mut next_due: Option<i64> = None;
+    // The next full re-run of every watch (see reconcile::recheck_watches); set by the first pass.
+    let mut next_recheck: Option<Instant> = None;
     let mut wake_now = true;
     while !stop.load(Ordering::Relaxed) {
         let version = data_version(&conn);
         let full = Instant::now() >= next_full;
         let due = next_due.is_some_and(|t| t <= now_ms());
-        if wake_now || full || due || version != seen_version {
+        let recheck = next_recheck.is_some_and(|t| Instant::now() >= t);
+        if recheck {
+            // A busy database is tried again on the next wake: the mark is one small write.
+            match reconcile::recheck_watches(&conn) {
+                Ok(_) => next_recheck = None,
+                Err(e) => log::debug!("could not mark the watches of {db_file} for their periodic re-run: {e}"),
+            }
+        }
+        if wake_now || full || due || recheck || version != seen_version {
             wake_now = false;
             // Read before the pass, so commits made during it bring another pass.
             // (Our own commits do not change data_version for this connection.)
             let changed = version != seen_version;
             seen_version = version;
-            // Only an explicit attachment_sync() re-runs every watch; the worker's periodic
-            // pass re-runs those whose tables changed or whose refresh_ms is due.
+            // An explicit attachment_sync() re-runs every watch and compares every row; the
+            // worker's pass re-runs those whose tables changed or whose refresh_ms is due,
+            // and every watch at each recheck (comparing only what changed).
             log::trace!("worker pass for {db_file} (database changed: {changed}, periodic: {full}, due: {due})");
             match pass(&conn, db_file, &mut syncer, false, stop) {
                 Ok(Some(s)) => {
                     next_full = Instant::now() + Duration::from_millis(s.config.sync_interval_ms as u64);
+                    if next_recheck.is_none() {
+                        next_recheck = Some(Instant::now() + reconcile::recheck_every(s.config.sync_interval_ms as u64));
+                    }
                     // The next retry, lease end or watch refresh, whichever comes first.
                     let retry = s.next_due(&conn).unwrap_or(None);
                     let refresh = reconcile::next_refresh_due(&conn).unwrap_or(None);

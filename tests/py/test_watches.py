@@ -169,7 +169,7 @@ class FailingWatchesStopNothingElse(Fixture):
         a.execute("DELETE FROM docs")
         summary = self.sync(a)
         self.assertEqual(summary["uploaded"], 1, "unrelated uploads go on")
-        self.assertEqual(self.state(a, unrelated), "SYNCED")
+        self.assertEqual(self.state(a, unrelated), "ARCHIVED", "uploaded, and referenced by no watch")
         self.assertEqual(self.state(a, doc), "ARCHIVED", "the other watch goes on")
         self.assertEqual(self.state(a, photo), "SYNCED", "the failed watch keeps its last good ids")
         w = self.watches(a)
@@ -337,6 +337,66 @@ class WatchesNeverGoBlind(Fixture):
         # A table read without any column is still watched.
         self.assertEqual(one(a, "SELECT attachment_watch('k', 'SELECT ''k-1'' AS id FROM posts LIMIT 1')"), 1)
         self.assertEqual(one(a, "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = 'posts'"), 6)
+
+
+class FindingsOfTheFirstReview(Fixture):
+    def test_a_new_watch_that_fails_at_once_archives_nothing(self):
+        a = self.device("a", archived_cache_limit=0)
+        a.execute("CREATE TABLE j(d TEXT)")
+        files = [self.save(a), self.save(a)]
+        for f in files:
+            a.execute("INSERT INTO j VALUES (json_object('f', ?))", (f,))
+        self.assertEqual(self.sync(a)["uploaded"], 2)
+        a.execute("SELECT attachment_watch('wj', 'SELECT json_extract(d, ''$.f'') AS id, ''txt'' AS file_extension FROM j')")
+        a.execute("INSERT INTO j VALUES ('{bad')")
+        summary = self.sync(a)
+        self.assertEqual(self.watches(a)["wj"]["state"], "failed")
+        self.assertEqual(summary["archived"], 0)
+        self.assertEqual([self.state(a, f) for f in files], ["SYNCED", "SYNCED"])
+        self.assertEqual(len(files_in(os.path.join(self.dir, "files-a"))), 2)
+        # Fixed: what it does not reference is archived then, in the same comparison.
+        a.execute("DELETE FROM j WHERE d = '{bad' OR json_extract(d, '$.f') = ?", (files[0],))
+        self.sync(a)
+        self.assertEqual(self.watches(a)["wj"]["state"], "ok")
+        self.assertEqual(one(a, "SELECT count(*) FROM attachment_queue WHERE id = ?", files[0]), 0,
+                         "archived, then expired by archived_cache_limit 0")
+        self.assertEqual(self.state(a, files[1]), "SYNCED")
+
+    def test_an_unreferenced_upload_is_archived_by_the_sync_that_uploads_it(self):
+        a = self.device("a")
+        a.execute("CREATE TABLE refs(id TEXT)")
+        a.execute("SELECT attachment_watch('w', 'SELECT id FROM refs')")
+        self.sync(a)
+        kept, loose = self.save(a), self.save(a)
+        a.execute("INSERT INTO refs VALUES (?)", (kept,))
+        summary = self.sync(a)
+        self.assertEqual((summary["uploaded"], summary["archived"]), (2, 1))
+        self.assertEqual((self.state(a, kept), self.state(a, loose)), ("SYNCED", "ARCHIVED"))
+
+    def test_options_refuse_a_key_given_twice(self):
+        a = self.device("a")
+        a.execute(POSTS)
+        with self.assertRaisesRegex(sqlite3.Error, "priority.*more than once"):
+            a.execute("SELECT attachment_watch('w', 'SELECT data AS id FROM posts', '{\"priority\": 1, \"priority\": 2}')")
+        self.assertEqual(one(a, "SELECT count(*) FROM _attachments_watch"), 0)
+
+    def test_the_worker_reruns_every_watch_now_and_then(self):
+        # What no trigger sees (here: time) is caught by the worker's periodic full re-run,
+        # at most every max(sync_interval_ms, 60 s); shortened for the test.
+        os.environ["SQLITE_ATTACHMENTS_RECHECK_MS"] = "500"
+        try:
+            a = self.device("a", sync_interval_ms=200)
+            file = self._expiring(a, 1.0)
+            self.assertEqual(one(a, "SELECT attachment_start_sync()"), 1)
+            self.started.append(a)
+            deadline = time.time() + 10
+            while time.time() < deadline and self.state(a, file) != "ARCHIVED":
+                time.sleep(0.1)
+            self.assertEqual(self.state(a, file), "ARCHIVED")
+        finally:
+            del os.environ["SQLITE_ATTACHMENTS_RECHECK_MS"]
+
+    _expiring = WatchesNeverGoBlind._expiring
 
 
 class GivingUpIsFinal(Fixture):
