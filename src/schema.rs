@@ -57,6 +57,23 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
         CREATE INDEX IF NOT EXISTS main._attachments_ref_by_id ON _attachments_ref(id);
         -- Ids whose references changed since the last reconciliation.
         CREATE TABLE IF NOT EXISTS main._attachments_delta(id TEXT PRIMARY KEY) WITHOUT ROWID;
+        -- One row: what attachment_progress() counts as done since the queue was last empty
+        -- (updated in the transactions that record results; `drained` = the queue was seen
+        -- empty, so the next result starts the counts again), samples of bytes moved for
+        -- its rate, and the most recent row error.
+        CREATE TABLE IF NOT EXISTS main._attachments_progress(
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            upload_files INTEGER NOT NULL DEFAULT 0,
+            upload_bytes INTEGER NOT NULL DEFAULT 0,
+            download_files INTEGER NOT NULL DEFAULT 0,
+            download_bytes INTEGER NOT NULL DEFAULT 0,
+            drained INTEGER NOT NULL DEFAULT 0,
+            since INTEGER,
+            samples TEXT NOT NULL DEFAULT '[]',
+            last_error_id TEXT,
+            last_error TEXT,
+            last_error_at INTEGER);
+        INSERT OR IGNORE INTO main._attachments_progress(id) VALUES (1);
         -- The queue: the contract's nine columns, then bookkeeping.
         CREATE TABLE IF NOT EXISTS main.{t}(
             id TEXT PRIMARY KEY NOT NULL,
@@ -97,6 +114,8 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
         ("_attachments_watch", "last_error", "TEXT"),
         ("_attachments_watch", "last_run", "INTEGER"),
         ("_attachments_watch", "incremental", "INTEGER NOT NULL DEFAULT 1"),
+        // When the transfer in flight started moving bytes (ms), for attachment_queue's rate.
+        (table, "started_at", "INTEGER"),
     ];
     for (owner, column, decl) in added {
         let present: bool = conn.query_row(

@@ -68,7 +68,7 @@ fn init(ctx: &Context) -> Result<String> {
 /// Functions that commit on their own connection cannot wait inside the caller's transaction.
 /// Nor inside a statement that reads or writes tables (`SELECT attachment_sync() FROM t`):
 /// that statement holds a lock the extension's own connection would wait on for ever.
-fn outside_transaction(conn: &Connection, what: &str) -> Result<()> {
+pub(super) fn outside_transaction(conn: &Connection, what: &str) -> Result<()> {
     if !conn.is_autocommit() {
         return Err(Error::Misuse(format!("call {what} outside BEGIN ... COMMIT: it commits its own short transactions")));
     }
@@ -111,7 +111,7 @@ fn sync_now(ctx: &Context) -> Result<String> {
 /// `sqlite3_interrupt`). SQLite 3.40 has no `sqlite3_is_interrupted`, but a statement
 /// started while an interrupted one still runs fails with SQLITE_INTERRUPT, so a
 /// trivial one tells.
-fn host_interrupted(conn: &Connection) -> bool {
+pub(super) fn host_interrupted(conn: &Connection) -> bool {
     let probe = conn.query_row("SELECT 1", [], |_| Ok(()));
     matches!(probe, Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::OperationInterrupted)
 }

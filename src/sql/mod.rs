@@ -2,6 +2,7 @@
 //! elsewhere, and turn errors into SQL errors prefixed with the function name.
 
 mod control;
+mod fetch;
 mod queue_vtab;
 mod read;
 mod retry;
@@ -30,6 +31,7 @@ pub fn register(db: &Connection) -> rusqlite::Result<()> {
     control::register(db)?;
     queue_vtab::register(db)?;
     retry::register(db)?;
+    fetch::register(db)?;
     watches_vtab::register(db)?;
     Ok(())
 }

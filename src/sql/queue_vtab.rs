@@ -1,7 +1,8 @@
 //! `attachment_queue`: an eponymous read-only virtual table with every queue
 //! column plus state_name, bytes_done, attempts, next_attempt_at, last_error,
 //! error_class (the class `last_error` starts with: auth, not_found, network,
-//! server, local, config, integrity).
+//! server, local, config, integrity), given_up, and rate (bytes per second of a
+//! transfer in flight, since it started).
 
 use std::borrow::Cow;
 use std::ffi::{c_int, CStr};
@@ -20,15 +21,17 @@ use crate::queue::State;
 use crate::remote::ErrorClass;
 use crate::schema::quote_ident;
 
-const COLUMNS: [&str; 16] = [
+const COLUMNS: [&str; 18] = [
     "id", "filename", "local_uri", "timestamp", "size", "media_type", "state", "has_synced", "meta_data",
     "state_name", "bytes_done", "attempts", "next_attempt_at", "last_error", "sha256", "error_class",
+    "given_up", "rate",
 ];
 const COL_STATE: usize = 6;
 const COL_STATE_NAME: usize = 9;
 const COL_BYTES_DONE: usize = 10;
 const COL_LAST_ERROR: usize = 13;
 const COL_ERROR_CLASS: usize = 15;
+const COL_RATE: usize = 17;
 
 pub fn register(db: &Connection) -> rusqlite::Result<()> {
     const MODULE: Module<QueueTab> = Module::eponymous_only_module();
@@ -104,7 +107,8 @@ impl QueueCursor<'_> {
         // language=SQLite
         let sql = format!(
             "SELECT id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data,
-                    NULL, bytes_done, attempts, next_attempt_at, last_error, sha256, NULL
+                    NULL, bytes_done, attempts, next_attempt_at, last_error, sha256, NULL,
+                    given_up, started_at
              FROM main.{} {filter} ORDER BY rowid",
             quote_ident(&config.table)
         );
@@ -131,10 +135,18 @@ impl QueueCursor<'_> {
                 Value::Integer(n) => n,
                 _ => 0,
             };
+            let mut started = match row[COL_RATE] {
+                Value::Integer(at) => Some(at),
+                _ => None,
+            };
             let done = match (&row[0], state) {
-                (Value::Text(id), Some(s)) if s.is_queued() => {
-                    stored.max(crate::sync::bytes_done(&self.db_file, id).unwrap_or(0) as i64)
-                }
+                (Value::Text(id), Some(s)) if s.is_queued() => match crate::sync::transfer_progress(&self.db_file, id) {
+                    Some((live, at)) => {
+                        started = Some(at);
+                        stored.max(live as i64)
+                    }
+                    None => stored,
+                },
                 (_, Some(State::Synced)) => match row[4] {
                     Value::Integer(size) => size,
                     _ => 0,
@@ -142,6 +154,14 @@ impl QueueCursor<'_> {
                 _ => 0,
             };
             row[COL_BYTES_DONE] = Value::Integer(done);
+            // Average since the transfer started moving bytes; NULL for rows not in flight.
+            row[COL_RATE] = match (state, started) {
+                (Some(s), Some(at)) if s.is_queued() => {
+                    let secs = (crate::queue::now_ms() - at).max(1) as f64 / 1000.0;
+                    Value::Real((done as f64 / secs).round())
+                }
+                _ => Value::Null,
+            };
             self.rows.push(row);
         }
         Ok(())
