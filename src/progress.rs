@@ -137,7 +137,7 @@ pub fn sample(conn: &Connection, table: &str, now: i64) -> Result<()> {
 struct Pending {
     queued_files: i64,
     queued_bytes: i64,
-    /// Queued files whose size is not known yet (a download before it starts).
+    /// Files whose size is not known yet (a download before it completes).
     unknown_size: i64,
     in_flight_files: i64,
     in_flight_bytes: i64,
@@ -185,6 +185,9 @@ pub fn feed(conn: &Connection, db_file: &str, table: &str) -> Result<Value> {
                 p.in_flight_files += 1;
                 p.in_flight_done += done;
                 p.in_flight_bytes += size.unwrap_or(done).max(done);
+                if size.is_none() {
+                    p.unknown_size += 1;
+                }
             }
             _ => {
                 p.queued_files += 1;
