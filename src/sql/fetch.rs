@@ -6,7 +6,7 @@ use std::time::Duration;
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
-use super::control::{host_interrupted, outside_transaction};
+use super::control::host_interrupted;
 use super::{caller, scalar, text_arg, Context, EFFECTFUL};
 use crate::config::Config;
 use crate::connection::DbTarget;
@@ -33,10 +33,37 @@ fn fetch(ctx: &Context) -> Result<String> {
     };
     crate::names::check_id(&id)?;
     let conn = caller(ctx)?;
-    outside_transaction(&conn, "attachment_fetch()")?;
+    no_write_transaction(&conn)?;
     let config = Config::load(&conn)?;
     let target = DbTarget::of(&conn, "attachment_fetch()")?;
     crate::fetch::fetch(&target, config, &id, timeout, &|| host_interrupted(&conn))
+}
+
+/// The fetch commits on its own connection: never inside the caller's write transaction
+/// (it would wait for itself). A read (`SELECT attachment_fetch(photo_id) FROM users ...`)
+/// is fine in WAL mode, where readers do not block a writer's commit; with a rollback
+/// journal the reader's lock would hold the fetch's commit until the busy timeout.
+fn no_write_transaction(conn: &Connection) -> Result<()> {
+    // Safety: a valid handle and a NUL-terminated schema name.
+    let state = unsafe { rusqlite::ffi::sqlite3_txn_state(conn.handle(), c"main".as_ptr()) };
+    if state == rusqlite::ffi::SQLITE_TXN_WRITE {
+        return Err(Error::Misuse(
+            "call attachment_fetch() outside a write transaction (BEGIN IMMEDIATE ... COMMIT, or after a write): \
+             it commits its own short transactions on its own connection, which would wait for yours"
+                .into(),
+        ));
+    }
+    if state == rusqlite::ffi::SQLITE_TXN_READ {
+        let mode: String = conn.query_row("PRAGMA main.journal_mode", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Misuse(format!(
+                "call attachment_fetch() in a statement of its own (SELECT attachment_fetch(?);), not in one that \
+                 reads tables or inside BEGIN ... COMMIT: with journal_mode={mode} the read lock this statement holds \
+                 would keep the fetch from committing (in WAL mode that works)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The progress feed: read-only, on the caller's connection (it may run anywhere).

@@ -320,7 +320,20 @@ class FetchArguments(Case):
         self.assertLess(time.monotonic() - started, 1)
         self.a.execute("ROLLBACK")
         self.assertEqual(code, "SQLITE_MISUSE")
-        self.assertIn("outside BEGIN ... COMMIT", message)
+        self.assertIn("outside a write transaction", message)
+
+    def test_in_a_statement_that_reads_tables_it_works_in_wal_mode(self):
+        with open(os.path.join(self.remote, "in-a-query.bin"), "wb") as f:
+            f.write(b"via a query")
+        self.a.execute("INSERT INTO users VALUES (1, 'in-a-query')")
+        # A rollback journal: the statement's read lock would block the fetch's commit.
+        message, code = self.error("SELECT attachment_fetch(photo_id) FROM users WHERE id = 1")
+        self.assertEqual(code, "SQLITE_MISUSE")
+        self.assertIn("in WAL mode that works", message)
+        self.assertEqual(one(self.a, "PRAGMA journal_mode = WAL"), "wal")
+        path = one(self.a, "SELECT attachment_fetch(photo_id) FROM users WHERE id = 1")
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"via a query")
 
     def test_an_id_nothing_knows_is_unknown(self):
         message, code = self.error("SELECT attachment_fetch('never-heard-of')")
