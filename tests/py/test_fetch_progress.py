@@ -393,6 +393,12 @@ class FetchAheadOfTheQueue(Case):
             b.execute("CREATE TABLE users(id INTEGER PRIMARY KEY, photo_id TEXT)")
             b.executemany("INSERT INTO users VALUES (?, ?)", [(i, f"q{i:04d}") for i in range(n)])
             b.execute(WATCH)
+            # One transfer with nothing else going on, for comparison (the first fetch also
+            # reconciles the new watch's 2,000 references).
+            one(b, "SELECT attachment_fetch('q1000')")
+            started = time.monotonic()
+            one(b, "SELECT attachment_fetch('q1001')")
+            alone = time.monotonic() - started
             one(b, "SELECT attachment_start_sync()")
             self.started.append(b)
             wait_until(lambda: one(b, "SELECT count(*) FROM attachments WHERE state = 3") >= 10, what="the worker to be busy")
@@ -409,7 +415,8 @@ class FetchAheadOfTheQueue(Case):
             one(b, "SELECT attachment_stop_sync()")
             proxy.stop()
         print(f"\n  fetch with {queued} downloads still queued (worker max_concurrency 2, server delay {delay * 1000:.0f} ms "
-              f"per response): {', '.join(f'{x * 1000:.0f} ms' for x in latencies)}; {done} synced so far; "
+              f"per response): {', '.join(f'{x * 1000:.0f} ms' for x in latencies)} (one fetch alone, before: "
+              f"{alone * 1000:.0f} ms); {done} synced so far; "
               f"progress: {p['download']['files_done']} done, {p['download']['files_queued']} queued, "
               f"{p['concurrency']} in flight, rate {p['download']['rate']} B/s, eta {p['eta_seconds']} s", flush=True)
         self.assertGreater(queued, n // 2, "the queue was still long")
