@@ -132,6 +132,45 @@ pub fn sample(conn: &Connection, table: &str, now: i64) -> Result<()> {
     Ok(())
 }
 
+/// Why a whole pass failed, in `last_error`'s form (`class: reason`), when it is something a
+/// person can act on; None for a busy database (it passes by itself) or an interruption.
+pub fn pass_error_text(e: &crate::error::Error) -> Option<String> {
+    use crate::error::Error;
+    let class = match e {
+        Error::Remote(r) => return Some(r.to_string()),
+        _ if e.is_busy() => return None,
+        Error::Sqlite(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::OperationInterrupted => return None,
+        Error::Unavailable(_) => return None,
+        Error::Config { key, .. } if key == "local_dir" => "local",
+        Error::Io { .. } | Error::Sqlite(_) => "local",
+        _ => "config",
+    };
+    Some(crate::redact::redact(&format!("{class}: {e}")))
+}
+
+/// Records how a pass ended (on the extension's own connection, outside any transaction):
+/// the error of a failed pass for `attachment_progress()`'s `pass_error`, cleared by the
+/// next pass that works. Writes only when that changes something.
+pub fn record_pass<T>(conn: &Connection, outcome: &Result<T>) {
+    let stored: Option<String> = match conn.query_row("SELECT pass_error FROM main._attachments_progress WHERE id = 1", [], |r| r.get(0)) {
+        Ok(v) => v,
+        Err(_) => return, // no table yet (before the first pass of this build)
+    };
+    let new = match outcome {
+        Ok(_) => None,
+        Err(e) => match pass_error_text(e) {
+            Some(text) => Some(text),
+            None => return,
+        },
+    };
+    if new != stored {
+        let _ = conn.execute(
+            "UPDATE main._attachments_progress SET pass_error = ?1, pass_error_at = CASE WHEN ?1 IS NULL THEN NULL ELSE ?2 END WHERE id = 1",
+            rusqlite::params![new, now_ms()],
+        );
+    }
+}
+
 /// One direction's rows that still need a transfer.
 #[derive(Default)]
 struct Pending {
@@ -255,6 +294,13 @@ pub fn feed(conn: &Connection, db_file: &str, table: &str) -> Result<Value> {
     let last_error = c.as_ref().and_then(|c| c.last_error.clone()).map(|(id, error, at)| {
         json!({"id": id, "class": ErrorClass::of_message(&error).map(|c| c.as_str()), "error": error, "at": at})
     });
+    let pass_error = conn
+        .query_row("SELECT pass_error, pass_error_at FROM main._attachments_progress WHERE id = 1 AND pass_error IS NOT NULL", [], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
+        })
+        .optional()
+        .unwrap_or(None)
+        .map(|(error, at)| json!({"class": ErrorClass::of_message(&error).map(|c| c.as_str()), "error": error, "at": at}));
     Ok(json!({
         "upload": upload,
         "download": download,
@@ -267,6 +313,7 @@ pub fn feed(conn: &Connection, db_file: &str, table: &str) -> Result<Value> {
         "since": if fresh { None } else { c.as_ref().and_then(|_| since(conn)) },
         "failed_watches": {"count": failed.len(), "names": failed},
         "last_error": last_error,
+        "pass_error": pass_error,
     }))
 }
 

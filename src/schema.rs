@@ -60,7 +60,8 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
         -- One row: what attachment_progress() counts as done since the queue was last empty
         -- (updated in the transactions that record results; `drained` = the queue was seen
         -- empty, so the next result starts the counts again), samples of bytes moved for
-        -- its rate, and the most recent row error.
+        -- its rate, the most recent row error, and why the last pass failed as a whole
+        -- (a vanished local_dir: no row is tried, so no row can say it).
         CREATE TABLE IF NOT EXISTS main._attachments_progress(
             id INTEGER PRIMARY KEY CHECK (id = 1),
             upload_files INTEGER NOT NULL DEFAULT 0,
@@ -72,7 +73,9 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
             samples TEXT NOT NULL DEFAULT '[]',
             last_error_id TEXT,
             last_error TEXT,
-            last_error_at INTEGER);
+            last_error_at INTEGER,
+            pass_error TEXT,
+            pass_error_at INTEGER);
         INSERT OR IGNORE INTO main._attachments_progress(id) VALUES (1);
         -- The queue: the contract's nine columns, then bookkeeping.
         CREATE TABLE IF NOT EXISTS main.{t}(

@@ -96,9 +96,11 @@ fn sync_now(ctx: &Context) -> Result<String> {
     outside_transaction(&conn, "attachment_sync()")?;
     let config = Config::load(&conn)?;
     let target = DbTarget::of(&conn, "attachment_sync()")?;
-    let syncer = Arc::new(Syncer::new(&target.path, config)?);
     let own = crate::connection::open_connection(&target)?;
-    let summary = syncer.run_pass(&own, true, &|| host_interrupted(&conn))?;
+    let outcome = Syncer::new(&target.path, config).and_then(|s| Arc::new(s).run_pass(&own, true, &|| host_interrupted(&conn)));
+    // Another process's progress bar can tell why nothing moves (a vanished local_dir).
+    crate::progress::record_pass(&own, &outcome);
+    let summary = outcome?;
     worker::wake(&target.path);
     if summary.cancelled {
         let code = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERRUPT);

@@ -607,6 +607,23 @@ class ErrorsPeopleCanActOn(Case):
         self.assertLess(elapsed, 3.0, "at once, not at the next period")
         self.assertEqual(a.execute("SELECT attempts, last_error, given_up FROM attachment_queue").fetchone(), (0, None, 0))
 
+    def test_a_pass_that_cannot_run_says_why_in_progress(self):
+        os.makedirs(self.remote)
+        a = self.device("a")
+        one(a, "SELECT attachment_save(x'01', 'bin')")
+        files, away = os.path.join(self.dir, "files-a"), os.path.join(self.dir, "away")
+        os.rename(files, away)  # an unmounted card: no row is tried, so no row can say why
+        with self.assertRaises(sqlite3.Error):
+            self.sync(a)
+        err = progress(a)["pass_error"]
+        self.assertEqual(err["class"], "local")
+        self.assertIn("local_dir", err["error"])
+        self.assertIn("missing", err["error"])
+        self.assertIsNone(one(a, "SELECT last_error FROM attachment_queue"))
+        os.rename(away, files)
+        self.assertEqual(self.sync(a)["uploaded"], 1)
+        self.assertIsNone(progress(a)["pass_error"], "cleared by the next pass that works")
+
     def test_retry_of_a_failing_delete_makes_it_due_at_once(self):
         os.environ["ATTACHMENTS_HTTP_TOKEN"] = servers.TOKEN
         try:
