@@ -59,9 +59,10 @@ bench: build deps
 	cargo build --release --quiet --manifest-path bench/baseline-save/Cargo.toml
 	/usr/bin/python3 bench/run.py
 
-# The Python wheel and the npm tarball, from the release build, into dist/.
+# The Python wheel, the Datasette plugin wheel and the npm tarball, from the release build, into dist/.
 dist: build
 	python3 python/build_wheel.py $(LIB) dist
+	python3 datasette-attachments/build_wheel.py dist
 	rm -rf dist/npm && mkdir -p dist/npm/lib
 	cp npm/package.json npm/index.js npm/index.d.ts README.md dist/npm/
 	cp $(LIB) dist/npm/lib/

@@ -26,6 +26,7 @@ step "Reliability at small counts (crash, faults, three processes, disk full)" /
 step "Host: Python package from dist/ (stdlib sqlite3, apsw, sqlean.py)" tests/hosts/test-python.sh
 step "Host: Go example (mattn/go-sqlite3)" tests/hosts/test-go.sh
 step "Host: Node package from dist/ (better-sqlite3)" tests/hosts/test-node.sh
+step "Datasette plugin from dist/ in headless chromium (Selenium)" tests/hosts/test-datasette.sh
 echo
 if [[ $status -eq 0 ]]; then echo "ALL TESTS PASSED"; else echo "SOME TESTS FAILED"; fi
 exit $status
