@@ -391,7 +391,9 @@ class FetchAheadOfTheQueue(Case):
         try:
             b = self.device("b", remote=f"http://127.0.0.1:{proxy.port}/q/", max_concurrency=2)
             b.execute("CREATE TABLE users(id INTEGER PRIMARY KEY, photo_id TEXT)")
-            b.executemany("INSERT INTO users VALUES (?, ?)", [(i, f"q{i:04d}") for i in range(n)])
+            with b:  # one transaction, not 2,000
+                b.execute("BEGIN")
+                b.executemany("INSERT INTO users VALUES (?, ?)", [(i, f"q{i:04d}") for i in range(n)])
             b.execute(WATCH)
             # One transfer with nothing else going on, for comparison (the first fetch also
             # reconciles the new watch's 2,000 references).
