@@ -163,7 +163,7 @@ class FetchContract(Remote):
 
     def test_two_fetches_of_one_id_make_one_transfer(self):
         data = os.urandom(200_000)
-        proxy = servers.FaultProxy(self.storage_port, "slow", delay=1)
+        proxy = servers.FaultProxy(self.storage_port, "slow", delay=0.6)
         try:
             file_id = self.uploaded(data, port=proxy.port if self.upload_via_proxy else None)
             b = self.app("b", port=proxy.port)
@@ -203,7 +203,7 @@ class FetchContract(Remote):
         self.assertEqual(one(b, "SELECT count(*) FROM attachments WHERE claimed_by IS NOT NULL"), 0)
 
     def test_a_fetch_that_times_out_leaves_the_row_queued_and_unclaimed(self):
-        proxy = servers.FaultProxy(self.storage_port, "slow", delay=3)
+        proxy = servers.FaultProxy(self.storage_port, "slow", delay=2)
         try:
             file_id = self.uploaded(b"slow one", port=proxy.port if self.upload_via_proxy else None)
             b = self.app("b", port=proxy.port)
