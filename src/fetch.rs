@@ -42,6 +42,7 @@ struct Seen {
     attempts: i64,
     claimed_by: Option<String>,
     claimed_until: Option<i64>,
+    resume: Option<String>,
 }
 
 /// Downloads `id` now unless its local copy is complete, and returns the local copy's
@@ -159,7 +160,8 @@ pub fn fetch(target: &DbTarget, config: Config, id: &str, timeout: Duration, int
             media_type: row.media_type.unwrap_or_default(),
             sha256: row.sha256,
             attempts: if state == Some(State::QueuedDownload) { row.attempts } else { 0 },
-            resume: None,
+            // What the queue's claim would hand the transfer too.
+            resume: row.resume,
         };
         return transfer(&syncer, &conn, &queue, job, held, deadline, timeout, interrupted);
     }
@@ -180,7 +182,7 @@ fn read_row(conn: &Connection, table: &str, id: &str) -> Result<Option<Seen>> {
     Ok(conn
         .query_row(
             &format!(
-                "SELECT state, filename, local_uri, media_type, sha256, attempts, claimed_by, claimed_until
+                "SELECT state, filename, local_uri, media_type, sha256, attempts, claimed_by, claimed_until, upload_resume
                  FROM main.{t} WHERE id = ?1 AND typeof(state) = 'integer' AND typeof(filename) = 'text'"
             ),
             [id],
@@ -194,6 +196,7 @@ fn read_row(conn: &Connection, table: &str, id: &str) -> Result<Option<Seen>> {
                     attempts: r.get(5)?,
                     claimed_by: r.get(6)?,
                     claimed_until: r.get(7)?,
+                    resume: r.get(8)?,
                 })
             },
         )

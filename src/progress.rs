@@ -308,13 +308,29 @@ pub fn feed(conn: &Connection, db_file: &str, table: &str) -> Result<Value> {
         "files_failing": failing,
         "rate": total_rate.map(round1),
         "eta_seconds": eta.map(round1),
+        // Transfers in flight now (over every process). At merge with adaptive concurrency,
+        // this process's current level can sit beside it.
         "concurrency": in_flight,
+        "paused": paused(conn),
         "active": active,
         "since": if fresh { None } else { c.as_ref().and_then(|_| since(conn)) },
         "failed_watches": {"count": failed.len(), "names": failed},
         "last_error": last_error,
         "pass_error": pass_error,
     }))
+}
+
+/// Whether transfers are paused (`attachment_pause()`), where this build has the flag.
+fn paused(conn: &Connection) -> bool {
+    let has_flag: bool = conn
+        .query_row("SELECT EXISTS (SELECT 1 FROM pragma_table_info('_attachments_config') WHERE name = 'paused')", [], |r| r.get(0))
+        .unwrap_or(false);
+    has_flag
+        && conn
+            .query_row("SELECT paused FROM main._attachments_config WHERE id = 1", [], |r| r.get::<_, Option<bool>>(0))
+            .ok()
+            .flatten()
+            .unwrap_or(false)
 }
 
 fn since(conn: &Connection) -> Option<i64> {

@@ -512,6 +512,15 @@ class Progress(Case):
         done = progress(b)["download"]
         self.assertEqual((done["files_done"], done["bytes_done"], done["files_in_flight"], done["files_total"]), (1, size, 0, 1))
 
+    def test_paused_is_read_from_the_stored_flag(self):
+        a = self.app("a")
+        self.assertFalse(progress(a)["paused"])
+        # The flag attachment_pause() keeps in _attachments_config, as another process would set it.
+        if not one(a, "SELECT count(*) FROM pragma_table_info('_attachments_config') WHERE name = 'paused'"):
+            a.execute("ALTER TABLE _attachments_config ADD COLUMN paused INTEGER NOT NULL DEFAULT 0")
+        a.execute("UPDATE _attachments_config SET paused = 1")
+        self.assertTrue(progress(a)["paused"])
+
     def test_failed_watches_and_the_last_error(self):
         a = self.app("a")
         a.execute("CREATE TABLE docs(meta TEXT)")
