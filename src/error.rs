@@ -31,6 +31,8 @@ pub enum Error {
     Remote(RemoteError),
     /// What was asked for cannot be had now: an id nothing knows, a fetch that timed out.
     Unavailable(String),
+    /// The database was written by a release whose layout this build does not know.
+    NewerSchema { found: i64, known: i64 },
 }
 
 impl Error {
@@ -57,7 +59,7 @@ impl Error {
                 ffi::SQLITE_MISUSE
             }
             Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => e.extended_code,
-            Error::Sqlite(_) | Error::Remote(_) | Error::Unavailable(_) => ffi::SQLITE_ERROR,
+            Error::Sqlite(_) | Error::Remote(_) | Error::Unavailable(_) | Error::NewerSchema { .. } => ffi::SQLITE_ERROR,
             Error::Io { .. } => ffi::SQLITE_IOERR,
         }
     }
@@ -96,6 +98,11 @@ impl fmt::Display for Error {
             Error::Io { path, err } => write!(f, "{}: {err}", path.display()),
             Error::Remote(e) => write!(f, "{e}"),
             Error::Unavailable(why) => f.write_str(why),
+            Error::NewerSchema { found, known } => write!(
+                f,
+                "this database was created by a newer sqlite-attachments (schema {found}, this build knows {known}); \
+                 load that release or a later one (there is no downgrade)"
+            ),
         }
     }
 }

@@ -21,6 +21,8 @@ step "Watches: untrusted queries, failures kept per watch, triggers repaired" te
 step "Hostile servers: redirects, truncation, trickles, secrets (nginx, s3s-fs, fault proxy)" tests/py/run.sh test_hostile_servers
 step "Queue state machine: one test per transition" tests/py/run.sh test_queue_states
 step "Fetch now, progress feed, errors people can act on (nginx, s3s-fs, signing backend)" tests/py/run.sh test_fetch_progress
+step "Upgrades: the 0.1.0 fixture migrated, a newer schema refused" tests/py/run.sh test_upgrade
+step "Docs match the library (functions, config defaults, columns); README and docs links resolve in the repository and the packages" tests/py/run.sh test_docs
 step "Hostile input catalogue (SQL, synced data, hand-edited tables, hostile servers)" tests/py/run.sh test_hostile_input
 step "Reliability at small counts (crash, faults, three processes, disk full)" /usr/bin/python3 tests/reliability/run.py --small
 step "Host: Python package from dist/ (stdlib sqlite3, apsw, sqlean.py)" tests/hosts/test-python.sh

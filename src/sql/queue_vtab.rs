@@ -104,11 +104,19 @@ impl QueueCursor<'_> {
         let config = Config::load(&conn)?;
         self.db_file = conn.path().unwrap_or("").to_string();
         let filter = if id.is_some() { "WHERE id = ?1" } else { "" };
+        // Columns of later layouts read as NULL until the database is migrated (its first
+        // attachment_init or sync pass under this build).
+        let present: Vec<String> = conn
+            .prepare("SELECT name FROM main.pragma_table_info(?1) WHERE name IN ('given_up', 'started_at')")?
+            .query_map([&config.table], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let column = |name: &str| if present.iter().any(|p| p == name) { name.to_string() } else { "NULL".to_string() };
+        let (given_up, started_at) = (column("given_up"), column("started_at"));
         // language=SQLite
         let sql = format!(
             "SELECT id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data,
                     NULL, bytes_done, attempts, next_attempt_at, last_error, sha256, NULL,
-                    given_up, started_at
+                    {given_up}, {started_at}
              FROM main.{} {filter} ORDER BY rowid",
             quote_ident(&config.table)
         );
