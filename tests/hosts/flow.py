@@ -12,9 +12,7 @@ if driver == "apsw":
     import apsw
 
     def connect(path):
-        conn = apsw.Connection(path)
-        conn.setbusytimeout(5000)  # as the stdlib's default: the worker commits too
-        return conn
+        return apsw.Connection(path)
 elif driver == "sqlean":
     import sqlean
 
