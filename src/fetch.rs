@@ -56,6 +56,11 @@ pub fn fetch(target: &DbTarget, config: Config, id: &str, timeout: Duration, int
     let conn = open_connection(target)?;
     let never = || false;
     sync::ensure_schema(&conn, db_file, &syncer.config.table, &never)?;
+    // A pause holds every transfer, a fetch's too (its first read would fail): say so now.
+    let paused: bool = conn.query_row("SELECT paused FROM main._attachments_config WHERE id = 1", [], |r| r.get(0))?;
+    if paused {
+        return Err(Error::Unavailable("paused: transfers are paused (attachment_pause()); call attachment_resume() first".into()));
+    }
     let owner = owner::current(db_file);
     let queue = QueueTable::new(&conn, &syncer.config.table, &owner);
     let mut reconciled = false;

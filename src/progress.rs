@@ -311,6 +311,11 @@ pub fn feed(conn: &Connection, db_file: &str, table: &str) -> Result<Value> {
         // Transfers in flight now (over every process). At merge with adaptive concurrency,
         // this process's current level can sit beside it.
         "concurrency": in_flight,
+        // The adaptive number of transfers a worker keeps in flight, as the last pass of any
+        // process left it (null before one ran).
+        "concurrency_level": conn
+            .query_row("SELECT concurrency FROM main._attachments_config WHERE id = 1", [], |r| r.get::<_, Option<i64>>(0))
+            .unwrap_or(None),
         "paused": paused(conn),
         "active": active,
         "since": if fresh { None } else { c.as_ref().and_then(|_| since(conn)) },

@@ -1,6 +1,7 @@
 //! The SQL surface: thin wrappers that check arguments, call the logic
 //! elsewhere, and turn errors into SQL errors prefixed with the function name.
 
+mod cache;
 mod control;
 mod fetch;
 mod queue_vtab;
@@ -33,6 +34,7 @@ pub fn register(db: &Connection) -> rusqlite::Result<()> {
     retry::register(db)?;
     fetch::register(db)?;
     watches_vtab::register(db)?;
+    cache::register(db)?;
     Ok(())
 }
 
