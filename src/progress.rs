@@ -114,8 +114,23 @@ fn published_in_flight(conn: &Connection, table: &str) -> Result<(i64, i64)> {
 /// Appends a sample of what has moved so far, unless one was taken within the last second.
 /// Runs in the caller's write transaction (a renewal or a recording).
 pub fn sample(conn: &Connection, table: &str, now: i64) -> Result<()> {
-    let Some(c) = counters(conn)? else { return Ok(()) };
-    if c.drained || c.samples.last().is_some_and(|s| now - s.at < 1_000 && now >= s.at) {
+    let Some(mut c) = counters(conn)? else { return Ok(()) };
+    if c.drained {
+        // The queue was seen empty and holds work again (a transfer of it is being renewed):
+        // a new round starts now, not at its first result, so its first file has a rate too.
+        let t = quote_ident(table);
+        let busy: bool = conn.query_row(&format!("SELECT EXISTS (SELECT 1 FROM main.{t} WHERE state IN (0, 1, 2))"), [], |r| r.get(0))?;
+        if !busy {
+            return Ok(());
+        }
+        conn.execute(
+            "UPDATE main._attachments_progress SET upload_files = 0, upload_bytes = 0, download_files = 0,
+                 download_bytes = 0, samples = '[]', since = ?1, drained = 0 WHERE id = 1",
+            [now],
+        )?;
+        c = Counters { upload_files: 0, upload_bytes: 0, download_files: 0, download_bytes: 0, drained: false, samples: Vec::new(), ..c };
+    }
+    if c.samples.last().is_some_and(|s| now - s.at < 1_000 && now >= s.at) {
         return Ok(());
     }
     let (up, down) = published_in_flight(conn, table)?;

@@ -478,6 +478,7 @@ class Progress(Case):
         proxy = servers.FaultProxy(self.nginx.port, "trickle", trickle_bytes=65536, trickle_delay=0.2)
         try:
             b = self.app("b", port=proxy.port)
+            self.sync(b)  # an empty queue: the download below starts a new round of counts
             b.execute("INSERT INTO users VALUES (1, ?)", (file_id,))
             child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
                 import sqlite3
