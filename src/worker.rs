@@ -148,7 +148,11 @@ fn run(target: &DbTarget, stop: &AtomicBool, woken: &Receiver<()>) {
             // worker's pass re-runs those whose tables changed or whose refresh_ms is due,
             // and every watch at each recheck (comparing only what changed).
             log::trace!("worker pass for {db_file} (database changed: {changed}, periodic: {full}, due: {due})");
-            match pass(&conn, db_file, &mut syncer, false, stop) {
+            let outcome = pass(&conn, db_file, &mut syncer, false, stop);
+            if !stop.load(Ordering::Relaxed) {
+                crate::progress::record_pass(&conn, &outcome);
+            }
+            match outcome {
                 Ok(Some(s)) => {
                     next_full = Instant::now() + Duration::from_millis(s.config.sync_interval_ms as u64);
                     if next_recheck.is_none() {
