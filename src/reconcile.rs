@@ -77,12 +77,24 @@ pub fn next_refresh_due(conn: &Connection) -> Result<Option<i64>> {
 /// way the rows noted as changed are done with.
 pub fn refresh_watch(conn: &Connection, name: &str, select_sql: &str, rows_sql: Option<&str>, policy: &Policy) -> Result<bool> {
     conn.execute("DELETE FROM main._attachments_changed WHERE watch = ?1", [name])?;
-    conn.execute("DELETE FROM main._attachments_src WHERE watch = ?1", [name])?;
     if let Some(rows_sql) = rows_sql {
+        // By difference, like the references: the worker's periodic full re-run of an
+        // unchanged table writes nothing here.
+        // language=SQLite
+        conn.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS _attachments_fresh_src(rid INTEGER, id TEXT, PRIMARY KEY (rid, id)) WITHOUT ROWID;
+             DELETE FROM temp._attachments_fresh_src;",
+        )?;
+        conn.execute(&format!("INSERT OR IGNORE INTO temp._attachments_fresh_src SELECT rid, id FROM ({rows_sql})"), [])?;
         conn.execute(
-            &format!("INSERT OR IGNORE INTO main._attachments_src(watch, rid, id) SELECT ?1, rid, id FROM ({rows_sql})"),
+            "DELETE FROM main._attachments_src WHERE watch = ?1
+               AND NOT EXISTS (SELECT 1 FROM temp._attachments_fresh_src AS f WHERE f.rid = _attachments_src.rid AND f.id = _attachments_src.id)",
             [name],
         )?;
+        conn.execute("INSERT OR IGNORE INTO main._attachments_src(watch, rid, id) SELECT ?1, rid, id FROM temp._attachments_fresh_src", [name])?;
+        conn.execute("DELETE FROM temp._attachments_fresh_src", [])?;
+    } else {
+        conn.execute("DELETE FROM main._attachments_src WHERE watch = ?1", [name])?;
     }
     let first_run: bool =
         conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM main._attachments_ref WHERE watch = ?1)", [name], |r| r.get(0))?;
