@@ -109,9 +109,10 @@ impl RemoteStorage for DirRemote {
         let validator = Validator {
             etag: Some(format!("\"{:x}-{:x}-{:x}\"", meta.ino(), length, meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128)),
             last_modified: None,
+            length: Some(length),
         };
         let offset = match out.held() {
-            Some(h) if h.offset <= length && h.validator.same_object(&validator) => h.offset,
+            Some(h) if h.offset <= length && h.validator.same_object(&validator) && h.validator.same_length(Some(length)) => h.offset,
             _ => 0,
         };
         let mut file = file;

@@ -46,11 +46,22 @@ pub struct Validator {
     /// A strong ETag, quotes included (weak ones cannot validate a range).
     pub etag: Option<String>,
     pub last_modified: Option<String>,
+    /// The whole object's length as first announced (not a validator the server checks:
+    /// a resumed answer announcing another total is another object, or a lying server).
+    pub length: Option<u64>,
 }
 
 impl Validator {
     pub fn is_empty(&self) -> bool {
         self.etag.is_none() && self.last_modified.is_none()
+    }
+
+    /// False when this object's length was known and `total` is another one.
+    pub fn same_length(&self, total: Option<u64>) -> bool {
+        match (self.length, total) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
     }
 
     /// True when `answer` names the same object (every validator both sides have agrees,
@@ -214,6 +225,8 @@ impl ErrorClass {
     }
 }
 
+/// How [`RemoteError::busy`] messages start.
+const BUSY: &str = "busy: ";
 /// How a cut body's error begins (see [`RemoteError::truncated`]).
 const TRUNCATED: &str = "incomplete transfer: ";
 
@@ -261,6 +274,17 @@ impl RemoteError {
     /// A body cut short: what did arrive is the object's start, and can be resumed.
     pub fn truncated(message: impl Into<String>) -> RemoteError {
         RemoteError::integrity(format!("{TRUNCATED}{}", message.into()))
+    }
+
+    /// The local file is held by another transfer of the same file (one a stopped pass left
+    /// running): not a failure of this attempt, tried again soon without counting one.
+    pub fn busy(message: impl Into<String>) -> RemoteError {
+        RemoteError::local(format!("{BUSY}{}", message.into()))
+    }
+
+    /// True for [`RemoteError::busy`].
+    pub fn is_busy(&self) -> bool {
+        self.class == ErrorClass::Local && self.message.starts_with(BUSY)
     }
 
     /// True for [`RemoteError::truncated`].
