@@ -104,11 +104,23 @@ impl QueueCursor<'_> {
         let config = Config::load(&conn)?;
         self.db_file = conn.path().unwrap_or("").to_string();
         let filter = if id.is_some() { "WHERE id = ?1" } else { "" };
+        // A database last initialised by an earlier build may lack later columns until its
+        // next write migrates it (a read cannot): they read as their defaults meanwhile.
+        let have: std::collections::HashSet<String> = conn
+            .prepare("SELECT name FROM pragma_table_info(?1, 'main')")?
+            .query_map([&config.table], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let col = |name: &str, default: &str| if have.contains(name) { name.to_string() } else { default.to_string() };
         // language=SQLite
         let sql = format!(
             "SELECT id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data,
-                    NULL, bytes_done, attempts, next_attempt_at, last_error, sha256, NULL, pinned, last_used, priority
+                    NULL, {}, attempts, next_attempt_at, last_error, {}, NULL, {}, {}, {}
              FROM main.{} {filter} ORDER BY rowid",
+            col("bytes_done", "NULL"),
+            col("sha256", "NULL"),
+            col("pinned", "0"),
+            col("last_used", "NULL"),
+            col("priority", "0"),
             quote_ident(&config.table)
         );
         let mut stmt = conn.prepare(&sql)?;

@@ -347,6 +347,28 @@ class NeverBeyondArchived(CacheCase):
         for f in (synced, deleting, upload, unreferenced_upload):
             self.assertTrue(os.path.exists(os.path.join(self.dir, "files-a", f + ".bin")), f)
 
+    def test_a_local_copy_the_remote_lacks_is_never_evicted(self):
+        a = self.app()
+        kept = self.save(a, "kept", 700)
+        self.sync(a)
+        self.archive(a, "kept")
+        self.assertEqual(self.states(a), {kept: "ARCHIVED"})
+        # Another remote: it has none of the files, so this copy may be the only one left.
+        other = os.path.join(self.dir, "remote2")
+        os.makedirs(other)
+        cfg = {"local_dir": "files-a", "remote": f"file://{other}", "archived_cache_limit": 0, "archived_cache_bytes": 0}
+        a.execute("SELECT attachment_init(?)", (json.dumps(cfg),))
+        self.assertEqual(one(a, "SELECT attachment_expire_cache()"), 0)
+        self.sync(a)
+        self.assertEqual(self.states(a), {kept: "ARCHIVED"})
+        self.assertTrue(os.path.exists(os.path.join(self.dir, "files-a", kept + ".bin")))
+        self.assertEqual(json.loads(one(a, "SELECT attachment_cache()"))["next_expiry"]["count"], 0)
+        # Referenced again, it goes up to the new remote.
+        a.execute("INSERT INTO docs VALUES ('kept', ?)", (kept,))
+        self.sync(a)
+        self.assertEqual(self.states(a), {kept: "SYNCED"})
+        self.assertEqual(os.listdir(other), [kept + ".bin"])
+
 
 class Report(CacheCase):
     def test_attachment_cache_reports_states_limits_and_the_next_expiry(self):
