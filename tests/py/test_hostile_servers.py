@@ -291,6 +291,25 @@ class HttpServer(Hostile):
         self.assert_failed_cleanly(b, "QUEUED_DOWNLOAD", "network", "timed out|interrupted")
         self.assertEqual(self.local_files("stall"), [])
 
+    def test_a_download_a_stopped_worker_still_holds_is_busy_not_a_failed_attempt(self):
+        _, photo = self.uploaded(os.urandom(100_000))
+        p = self.proxy("stall_body")
+        b = self.downloader("busy", p.port, photo)
+        b.execute("SELECT attachment_start_sync()")
+        self.started.append(b)
+        deadline = time.monotonic() + 10
+        while not any(r.startswith("GET") for r in p.requests()):
+            self.assertLess(time.monotonic(), deadline, "the worker's GET never came")
+            time.sleep(0.02)
+        b.execute("SELECT attachment_stop_sync()")
+        # The stopped worker's transfer is still blocked on the silent server (until the
+        # stall timeout) and holds the partial file: this pass must wait, not fail.
+        self.sync(b)
+        attempts, next_at, error = b.execute("SELECT attempts, next_attempt_at, last_error FROM attachment_queue").fetchone()
+        self.assertEqual(attempts, 0, error)
+        self.assertIn("busy", error)
+        self.assertLess(next_at - now_ms(), 5000, "tried again soon")
+
     def test_trickling_downloads_are_cut_and_free_their_slots(self):
         a = self.device("a")
         photos = []
