@@ -533,8 +533,9 @@ fn read_validator(meta: &Path) -> Option<Validator> {
 /// does not follow it).
 fn write_validator(meta: &Path, validator: &Validator) -> io::Result<()> {
     let text = serde_json::json!({"etag": validator.etag, "last_modified": validator.last_modified, "length": validator.length}).to_string();
-    let name = meta.file_name().and_then(|n| n.to_str()).ok_or_else(|| io::Error::other("bad validator file name"))?;
-    let tmp = meta.with_file_name(format!("{name}{TEMP_MARK}{}", uuid::Uuid::new_v4().simple()));
+    // A temp name of the attachment's own (`.{filename}.tmp-{random}`): verify removes one a crash left.
+    let filename = meta.file_name().and_then(|n| n.to_str()).and_then(partial_of).ok_or_else(|| io::Error::other("bad validator file name"))?;
+    let tmp = meta.with_file_name(format!(".{filename}{TEMP_MARK}{}", uuid::Uuid::new_v4().simple()));
     let result = (|| {
         let mut f = OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&tmp)?;
         f.write_all(text.as_bytes())?;
@@ -817,6 +818,7 @@ mod tests {
         // And it is read back, with the length first announced.
         let v = read_validator(&s.dir().join(".o.bin.partial-meta")).unwrap();
         assert_eq!(v.length, Some(1000));
+        assert!(s.entries().unwrap().iter().all(|e| is_temp_name(&e.name)), "only names verify knows");
         let _ = fs::remove_file(outside);
     }
 
