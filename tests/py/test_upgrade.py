@@ -142,7 +142,8 @@ class Upgrade(Case):
         self.check_migrated(conn)
         self.assertEqual(one(conn, "SELECT attachment_pin(?)", ids[0]), 1)
         self.assertEqual(one(conn, "SELECT attachment_unpin(?)", ids[0]), 1)
-        for fn in ("attachment_cache()", "attachment_pin(?)", "attachment_unpin(?)", "attachment_expire_cache()"):
+        for fn in ("attachment_cache()", "attachment_pin(?)", "attachment_unpin(?)", "attachment_expire_cache()",
+                   "attachment_save(x'01', 'bin')", "attachment_verify()"):
             with self.subTest(fn=fn):
                 fresh = os.path.join(self.dir, "fresh.db")
                 shutil.copy(os.path.join(FIXTURES, "schema-v1.db"), fresh)
