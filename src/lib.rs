@@ -6,6 +6,7 @@
 mod cancel;
 mod config;
 mod connection;
+mod crypt;
 mod error;
 mod logging;
 mod names;

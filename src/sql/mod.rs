@@ -2,6 +2,7 @@
 //! elsewhere, and turn errors into SQL errors prefixed with the function name.
 
 mod control;
+mod keys;
 mod queue_vtab;
 mod read;
 mod retry;
@@ -31,6 +32,7 @@ pub fn register(db: &Connection) -> rusqlite::Result<()> {
     queue_vtab::register(db)?;
     retry::register(db)?;
     watches_vtab::register(db)?;
+    keys::register(db)?;
     Ok(())
 }
 
