@@ -20,6 +20,7 @@ step "The file:// remote and downloads: missing roots, hostile files, known chec
 step "Watches: untrusted queries, failures kept per watch, triggers repaired" tests/py/run.sh test_watches
 step "Hostile servers: redirects, truncation, trickles, secrets (nginx, s3s-fs, fault proxy)" tests/py/run.sh test_hostile_servers
 step "Queue state machine: one test per transition" tests/py/run.sh test_queue_states
+step "End-to-end encryption on every remote: ciphertext only, tampering, keys, rotation" tests/py/run.sh test_encryption
 step "Hostile input catalogue (SQL, synced data, hand-edited tables, hostile servers)" tests/py/run.sh test_hostile_input
 step "Reliability at small counts (crash, faults, three processes, disk full)" /usr/bin/python3 tests/reliability/run.py --small
 step "Host: Python package from dist/ (stdlib sqlite3, apsw, sqlean.py)" tests/hosts/test-python.sh
