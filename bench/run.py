@@ -2,7 +2,9 @@
 Prints a table, writes bench/results.md and bench/ratios.svg. Never part of make test.
 
 Environment: BENCH_REPEAT (default 3), BENCH_BIG_SIZES (MiB, default "64,256,1024"),
-BENCH_IDLE_SECONDS (default 60), BENCH_QUICK=1 (small sizes, for trying the harness).
+BENCH_IDLE_SECONDS (default 60), BENCH_QUICK=1 (small sizes, for trying the harness),
+BENCH_ENCRYPTION_MIB (default 1024), BENCH_ONLY=encryption (only the encryption rows; they are
+printed, and results.md is left alone).
 """
 import json
 import os
@@ -291,6 +293,68 @@ print((r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / (t1 - t0) * 100)
     shutil.rmtree(work)
 
 
+def up_down(work, remote, src, tag, encryption=None):
+    """Seconds of one attachment_sync() that uploads `src` and of one on a second database
+    that downloads it, each in a sqlite3 CLI process."""
+    extra = {"encryption": encryption} if encryption else {}
+    cfg_a = json.dumps({"local_dir": f"{tag}-a", **remote, **extra})
+    cfg_b = json.dumps({"local_dir": f"{tag}-b", **remote, **extra})
+    out, up_s, _ = cli(work, f"{tag}-a.db", f"""
+        SELECT attachment_init('{cfg_a}') IS NOT NULL;
+        CREATE TABLE items(id INTEGER PRIMARY KEY, file_id TEXT);
+        INSERT INTO items VALUES (1, attachment_save_file('{src}', 'bin'));
+        .timer on
+        SELECT attachment_sync();
+        .timer off
+        SELECT 'ID ' || file_id FROM items;""")
+    assert '"uploaded":1' in out, out
+    file_id = re.search(r"ID (\S+)", out).group(1)
+    out, down_s, _ = cli(work, f"{tag}-b.db", f"""
+        SELECT attachment_init('{cfg_b}') IS NOT NULL;
+        CREATE TABLE items(id INTEGER PRIMARY KEY, file_id TEXT);
+        SELECT attachment_watch('w', 'SELECT file_id AS id, ''bin'' AS file_extension FROM items');
+        INSERT INTO items VALUES (1, '{file_id}');
+        .timer on
+        SELECT attachment_sync();
+        .timer off
+        SELECT 'SHA ' || sha256 FROM attachments;""")
+    assert '"downloaded":1' in out, out
+    # Both databases are removed so the next pair starts with the same free page cache.
+    for name in os.listdir(work):
+        if name.startswith(tag):
+            path = os.path.join(work, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    return up_s, down_s
+
+
+def encryption(nginx, s3_port):
+    """The same big file up and down with and without end-to-end encryption, in one run."""
+    mib = int(os.environ.get("BENCH_ENCRYPTION_MIB", "16" if QUICK else "1024"))
+    os.environ.update(AWS_ACCESS_KEY_ID=servers.ACCESS_KEY, AWS_SECRET_ACCESS_KEY=servers.SECRET_KEY)
+    c = sqlite3.connect(":memory:")
+    c.enable_load_extension(True)
+    c.load_extension(LIB)
+    os.environ["BENCH_ENCRYPTION_KEY"] = one(c, "SELECT attachment_generate_key()")
+    remotes = {
+        "HTTP": {"remote": f"{nginx.url}/enc/"},
+        "S3": {"remote": f"s3://{servers.BUCKET}/enc", "s3_endpoint": f"http://127.0.0.1:{s3_port}"},
+    }
+    for label, remote in remotes.items():
+        work = tempfile.mkdtemp(prefix="bench-enc-", dir=os.environ.get("BENCH_TMP"))
+        src = os.path.join(work, "src.bin")
+        with open(src, "wb") as f:
+            chunk = os.urandom(MiB)
+            for _ in range(mib):
+                f.write(chunk)
+        plain_up, plain_down = up_down(work, remote, src, "plain")
+        enc_up, enc_down = up_down(work, remote, src, "enc", {"key_env": "BENCH_ENCRYPTION_KEY"})
+        record(f"{label} {mib} MiB encrypted upload", mib / enc_up, mib / plain_up, "MiB/s",
+               ">= 0.8x unencrypted", note="XChaCha20-Poly1305 STREAM, 64 KiB chunks; baseline: the same upload unencrypted")
+        record(f"{label} {mib} MiB encrypted download", mib / enc_down, mib / plain_down, "MiB/s",
+               ">= 0.8x unencrypted", note="opened while streaming; baseline: the same download unencrypted")
+        shutil.rmtree(work)
+
+
 def met(r):
     t = r["target"]
     if r["unit"] == "MiB" and r["case"].endswith(("upload", "download")) and "RSS" in r["case"]:
@@ -362,11 +426,21 @@ def main():
     print(f"sqlite-attachments benchmarks, {started}\n{machine}\n")
     www, s3root = tempfile.mkdtemp(prefix="bench-www-"), tempfile.mkdtemp(prefix="bench-s3-")
     nginx, s3 = servers.Nginx(www), servers.S3(s3root)
+    if os.environ.get("BENCH_ONLY") == "encryption":
+        try:
+            encryption(nginx, s3.port)
+        finally:
+            nginx.stop()
+            s3.stop()
+            shutil.rmtree(www, ignore_errors=True)
+            shutil.rmtree(s3root, ignore_errors=True)
+        return
     try:
         small_files(nginx)
         saves()
         reconcile()
         big_files(nginx, s3.port)
+        encryption(nginx, s3.port)
         idle_worker()
         import powersync_baseline  # noqa: E402
         powersync_baseline.run(record, figures, nginx, SMALL_N, RECONCILE_N)
