@@ -136,6 +136,12 @@ impl Keys {
         Ok(Keys { current, old, accept_plaintext: enc.accept_plaintext, names })
     }
 
+    /// Keys from bytes, for the fuzz target (see `crate::fuzzing`).
+    #[doc(hidden)]
+    pub fn from_bytes(current: [u8; 32], accept_plaintext: bool) -> Keys {
+        Keys { current: Key::from_bytes(current), old: Vec::new(), accept_plaintext, names: "the fuzz key".into() }
+    }
+
     fn find(&self, id: &[u8]) -> Option<&Key> {
         std::iter::once(&self.current).chain(&self.old).find(|k| k.id == id)
     }
@@ -304,7 +310,12 @@ impl<'w, 'k> Opener<'w, 'k> {
     /// Reads the header once enough bytes are buffered; `true` when decided.
     fn take_header(&mut self, at_end: bool) -> io::Result<bool> {
         let magic_seen = self.buf.len().min(MAGIC.len());
-        if self.buf[..magic_seen] != MAGIC[..magic_seen] || (at_end && self.buf.len() < HEADER_LEN) {
+        let has_magic = self.buf[..magic_seen] == MAGIC[..magic_seen];
+        if has_magic && at_end && magic_seen == MAGIC.len() && self.buf.len() < HEADER_LEN {
+            return Err(self.fail(RemoteError::integrity("the remote object is cut short inside its encryption header")));
+        }
+        // Shorter than the magic itself: a few bytes that happen to start like it are plaintext.
+        if !has_magic || (at_end && self.buf.len() < HEADER_LEN) {
             if !self.keys.accept_plaintext {
                 return Err(self.refuse_plaintext());
             }
@@ -560,6 +571,32 @@ mod tests {
         integrity(&longer, "a1");
     }
 
+    /// Random damage of every kind: never accepted, and what reached the sink before the
+    /// refusal is always a prefix of the true plaintext (only authenticated bytes leave).
+    #[test]
+    fn random_damage_is_refused_and_never_emits_garbage() {
+        let k = keys(&Key::generate().unwrap(), false);
+        let data: Vec<u8> = (0..CHUNK + 300).map(|_| fastrand::u8(..)).collect();
+        let object = seal(&data, &k, "r1");
+        let mut rng = fastrand::Rng::with_seed(15);
+        for round in 0..150 {
+            let mut bad = object.clone();
+            match round % 4 {
+                0 => bad[rng.usize(..object.len())] ^= 1 << rng.u8(0..8),
+                1 => bad.truncate(rng.usize(..object.len())),
+                2 => bad.insert(rng.usize(..=object.len()), rng.u8(..)),
+                _ => {
+                    bad.remove(rng.usize(..object.len()));
+                }
+            }
+            let mut got = Vec::new();
+            let mut o = Opener::new(&mut got, &k, "r1");
+            let accepted = o.write_all(&bad).is_ok() && o.finish().is_ok();
+            assert!(!accepted, "round {round}: damaged object accepted");
+            assert!(got.len() <= data.len() && got[..] == data[..got.len()], "round {round}: unauthenticated bytes written");
+        }
+    }
+
     #[test]
     fn keys_are_chosen_by_id_and_plaintext_only_when_accepted() {
         let (a, b) = (Key::generate().unwrap(), Key::generate().unwrap());
@@ -570,10 +607,12 @@ mod tests {
         let e = open(&object, &keys(&b, false), "x", 3).unwrap_err();
         assert_eq!(e.class, crate::remote::ErrorClass::Config);
         assert!(e.to_string().contains(&hex::encode(Key::parse(&a).unwrap().id)) && !e.to_string().contains(&a), "{e}");
-        for plain in [&b"plain text"[..], b"", b"SQL", b"SQLATTE\x01abc"] {
+        for plain in [&b"plain text"[..], b"", b"SQL"] {
             assert_eq!(open(plain, &keys(&a, true), "x", 2).unwrap(), plain);
             assert_eq!(open(plain, &keys(&a, false), "x", 2).unwrap_err().class, crate::remote::ErrorClass::Integrity);
         }
+        // The magic and then too little for a header: a cut object, not plaintext.
+        assert_eq!(open(b"SQLATTE\x01abc", &keys(&a, true), "x", 2).unwrap_err().class, crate::remote::ErrorClass::Integrity);
     }
 
     #[test]
