@@ -24,6 +24,25 @@ use super::{Fetched, Object, Progress, RemoteError, RemoteStorage, Source};
 use crate::config::Encryption;
 use crate::crypt::{self, Keys, Opener, SealedSource, NONCE_PREFIX};
 
+/// Pieces of ciphertext (at most 256 KiB each) between the network thread and the opener.
+const PIPELINE: usize = 8;
+
+/// Hands what the backend downloads to the thread that opens it.
+struct Handover(crossbeam_channel::Sender<Vec<u8>>);
+
+impl Write for Handover {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .send(buf.to_vec())
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the download was refused"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 pub struct EncryptedRemote {
     inner: Box<dyn RemoteStorage>,
     settings: Encryption,
@@ -101,10 +120,26 @@ impl RemoteStorage for EncryptedRemote {
         })
     }
 
+    /// The backend reads the network on a thread of its own and hands the ciphertext over
+    /// (at most `PIPELINE` pieces in flight, so memory stays flat); this thread opens it and
+    /// writes the plaintext, so decryption overlaps the transfer instead of adding to it.
     fn download(&self, obj: &Object, out: &mut dyn Write, progress: Progress) -> Result<Fetched, RemoteError> {
         let keys = Keys::from_env(&self.settings)?;
         let mut opener = Opener::new(out, &keys, obj.id);
-        match self.inner.download(&inner_object(obj, None), &mut opener, progress) {
+        let inner_obj = inner_object(obj, None);
+        let fetched = std::thread::scope(|scope| {
+            let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(PIPELINE);
+            let reader = scope.spawn(move || self.inner.download(&inner_obj, &mut Handover(tx), progress));
+            for piece in &rx {
+                if opener.write_all(&piece).is_err() {
+                    // Refused, or the local write failed: stop the transfer (its next send fails).
+                    break;
+                }
+            }
+            drop(rx);
+            reader.join().unwrap_or_else(|_| Err(RemoteError::local("the download thread failed")))
+        });
+        match fetched {
             Err(e) => Err(opener.failed.take().unwrap_or(e)),
             // The backend checked the ciphertext's length; the store checks the plaintext
             // against the row's SHA-256 when it has one. A checksum the remote claims is

@@ -264,6 +264,30 @@ class Dir(EncryptedRemote, Case):
                 self.assertNotIn(self.key.encode(), content)
                 self.assertNotIn(b"not-a-key-but-secret-anyway", content)
 
+    def test_a_full_disk_while_opening_a_download_is_local_and_never_gives_up(self):
+        """The plaintext is written by the thread that decrypts, the network read on another:
+        a failing local write must still be told from a refused or broken object."""
+        import subprocess
+        mnt = os.path.join(self.dir, "small")
+        os.mkdir(mnt)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt], capture_output=True)
+        if r.returncode != 0:
+            self.skipTest(f"cannot mount a 1 MiB tmpfs to fill (needs root): {r.stderr.decode().strip()}")
+        try:
+            a = self.device("a")
+            photo = self.save(a, os.urandom(3 * MiB))
+            self.sync(a)
+            b = self.plain_device("b", local_dir=os.path.join(mnt, "files"), max_attempts=1,
+                                  encryption={"key_env": "ATT_TEST_KEY"})
+            b.execute("INSERT INTO users VALUES (1, ?)", (photo,))
+            self.sync(b)
+            state, error_class, error = self.row(b)
+            self.assertEqual((state, error_class), ("QUEUED_DOWNLOAD", "local"), error)
+            self.assertEqual(files_in(os.path.join(mnt, "files")), [], "the partial download was left behind")
+            b.close()
+        finally:
+            subprocess.run(["umount", mnt], capture_output=True)
+
     def test_generated_keys_are_new_32_byte_keys(self):
         import base64
         keys = {self.new_key() for _ in range(5)}
