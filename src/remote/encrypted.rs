@@ -20,7 +20,7 @@ use std::io::Write;
 
 use serde_json::json;
 
-use super::{Fetched, Object, Progress, RemoteError, RemoteStorage, Source};
+use super::{Fetched, Object, Progress, RemoteError, RemoteStorage, Sink, Source, Validator};
 use crate::config::Encryption;
 use crate::crypt::{self, Keys, Opener, SealedSource, NONCE_PREFIX};
 
@@ -42,6 +42,8 @@ impl Write for Handover {
         Ok(())
     }
 }
+
+impl Sink for Handover {}
 
 pub struct EncryptedRemote {
     inner: Box<dyn RemoteStorage>,
@@ -123,8 +125,13 @@ impl RemoteStorage for EncryptedRemote {
     /// The backend reads the network on a thread of its own and hands the ciphertext over
     /// (at most `PIPELINE` pieces in flight, so memory stays flat); this thread opens it and
     /// writes the plaintext, so decryption overlaps the transfer instead of adding to it.
-    fn download(&self, obj: &Object, out: &mut dyn Write, progress: Progress) -> Result<Fetched, RemoteError> {
+    ///
+    /// Encrypted downloads do not resume: whatever an earlier attempt left is dropped and
+    /// the whole object is asked for (the backend sees a sink that holds nothing).
+    fn download(&self, obj: &Object, out: &mut dyn Sink, progress: Progress) -> Result<Fetched, RemoteError> {
         let keys = Keys::from_env(&self.settings)?;
+        out.begin(0, &Validator::default())
+            .map_err(|e| RemoteError::local(format!("writing the download to the local folder: {e}")))?;
         let mut opener = Opener::new(out, &keys, obj.id);
         let inner_obj = inner_object(obj, None);
         let fetched = std::thread::scope(|scope| {

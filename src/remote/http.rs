@@ -2,10 +2,8 @@
 //! (nginx WebDAV, or any presigning proxy). Optional bearer token from
 //! `ATTACHMENTS_HTTP_TOKEN`, read from the environment, never stored.
 
-use std::io::Write;
-
-use super::transport::Transport;
-use super::{Fetched, Object, Progress, RemoteError, RemoteStorage, Source};
+use super::transport::{Conditional, Transport};
+use super::{Fetched, Object, Progress, RemoteError, RemoteStorage, Sink, Source};
 
 pub struct HttpRemote {
     base: String,
@@ -39,8 +37,8 @@ impl RemoteStorage for HttpRemote {
         self.transport.put_file(&self.url(obj), &headers, source, progress).map(|_| ())
     }
 
-    fn download(&self, obj: &Object, out: &mut dyn Write, progress: Progress) -> Result<Fetched, RemoteError> {
-        self.transport.get_to(&self.url(obj), &self.auth, obj.media_type, out, progress)
+    fn download(&self, obj: &Object, out: &mut dyn Sink, progress: Progress) -> Result<Fetched, RemoteError> {
+        self.transport.get_to(&self.url(obj), &self.auth, obj.media_type, out, progress, Conditional::IfRange)
     }
 
     fn delete(&self, obj: &Object) -> Result<(), RemoteError> {

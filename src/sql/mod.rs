@@ -1,6 +1,7 @@
 //! The SQL surface: thin wrappers that check arguments, call the logic
 //! elsewhere, and turn errors into SQL errors prefixed with the function name.
 
+mod cache;
 mod control;
 mod keys;
 mod queue_vtab;
@@ -32,6 +33,7 @@ pub fn register(db: &Connection) -> rusqlite::Result<()> {
     queue_vtab::register(db)?;
     retry::register(db)?;
     watches_vtab::register(db)?;
+    cache::register(db)?;
     keys::register(db)?;
     Ok(())
 }
