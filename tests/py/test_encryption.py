@@ -335,6 +335,28 @@ class HttpWebDav(EncryptedRemote, Case):
         self.assertEqual(files_in(os.path.join(self.dir, "files-b")), [])
 
 
+    def test_an_interrupted_encrypted_download_starts_over_and_completes(self):
+        """The first attempt is cut halfway (the store may keep the partial plaintext for a
+        resume); the next one asks for the whole object again and the file is exact."""
+        a = self.device("a")
+        data = os.urandom(600_000)
+        photo = self.save(a, data)
+        self.sync(a)
+        proxy = servers.FaultProxy(self.storage_port, "truncate")
+        try:
+            b = self.device("b", port=proxy.port)
+            b.execute("INSERT INTO users VALUES (1, ?)", (photo,))
+            self.assertEqual(self.sync(b)["downloaded"], 0)
+        finally:
+            proxy.stop()
+        self.assertEqual(self.row(b)[0], "QUEUED_DOWNLOAD")
+        b.execute("SELECT attachment_init(?)", (json.dumps({
+            "local_dir": "files-b", **self.remote_config(None), "encryption": {"key_env": "ATT_TEST_KEY"}}),))
+        b.execute("UPDATE attachments SET next_attempt_at = 0")
+        self.assertEqual(self.sync(b)["downloaded"], 1, self.row(b))
+        self.assertEqual(one(b, "SELECT attachment_data(?)", photo), data)
+
+
 class S3SigV4(EncryptedRemote, Case):
     env = {"AWS_ACCESS_KEY_ID": servers.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": servers.SECRET_KEY}
 
