@@ -9,6 +9,7 @@ step() {
 }
 step "Rust unit tests" cargo test --locked --lib --quiet
 step "Linkage" tests/test-linkage.sh
+step "Binaries: x86_64 and aarch64 (glibc 2.17, qemu), macOS, manylinux wheels, npm per platform" /usr/bin/python3 tests/hosts/test_binaries.py
 step "SQL scenarios (sqlite3 CLI)" tests/sql/run.sh
 step "Python (stdlib sqlite3 driver)" tests/py/run.sh test_core
 step "Remotes against real servers (nginx WebDAV, s3s-fs, signing backend)" tests/py/run.sh test_remotes
