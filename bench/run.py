@@ -5,7 +5,9 @@ Environment: BENCH_REPEAT (default 3), BENCH_BIG_SIZES (MiB, default "64,256,102
 BENCH_IDLE_SECONDS (default 60), BENCH_QUICK=1 (small sizes, for trying the harness).
 BENCH_ONLY=<group> runs only that group's rows and prints them (results.md is left alone):
 reconcile_one_change (the server-less reconciliation cases), steering (the bandwidth-cap and
-resume rows; BENCH_CAP_SECONDS, default 30, and BENCH_RESUME_MIB, default 1024, size them).
+resume rows; BENCH_CAP_SECONDS, default 30, and BENCH_RESUME_MIB, default 1024, size them),
+encryption (a big file up and down with and without end-to-end encryption; BENCH_ENCRYPTION_MIB,
+default 1024, sizes it).
 """
 import json
 import os
@@ -343,6 +345,74 @@ print((r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / (t1 - t0) * 100)
     shutil.rmtree(work)
 
 
+def up_down(work, remote, src, tag, encryption=None):
+    """Seconds of one attachment_sync() that uploads `src` and of one on a second database
+    that downloads it, each in a sqlite3 CLI process."""
+    extra = {"encryption": encryption} if encryption else {}
+    cfg_a = json.dumps({"local_dir": f"{tag}-a", **remote, **extra})
+    cfg_b = json.dumps({"local_dir": f"{tag}-b", **remote, **extra})
+    out, up_s, _ = cli(work, f"{tag}-a.db", f"""
+        SELECT attachment_init('{cfg_a}') IS NOT NULL;
+        CREATE TABLE items(id INTEGER PRIMARY KEY, file_id TEXT);
+        INSERT INTO items VALUES (1, attachment_save_file('{src}', 'bin'));
+        .timer on
+        SELECT attachment_sync();
+        .timer off
+        SELECT 'ID ' || file_id FROM items;""")
+    assert '"uploaded":1' in out, out
+    file_id = re.search(r"ID (\S+)", out).group(1)
+    out, down_s, _ = cli(work, f"{tag}-b.db", f"""
+        SELECT attachment_init('{cfg_b}') IS NOT NULL;
+        CREATE TABLE items(id INTEGER PRIMARY KEY, file_id TEXT);
+        SELECT attachment_watch('w', 'SELECT file_id AS id, ''bin'' AS file_extension FROM items');
+        INSERT INTO items VALUES (1, '{file_id}');
+        .timer on
+        SELECT attachment_sync();
+        .timer off
+        SELECT 'SHA ' || sha256 FROM attachments;""")
+    assert '"downloaded":1' in out, out
+    # Both databases are removed so the next pair starts with the same free page cache.
+    for name in os.listdir(work):
+        if name.startswith(tag):
+            path = os.path.join(work, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    return up_s, down_s
+
+
+def encryption(nginx, s3_port):
+    """The same big file up and down with and without end-to-end encryption, in one run."""
+    mib = int(os.environ.get("BENCH_ENCRYPTION_MIB", "16" if QUICK else "1024"))
+    os.environ.update(AWS_ACCESS_KEY_ID=servers.ACCESS_KEY, AWS_SECRET_ACCESS_KEY=servers.SECRET_KEY)
+    c = sqlite3.connect(":memory:")
+    c.enable_load_extension(True)
+    c.load_extension(LIB)
+    os.environ["BENCH_ENCRYPTION_KEY"] = one(c, "SELECT attachment_generate_key()")
+    remotes = {
+        "HTTP": {"remote": f"{nginx.url}/enc/"},
+        "S3": {"remote": f"s3://{servers.BUCKET}/enc", "s3_endpoint": f"http://127.0.0.1:{s3_port}"},
+    }
+    for label, remote in remotes.items():
+        work = tempfile.mkdtemp(prefix="bench-enc-", dir=os.environ.get("BENCH_TMP"))
+        src = os.path.join(work, "src.bin")
+        with open(src, "wb") as f:
+            chunk = os.urandom(MiB)
+            for _ in range(mib):
+                f.write(chunk)
+        # Interleaved, the order alternating, so drift on a busy machine hits both alike.
+        runs = {"plain": [], "enc": []}
+        for i in range(REPEAT):
+            for tag in (["plain", "enc"] if i % 2 == 0 else ["enc", "plain"]):
+                enc = {"key_env": "BENCH_ENCRYPTION_KEY"} if tag == "enc" else None
+                runs[tag].append(up_down(work, remote, src, tag, enc))
+        plain_up, plain_down = (statistics.median(x) for x in zip(*runs["plain"]))
+        enc_up, enc_down = (statistics.median(x) for x in zip(*runs["enc"]))
+        record(f"{label} {mib} MiB encrypted upload", mib / enc_up, mib / plain_up, "MiB/s",
+               ">= 0.8x unencrypted", note=f"median of {REPEAT}, interleaved; XChaCha20-Poly1305 STREAM, 64 KiB chunks; baseline: the same upload unencrypted")
+        record(f"{label} {mib} MiB encrypted download", mib / enc_down, mib / plain_down, "MiB/s",
+               ">= 0.8x unencrypted", note=f"median of {REPEAT}, interleaved; opened while streaming; baseline: the same download unencrypted")
+        shutil.rmtree(work)
+
+
 CAP_SECONDS = int(os.environ.get("BENCH_CAP_SECONDS", "5" if QUICK else "30"))
 RESUME_MIB = int(os.environ.get("BENCH_RESUME_MIB", "64" if QUICK else "1024"))
 
@@ -516,7 +586,7 @@ def write_svg(rows):
 def main():
     # BENCH_ONLY=name[,name]: run only these cases and print them (results.md is left alone).
     only = [n for n in os.environ.get("BENCH_ONLY", "").split(",") if n]
-    serverless = [n for n in only if n != "steering"]
+    serverless = [n for n in only if n not in ("steering", "encryption")]
     for name in serverless:
         globals()[name]()
     if only and not set(only) - set(serverless):
@@ -529,14 +599,18 @@ def main():
     www, s3root = tempfile.mkdtemp(prefix="bench-www-"), tempfile.mkdtemp(prefix="bench-s3-")
     nginx, s3 = servers.Nginx(www), servers.S3(s3root)
     try:
-        if "steering" in only:
-            steering(nginx, s3.port)
+        if only:
+            if "steering" in only:
+                steering(nginx, s3.port)
+            if "encryption" in only:
+                encryption(nginx, s3.port)
             return
         small_files(nginx)
         saves()
         reconcile()
         reconcile_one_change()
         big_files(nginx, s3.port)
+        encryption(nginx, s3.port)
         idle_worker()
         steering(nginx, s3.port)
         import powersync_baseline  # noqa: E402

@@ -644,7 +644,7 @@ impl Syncer {
             Err(e) => return Err(crate::store::upload_refusal(e)),
         };
         let (file, len, watch) = checked.split();
-        self.remote.upload(obj, file, len, progress)?;
+        self.remote.upload(obj, &crate::crypt::FileSource { file, len }, progress)?;
         match watch.unchanged() {
             Ok(true) => Ok(Outcome::Uploaded),
             Ok(false) => Err(crate::store::upload_refusal(Error::Argument(format!(
