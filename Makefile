@@ -57,6 +57,7 @@ clean:
 # Benchmarks against baselines measured in the same run; writes bench/results.md. Not part of `make test`.
 bench: build deps
 	cargo build --release --quiet --manifest-path bench/baseline-save/Cargo.toml
+	./bench/install-peers.sh
 	/usr/bin/python3 bench/run.py
 
 # The Python wheel and the npm tarball, from the release build, into dist/.
