@@ -60,11 +60,14 @@ bench: build deps
 	./bench/install-peers.sh
 	/usr/bin/python3 bench/run.py
 
-# The Python wheel and the npm tarball, from the release build, into dist/.
+# The Python wheel, the Datasette plugin wheel and the npm tarball, from the release build, into dist/.
 dist: build
 	python3 python/build_wheel.py $(LIB) dist
+	python3 datasette-attachments/build_wheel.py dist
 	rm -rf dist/npm && mkdir -p dist/npm/lib
-	cp npm/package.json npm/index.js npm/index.d.ts README.md dist/npm/
+	cp npm/package.json npm/index.js npm/index.d.ts README.md CHANGELOG.md dist/npm/
+	cp -r docs dist/npm/
+	python3 -c 'import json,re,sys; p="dist/npm/package.json"; d=json.load(open(p)); d["version"]=re.search(r"(?m)^version = \"([^\"]+)\"", open("Cargo.toml").read()).group(1); json.dump(d, open(p,"w"), indent=2)'
 	cp $(LIB) dist/npm/lib/
 	cd dist/npm && npm pack --silent --pack-destination .. >/dev/null
 	@ls dist/*.whl dist/*.tgz

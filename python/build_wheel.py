@@ -6,6 +6,7 @@ works offline: python3 python/build_wheel.py dist/attachments.so dist/
 import base64
 import hashlib
 import os
+import re
 import sys
 import sysconfig
 import zipfile
@@ -24,19 +25,41 @@ def record_line(name, data):
     return f"{name},sha256={digest},{len(data)}"
 
 
+ROOT = os.path.join(HERE, "..")
+
+
+def cargo_version():
+    """The release number, from Cargo.toml: the one place it is written."""
+    with open(os.path.join(ROOT, "Cargo.toml")) as f:
+        return re.search(r'^version = "([^"]+)"', f.read(), re.M).group(1)
+
+
+def docs():
+    """README.md, CHANGELOG.md and docs/*.md, by their path in the repository: shipped inside
+    the package beside the library, so the README's relative links resolve there too."""
+    names = ["README.md", "CHANGELOG.md"] + sorted(
+        "docs/" + n for n in os.listdir(os.path.join(ROOT, "docs")) if n.endswith(".md"))
+    out = {}
+    for name in names:
+        with open(os.path.join(ROOT, name), "rb") as f:
+            out[name] = f.read()
+    return out
+
+
 def main(lib, out_dir):
-    sys.path.insert(0, HERE)
-    from sqlite_attachments import __version__ as version
+    version = cargo_version()
     tag = f"py3-none-{platform_tag()}"
     wheel = os.path.join(out_dir, f"{DIST_NAME}-{version}-{tag}.whl")
     info = f"{DIST_NAME}-{version}.dist-info"
     files = {}
     with open(os.path.join(HERE, NAME, "__init__.py"), "rb") as f:
-        files[f"{NAME}/__init__.py"] = f.read()
+        init = f.read().decode()
+    files[f"{NAME}/__init__.py"] = re.sub(r'(?m)^__version__ = .*$', f'__version__ = "{version}"', init).encode()
     with open(lib, "rb") as f:
         files[f"{NAME}/attachments{os.path.splitext(lib)[1]}"] = f.read()
-    with open(os.path.join(HERE, "..", "README.md"), "rb") as f:
-        readme = f.read().decode()
+    for name, data in docs().items():
+        files[f"{NAME}/{name}"] = data
+    readme = files[f"{NAME}/README.md"].decode()
     files[f"{info}/METADATA"] = (
         "Metadata-Version: 2.1\n"
         f"Name: {DIST_NAME}\nVersion: {version}\n"

@@ -295,15 +295,19 @@ impl Config {
 
     /// Reads the stored config of `conn`'s main database.
     pub fn load(conn: &Connection) -> Result<Config> {
-        let stored: Option<String> = match conn
-            .query_row("SELECT config FROM main._attachments_config WHERE id = 1", [], |r| r.get(0))
+        let stored: Option<(String, Option<i64>)> = match conn
+            .query_row("SELECT config, schema_version FROM main._attachments_config WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()
         {
             Ok(v) => v,
             Err(rusqlite::Error::SqliteFailure(_, Some(msg))) if msg.starts_with("no such table") => None,
             Err(e) => return Err(e.into()),
         };
-        let stored = stored.ok_or(Error::NotInitialized)?;
+        let (stored, version) = stored.ok_or(Error::NotInitialized)?;
+        // Every function loads the config: none of them works on a layout it does not know.
+        crate::schema::check_not_newer(version)?;
         // Every save and read loads the config: parse each distinct stored text once.
         if let Some(config) = PARSED.lock().ok().and_then(|cache| cache.get(&stored).cloned()) {
             return Ok(config);
@@ -327,9 +331,9 @@ impl Config {
     /// Stores this config (replacing any earlier one); the schema must exist.
     pub fn store(&self, conn: &Connection) -> Result<()> {
         conn.execute(
-            "INSERT INTO main._attachments_config(id, config) VALUES (1, ?1)
+            "INSERT INTO main._attachments_config(id, config, schema_version) VALUES (1, ?1, ?2)
              ON CONFLICT(id) DO UPDATE SET config = excluded.config",
-            [self.to_json().to_string()],
+            (self.to_json().to_string(), crate::schema::SCHEMA_VERSION),
         )?;
         Ok(())
     }

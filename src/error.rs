@@ -29,6 +29,8 @@ pub enum Error {
     Io { path: PathBuf, err: io::Error },
     /// A transfer to or from remote storage failed.
     Remote(RemoteError),
+    /// The database was written by a release whose layout this build does not know.
+    NewerSchema { found: i64, known: i64 },
 }
 
 impl Error {
@@ -55,7 +57,7 @@ impl Error {
                 ffi::SQLITE_MISUSE
             }
             Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => e.extended_code,
-            Error::Sqlite(_) | Error::Remote(_) => ffi::SQLITE_ERROR,
+            Error::Sqlite(_) | Error::Remote(_) | Error::NewerSchema { .. } => ffi::SQLITE_ERROR,
             Error::Io { .. } => ffi::SQLITE_IOERR,
         }
     }
@@ -93,6 +95,11 @@ impl fmt::Display for Error {
             Error::Sqlite(e) => write!(f, "{e}"),
             Error::Io { path, err } => write!(f, "{}: {err}", path.display()),
             Error::Remote(e) => write!(f, "{e}"),
+            Error::NewerSchema { found, known } => write!(
+                f,
+                "this database was created by a newer sqlite-attachments (schema {found}, this build knows {known}); \
+                 load that release or a later one (there is no downgrade)"
+            ),
         }
     }
 }

@@ -1,15 +1,103 @@
-//! Tables the extension owns. The queue table's name comes from the config;
-//! every internal table and trigger starts with `_attachments_`.
+//! Tables the extension owns, and the numbered migrations that bring a database
+//! written by an earlier release up to this build's layout. The queue table's name
+//! comes from the config; every internal table and trigger starts with `_attachments_`.
+//!
+//! `_attachments_config.schema_version` records the layout a database has. It is read
+//! back by [`ensure`] (at `attachment_init` and the first pass of each process) and by
+//! [`check_not_newer`] (every function that loads the config): a database written by a
+//! newer release is refused rather than half-understood.
+//!
+//! ## Adding a migration (a new column, table or index)
+//! 1. Append a [`Migration`] to [`MIGRATIONS`] with the next number, whose `run` brings
+//!    a database of the previous version there. Make it idempotent (use [`add_column`],
+//!    `CREATE TABLE/INDEX IF NOT EXISTS`): a new database, or a new queue table after
+//!    `table` changed, gets [`create_tables`] and then every migration in order, so a
+//!    migration may find its change made already.
+//! 2. Optionally write the column into [`create_tables`] too, for readers of the layout;
+//!    the migration must still add it to older tables.
+//! 3. [`SCHEMA_VERSION`] follows by itself (the last migration's number); add a line to
+//!    CHANGELOG.md. Never edit, reorder or renumber a migration that was released.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
-/// Bumped when the layout changes; stored in `_attachments_config`.
-pub const SCHEMA_VERSION: i64 = 1;
+/// One step of the layout's history: brings a database at `version - 1` to `version`.
+pub struct Migration {
+    pub version: i64,
+    pub what: &'static str,
+    /// Runs in the transaction that migrates; `table` is the queue table's name.
+    pub run: fn(&Connection, &str) -> Result<()>,
+}
 
-/// Creates what is missing in `main`. Runs in the caller's transaction.
+/// Every migration, in order. Migration 1 is the layout of release 0.1.0.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, what: "the tables of release 0.1.0", run: create_tables },
+    Migration { version: 2, what: "columns added to the first layout before schema_version was read", run: added_before_0_2 },
+];
+
+/// The layout this build writes and understands: the number of the last migration.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
+
+/// Brings the database up to [`SCHEMA_VERSION`] and makes sure the queue table `table`
+/// exists. Runs in the caller's transaction (the caller's own at `attachment_init`, a
+/// `BEGIN IMMEDIATE` on the extension's connection in a pass), so a migration is all or
+/// nothing. Refuses a database of a newer release.
 pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
+    let stored = stored_version(conn)?;
+    check_not_newer(stored)?;
+    let queue_exists = table_exists(conn, table)?;
+    if stored == Some(SCHEMA_VERSION) && queue_exists {
+        return Ok(());
+    }
+    // Missing tables are created (a new database; a new queue table after `table`
+    // changed), then every migration they have not had, each idempotent.
+    create_tables(conn, table)?;
+    let from = if queue_exists { stored.unwrap_or(0) } else { 0 };
+    for m in MIGRATIONS.iter().filter(|m| m.version > from && m.version > 1) {
+        if stored.is_some() && queue_exists {
+            log::info!("migrating the database to schema {}: {}", m.version, m.what);
+        }
+        (m.run)(conn, table)?;
+    }
+    // No row yet on a new database: `Config::store` inserts it with SCHEMA_VERSION.
+    conn.execute("UPDATE main._attachments_config SET schema_version = ?1 WHERE id = 1", [SCHEMA_VERSION])?;
+    Ok(())
+}
+
+/// Refuses a database whose stored layout is newer than this build's.
+pub fn check_not_newer(stored: Option<i64>) -> Result<()> {
+    match stored {
+        Some(found) if found > SCHEMA_VERSION => Err(Error::NewerSchema { found, known: SCHEMA_VERSION }),
+        _ => Ok(()),
+    }
+}
+
+/// The stored schema_version; None before the first `attachment_init` (no table or no row).
+fn stored_version(conn: &Connection) -> Result<Option<i64>> {
+    match conn.query_row("SELECT schema_version FROM main._attachments_config WHERE id = 1", [], |r| r.get(0)).optional() {
+        Ok(v) => Ok(v),
+        Err(rusqlite::Error::SqliteFailure(_, Some(msg))) if msg.starts_with("no such table") => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn table_exists(conn: &Connection, table: &str) -> Result<bool> {
+    Ok(conn.query_row("SELECT count(*) FROM main.sqlite_schema WHERE type = 'table' AND name = ?1", [table], |r| r.get::<_, i64>(0))? > 0)
+}
+
+/// Adds `column` to `table` unless it is there.
+pub fn add_column(conn: &Connection, table: &str, column: &str, decl: &str) -> Result<()> {
+    let present: bool =
+        conn.query_row("SELECT count(*) FROM main.pragma_table_info(?1) WHERE name = ?2", [table, column], |r| r.get(0))?;
+    if !present {
+        conn.execute_batch(&format!("ALTER TABLE main.{} ADD COLUMN {column} {decl}", quote_ident(table)))?;
+    }
+    Ok(())
+}
+
+/// Migration 1, and the newest layout of every table: creates what is missing in `main`.
+fn create_tables(conn: &Connection, table: &str) -> Result<()> {
     let t = quote_ident(table);
     let idx = quote_ident(&format!("_attachments_idx_{table}_due"));
     let claims = quote_ident(&format!("_attachments_idx_{table}_claims"));
@@ -18,7 +106,8 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
         "CREATE TABLE IF NOT EXISTS main._attachments_config(
             id INTEGER PRIMARY KEY CHECK (id = 1),
             config TEXT NOT NULL,
-            schema_version INTEGER NOT NULL DEFAULT {SCHEMA_VERSION});
+            -- The layout this database has (see schema.rs); 1 is the first layout's default.
+            schema_version INTEGER NOT NULL DEFAULT 1);
         -- One row per attachment_watch(): its query and options, and how its last run went.
         -- Only `query` is ever run (re-analysed under a guard each time: the table is
         -- writable by anyone); select_sql is what it was last wrapped into, for reading.
@@ -81,7 +170,15 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
     // Claims are few; every pass looks for those of dead processes, so they get a small
     // index of their own (created after the column exists in tables from earlier builds).
     let claims_index = format!("CREATE INDEX IF NOT EXISTS main.{claims} ON {t}(claimed_by) WHERE claimed_by IS NOT NULL");
-    // Columns added after the first layout, for tables created by an earlier build.
+    conn.execute_batch(&claims_index)?;
+    Ok(())
+}
+
+/// Migration 2: tables written by builds before 0.2.0 all say schema 1, but the
+/// earliest of them lack columns added since; each is added where it is missing.
+/// Closed: a column added after this goes into a migration of its own, appended to
+/// [`MIGRATIONS`] (see the module comment), never into this list.
+fn added_before_0_2(conn: &Connection, table: &str) -> Result<()> {
     let added = [
         (table, "upload_resume", "TEXT"),
         (table, "bytes_done", "INTEGER"),
@@ -99,16 +196,8 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
         ("_attachments_watch", "incremental", "INTEGER NOT NULL DEFAULT 1"),
     ];
     for (owner, column, decl) in added {
-        let present: bool = conn.query_row(
-            "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
-            [owner, column],
-            |r| r.get(0),
-        )?;
-        if !present {
-            conn.execute_batch(&format!("ALTER TABLE main.{} ADD COLUMN {column} {decl}", quote_ident(owner)))?;
-        }
+        add_column(conn, owner, column, decl)?;
     }
-    conn.execute_batch(&claims_index)?;
     Ok(())
 }
 
@@ -125,6 +214,17 @@ pub fn quote_literal(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn migrations_are_numbered_from_one_without_gaps() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i64 + 1, "{}", m.what);
+        }
+        assert_eq!(SCHEMA_VERSION, MIGRATIONS.len() as i64);
+        assert!(check_not_newer(Some(SCHEMA_VERSION)).is_ok() && check_not_newer(None).is_ok());
+        let e = check_not_newer(Some(SCHEMA_VERSION + 1)).unwrap_err().to_string();
+        assert!(e.contains(&format!("created by a newer sqlite-attachments (schema {}, this build knows {SCHEMA_VERSION})", SCHEMA_VERSION + 1)), "{e}");
+    }
 
     #[test]
     fn quoting_escapes() {

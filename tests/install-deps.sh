@@ -18,6 +18,8 @@ else
   want go golang-go
   want node nodejs
   want npm npm
+  want chromium chromium
+  want chromedriver chromium-driver
   [[ -d /usr/share/gocode/src/github.com/mattn/go-sqlite3 ]] || need_pkgs+=(golang-github-mattn-go-sqlite3-dev)
   [[ -x /usr/bin/python3 ]] || need_pkgs+=(python3)
   /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)

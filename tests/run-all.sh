@@ -20,11 +20,14 @@ step "The file:// remote and downloads: missing roots, hostile files, known chec
 step "Watches: untrusted queries, failures kept per watch, triggers repaired" tests/py/run.sh test_watches
 step "Hostile servers: redirects, truncation, trickles, secrets (nginx, s3s-fs, fault proxy)" tests/py/run.sh test_hostile_servers
 step "Queue state machine: one test per transition" tests/py/run.sh test_queue_states
+step "Upgrades: the 0.1.0 fixture migrated, a newer schema refused" tests/py/run.sh test_upgrade
+step "Docs match the library (functions, config defaults, columns); README and docs links resolve in the repository and the packages" tests/py/run.sh test_docs
 step "Hostile input catalogue (SQL, synced data, hand-edited tables, hostile servers)" tests/py/run.sh test_hostile_input
 step "Reliability at small counts (crash, faults, three processes, disk full)" /usr/bin/python3 tests/reliability/run.py --small
 step "Host: Python package from dist/ (stdlib sqlite3, apsw, sqlean.py)" tests/hosts/test-python.sh
 step "Host: Go example (mattn/go-sqlite3)" tests/hosts/test-go.sh
 step "Host: Node package from dist/ (better-sqlite3)" tests/hosts/test-node.sh
+step "Datasette plugin from dist/ in headless chromium (Selenium)" tests/hosts/test-datasette.sh
 echo
 if [[ $status -eq 0 ]]; then echo "ALL TESTS PASSED"; else echo "SOME TESTS FAILED"; fi
 exit $status

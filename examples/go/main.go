@@ -28,7 +28,17 @@ func one(db *sql.DB, query string, args ...interface{}) (v interface{}) {
 	return v
 }
 
+const usage = `usage: flow LIBRARY WORKDIR
+
+Runs the two-device flow with sqlite-attachments loaded from LIBRARY (the path
+without its suffix, e.g. ../../dist/attachments) in the existing folder WORKDIR.
+`
+
 func main() {
+	if len(os.Args) != 3 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
 	lib, work := os.Args[1], os.Args[2]
 	// Every connection the pool opens loads the extension.
 	sql.Register("sqlite3_attachments", &sqlite3.SQLiteDriver{Extensions: []string{lib}})

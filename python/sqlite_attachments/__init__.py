@@ -9,7 +9,7 @@ with apsw, and with sqlean.py.
 """
 import os
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # python/build_wheel.py writes Cargo.toml's version here
 ENTRY_POINT = "sqlite3_attachments_init"
 
 

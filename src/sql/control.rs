@@ -1,10 +1,10 @@
 //! attachment_init, attachment_sync, attachment_verify, attachment_expire_cache,
-//! attachment_start_sync and attachment_stop_sync.
+//! attachment_start_sync, attachment_stop_sync and attachment_version.
 
 use super::Context;
 use rusqlite::Connection;
 
-use super::{caller, scalar, text_arg, EFFECTFUL};
+use super::{caller, scalar, text_arg, EFFECTFUL, PURE};
 use crate::config::Config;
 use crate::connection::DbTarget;
 use crate::error::{Error, Result};
@@ -26,6 +26,7 @@ pub fn register(db: &Connection) -> rusqlite::Result<()> {
     scalar(db, "attachment_expire_cache", "attachment_expire_cache()", 0..=0, EFFECTFUL, expire_cache)?;
     scalar(db, "attachment_start_sync", "attachment_start_sync()", 0..=0, EFFECTFUL, start_sync)?;
     scalar(db, "attachment_stop_sync", "attachment_stop_sync()", 0..=0, EFFECTFUL, stop_sync)?;
+    scalar(db, "attachment_version", "attachment_version()", 0..=0, PURE, version)?;
     Ok(())
 }
 
@@ -171,4 +172,9 @@ fn stop_sync(ctx: &Context) -> Result<i64> {
     let conn = caller(ctx)?;
     worker::stop(db_file(&conn, "attachment_stop_sync()")?);
     Ok(1)
+}
+
+/// `sqlite-attachments 0.2.0 (schema 2)`: this build's release and the layout it writes.
+fn version(_ctx: &Context) -> Result<String> {
+    Ok(format!("sqlite-attachments {} (schema {})", env!("CARGO_PKG_VERSION"), schema::SCHEMA_VERSION))
 }

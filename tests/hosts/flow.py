@@ -31,6 +31,9 @@ def one(conn, sql, *args):
 
 def device(name):
     conn = connect(os.path.join(work, f"{name}.db"))
+    # As an app would: wait for the worker's short writes instead of failing at once
+    # (apsw, unlike the sqlite3 module, sets no busy timeout of its own).
+    conn.execute("PRAGMA busy_timeout = 5000")
     sqlite_attachments.load(conn)
     one(conn, "SELECT attachment_init(?)", json.dumps({"local_dir": f"files-{name}", "remote": f"file://{work}/remote"}))
     conn.execute("CREATE TABLE users(id INTEGER PRIMARY KEY, photo_id TEXT)")

@@ -10,5 +10,11 @@ tmp=$(mktemp -d /tmp/att-hosts-go.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 cd "$root/examples/go"
 GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=${GOCACHE:-$HOME/.cache/go-build} go build -o "$tmp/flow" .
+# Without arguments: the usage on stderr and exit status 2, not a panic.
+set +e; "$tmp/flow" >"$tmp/out" 2>"$tmp/err"; status=$?; set -e
+if [[ $status -ne 2 ]] || ! grep -q '^usage: flow LIBRARY WORKDIR' "$tmp/err" || grep -q panic "$tmp/err"; then
+  echo "FAIL go: without arguments, expected the usage and exit status 2; got $status:"; cat "$tmp/out" "$tmp/err"; exit 1
+fi
+echo "ok   go: without arguments, the usage and exit status 2"
 mkdir "$tmp/work"
 "$tmp/flow" "$root/dist/attachments" "$tmp/work"

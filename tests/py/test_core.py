@@ -144,7 +144,7 @@ class Surface(Case):
             "attachment_local_uri", "attachment_data", "attachment_watch", "attachment_unwatch",
             "attachment_sync", "attachment_start_sync", "attachment_stop_sync", "attachment_verify",
             "attachment_expire_cache", "attachment_filename", "attachment_media_type", "attachment_reconcile",
-            "attachment_retry",
+            "attachment_retry", "attachment_version",
         })
 
     def test_reconcile_alone_queues_and_archives_without_transfers(self):

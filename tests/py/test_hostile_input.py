@@ -126,6 +126,7 @@ FUNCTIONS = {
     "attachment_delete": (1, 1, ["id"], ["abc"]),
     "attachment_watch": (2, 3, ["name", "query", "options"], ["w1", "SELECT id FROM docs", "{}"]),
     "attachment_unwatch": (1, 1, ["name"], ["w1"]),
+    "attachment_version": (0, 0, [], []),
 }
 # The reconciliation's pure helpers answer NULL for anything unsafe (documented: such
 # references are skipped), so for them a NULL is the clean refusal.
