@@ -608,7 +608,7 @@ def responsive(nginx):
            note=f"baseline: the same app, no sync ({idle[2]} txns); with sync: {busy[2]} txns over {secs[0]:.1f} s")
     record(f"app write txn p99, while {RESPONSIVE_N:,} files download", busy[1], idle[1], "ms",
            ">= 0.5x idle p99 (p99 <= 2x idle)", better="lower", note="one BEGIN IMMEDIATE/INSERT/COMMIT every 10 ms, "
-           "own process and connection, default worker config")
+           "own process and connection (WAL, synchronous=FULL: SQLite's default), default worker config")
 
 
 def idle_worker():
