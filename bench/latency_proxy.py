@@ -2,8 +2,9 @@
 
 Every byte is held for $DELAY_MS milliseconds in each direction (so the round trip is
 2 x DELAY_MS), a new connection first waits one round trip (the TCP handshake a real link
-would cost), each connection keeps at most $WINDOW_KIB KiB in flight per direction (like a
-TCP window: one connection alone moves at most WINDOW / RTT), and with $MBIT set each
+would cost), each connection keeps at most $WINDOW_KIB KiB unacknowledged per direction (a
+chunk counts from when it arrives until one round trip later, when a real sender would
+see its ACK: like a TCP window, one connection alone moves at most WINDOW / RTT), and with $MBIT set each
 direction of the whole link is capped at that many megabits per second, shared by all
 connections. It forwards to 127.0.0.1:$UPSTREAM_PORT and listens on 127.0.0.1:$PORT. It
 works below HTTP, so SigV4 signatures and keep-alive pass through untouched.
@@ -41,17 +42,23 @@ async def pipe(reader, writer, link):
     """Copies reader to writer, each chunk leaving DELAY seconds after it arrived."""
     loop = asyncio.get_running_loop()
     queue = asyncio.Queue()
-    room = asyncio.Condition()
-    buffered = 0
+    room = asyncio.Event()
+    unacked = 0
+
+    def acked(n):
+        nonlocal unacked
+        unacked -= n
+        room.set()
 
     async def take():
-        nonlocal buffered
+        nonlocal unacked
         try:
             while True:
                 data = await reader.read(CHUNK)
-                async with room:
-                    await room.wait_for(lambda: buffered < WINDOW)
-                    buffered += len(data)
+                while unacked >= WINDOW:
+                    room.clear()
+                    await room.wait()
+                unacked += len(data)
                 queue.put_nowait((loop.time() + DELAY, data))
                 if not data:
                     return
@@ -59,7 +66,6 @@ async def pipe(reader, writer, link):
             queue.put_nowait((loop.time(), b""))
 
     async def give():
-        nonlocal buffered
         try:
             while True:
                 due, data = await queue.get()
@@ -73,9 +79,8 @@ async def pipe(reader, writer, link):
                 await link.send(len(data))
                 writer.write(data)
                 await writer.drain()
-                async with room:
-                    buffered -= len(data)
-                    room.notify_all()
+                # The sender hears of it one way later: the window opens a round trip after arrival.
+                loop.call_later(DELAY, acked, len(data))
         except (ConnectionError, OSError):
             return
 
