@@ -12,10 +12,10 @@ all: build
 
 build: $(LIB)
 
-$(LIB): Cargo.toml $(shell find src -name '*.rs')
-	$(CARGO) build --$(PROFILE) --locked
-	mkdir -p dist
-	cp target/$(PROFILE)/libattachments.$(EXT) $(LIB)
+# On Linux, linked against glibc 2.17 with cargo-zigbuild (installed once from PyPI into
+# ~/.cache/sqlite-attachments/build-tools); plain cargo when that cannot be installed.
+$(LIB): Cargo.toml Cargo.lock $(shell find src -name '*.rs')
+	CARGO=$(CARGO) PROFILE=$(PROFILE) scripts/build.sh host
 
 demo: build deps-cli
 	./sql/demo.sh
@@ -27,7 +27,9 @@ deps: deps-cli
 deps-cli:
 	@command -v sqlite3 >/dev/null || ./tests/install-deps.sh sqlite3
 
-test: deps dist
+# The cross-compiled libraries are required here: the tests check each of them.
+test: deps
+	REQUIRE_CROSS=1 $(MAKE) dist
 	./tests/run-all.sh
 
 test-unit:
@@ -60,14 +62,9 @@ bench: build deps
 	./bench/install-peers.sh
 	/usr/bin/python3 bench/run.py
 
-# The Python wheel, the Datasette plugin wheel and the npm tarball, from the release build, into dist/.
+# The other Linux architecture and macOS (dist/linux-aarch64/, dist/macos-*/), one Python
+# wheel per library (manylinux2014 / macOS tags), the Datasette plugin wheel and the npm
+# tarball carrying every library.
 dist: build
-	python3 python/build_wheel.py $(LIB) dist
-	python3 datasette-attachments/build_wheel.py dist
-	rm -rf dist/npm && mkdir -p dist/npm/lib
-	cp npm/package.json npm/index.js npm/index.d.ts README.md CHANGELOG.md dist/npm/
-	cp -r docs dist/npm/
-	python3 -c 'import json,re,sys; p="dist/npm/package.json"; d=json.load(open(p)); d["version"]=re.search(r"(?m)^version = \"([^\"]+)\"", open("Cargo.toml").read()).group(1); json.dump(d, open(p,"w"), indent=2)'
-	cp $(LIB) dist/npm/lib/
-	cd dist/npm && npm pack --silent --pack-destination .. >/dev/null
-	@ls dist/*.whl dist/*.tgz
+	CARGO=$(CARGO) PROFILE=$(PROFILE) scripts/build.sh cross
+	scripts/package.sh

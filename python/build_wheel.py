@@ -1,23 +1,29 @@
 """Builds the Python wheel from the release library, like other SQLite
 extensions ship (sqlite-vec's sqlite-dist): the shared library inside a
-pure-Python package, tagged for the platform. Standard library only, so it
-works offline: python3 python/build_wheel.py dist/attachments.so dist/
+pure-Python package, tagged for the platform the library itself says it is for
+(binary_info.py reads its ELF or Mach-O headers: architecture, the newest glibc
+symbol version it needs, the oldest macOS). Standard library only, so it works
+offline:
+
+    python3 python/build_wheel.py dist/attachments.so dist/
+    python3 python/build_wheel.py dist/linux-aarch64/attachments.so dist/
 """
 import base64
 import hashlib
 import os
 import re
 import sys
-import sysconfig
 import zipfile
 
 NAME, DIST_NAME = "sqlite_attachments", "sqlite_attachments"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def platform_tag():
-    plat = sysconfig.get_platform().replace("-", "_").replace(".", "_")  # linux_x86_64
-    return plat
+def platform_tag(lib):
+    """manylinux_2_17_x86_64.manylinux2014_x86_64, macosx_11_0_arm64, ...: from the library."""
+    sys.path.insert(0, HERE)
+    import binary_info
+    return binary_info.wheel_platform_tag(binary_info.read(lib))
 
 
 def record_line(name, data):
@@ -48,7 +54,7 @@ def docs():
 
 def main(lib, out_dir):
     version = cargo_version()
-    tag = f"py3-none-{platform_tag()}"
+    tag = f"py3-none-{platform_tag(lib)}"
     wheel = os.path.join(out_dir, f"{DIST_NAME}-{version}-{tag}.whl")
     info = f"{DIST_NAME}-{version}.dist-info"
     files = {}
@@ -67,8 +73,10 @@ def main(lib, out_dir):
         "License: MIT\nRequires-Python: >=3.8\n"
         "Description-Content-Type: text/markdown\n\n" + readme
     ).encode()
+    # One Tag line per platform of a compressed tag set (manylinux_2_17_x86_64.manylinux2014_x86_64).
+    tag_lines = "".join(f"Tag: py3-none-{plat}\n" for plat in tag[len("py3-none-"):].split("."))
     files[f"{info}/WHEEL"] = (
-        f"Wheel-Version: 1.0\nGenerator: sqlite-attachments build_wheel.py\nRoot-Is-Purelib: false\nTag: {tag}\n"
+        f"Wheel-Version: 1.0\nGenerator: sqlite-attachments build_wheel.py\nRoot-Is-Purelib: false\n{tag_lines}"
     ).encode()
     record = [record_line(n, d) for n, d in files.items()] + [f"{info}/RECORD,,"]
     files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()

@@ -15,6 +15,10 @@ use crate::error::{Error, Result};
 static PARSED: LazyLock<Mutex<HashMap<String, Config>>> = LazyLock::new(Default::default);
 
 pub const DEFAULT_MAX_ATTEMPTS: i64 = 10;
+/// The default upper bound of transfers in flight; the worker adapts below it (see
+/// `concurrency.rs`). High enough for links with 150 ms of latency.
+pub const DEFAULT_MAX_CONCURRENCY: i64 = 32;
+pub const MAX_CONCURRENCY: i64 = 256;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -24,8 +28,12 @@ pub struct Config {
     pub table: String,
     pub download_attachments: bool,
     pub archived_cache_limit: i64,
+    /// Bytes of ARCHIVED local files kept; None: no limit by size.
+    pub archived_cache_bytes: Option<i64>,
     pub sync_interval_ms: i64,
     pub max_concurrency: i64,
+    /// Cap on transfer bandwidth (uploads and downloads together), bytes per second.
+    pub max_bytes_per_second: Option<i64>,
     pub max_attempts: i64,
     pub s3_endpoint: Option<String>,
     pub s3_region: String,
@@ -216,9 +224,9 @@ impl Config {
         if let Some(key) = duplicate_key(text) {
             return Err(Error::config(&key, "is given more than once; give each key once"));
         }
-        const KEYS: [&str; 10] = [
-            "local_dir", "remote", "table", "download_attachments", "archived_cache_limit",
-            "sync_interval_ms", "max_concurrency", "max_attempts", "s3_endpoint", "s3_region",
+        const KEYS: [&str; 12] = [
+            "local_dir", "remote", "table", "download_attachments", "archived_cache_limit", "archived_cache_bytes",
+            "sync_interval_ms", "max_concurrency", "max_bytes_per_second", "max_attempts", "s3_endpoint", "s3_region",
         ];
         if let Some(k) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
             return Err(Error::config(k, format!("unknown key; known keys are {}", KEYS.join(", "))));
@@ -257,8 +265,10 @@ impl Config {
             table,
             download_attachments: optional_bool(&obj, "download_attachments")?.unwrap_or(true),
             archived_cache_limit: optional_int(&obj, "archived_cache_limit", 0, i64::MAX)?.unwrap_or(100),
+            archived_cache_bytes: optional_int(&obj, "archived_cache_bytes", 0, i64::MAX)?,
             sync_interval_ms: optional_int(&obj, "sync_interval_ms", 10, 86_400_000)?.unwrap_or(30_000),
-            max_concurrency: optional_int(&obj, "max_concurrency", 1, 64)?.unwrap_or(4),
+            max_concurrency: optional_int(&obj, "max_concurrency", 1, MAX_CONCURRENCY)?.unwrap_or(DEFAULT_MAX_CONCURRENCY),
+            max_bytes_per_second: optional_int(&obj, "max_bytes_per_second", crate::throttle::MIN_BYTES_PER_SECOND, i64::MAX)?,
             max_attempts: optional_int(&obj, "max_attempts", 1, 1_000_000)?.unwrap_or(DEFAULT_MAX_ATTEMPTS),
             s3_endpoint,
             s3_region,
@@ -273,8 +283,10 @@ impl Config {
             "table": self.table,
             "download_attachments": self.download_attachments,
             "archived_cache_limit": self.archived_cache_limit,
+            "archived_cache_bytes": self.archived_cache_bytes,
             "sync_interval_ms": self.sync_interval_ms,
             "max_concurrency": self.max_concurrency,
+            "max_bytes_per_second": self.max_bytes_per_second,
             "max_attempts": self.max_attempts,
             "s3_endpoint": self.s3_endpoint,
             "s3_region": self.s3_region,
@@ -380,9 +392,27 @@ mod tests {
         let c = Config::parse(r#"{"local_dir":"files","remote":"file:///tmp/r"}"#).unwrap();
         assert_eq!(c.table, "attachments");
         assert!(c.download_attachments);
-        assert_eq!((c.archived_cache_limit, c.sync_interval_ms, c.max_concurrency), (100, 30_000, 4));
+        assert_eq!((c.archived_cache_limit, c.sync_interval_ms, c.max_concurrency), (100, 30_000, 32));
+        assert_eq!(c.max_bytes_per_second, None);
         assert_eq!(c.remote, Remote::Dir("/tmp/r".into()));
         assert_eq!(Config::parse(&c.to_json().to_string()).unwrap(), c);
+    }
+
+    #[test]
+    fn archived_cache_bytes_is_checked_and_has_no_default() {
+        let parse = |extra: &str| Config::parse(&format!(r#"{{"local_dir":"a","remote":"file:///x"{extra}}}"#));
+        let c = parse("").unwrap();
+        assert_eq!(c.archived_cache_bytes, None);
+        assert_eq!(c.to_json()["archived_cache_bytes"], Value::Null);
+        let c = parse(r#","archived_cache_bytes":1048576"#).unwrap();
+        assert_eq!(c.archived_cache_bytes, Some(1_048_576));
+        assert_eq!(Config::parse(&c.to_json().to_string()).unwrap(), c);
+        assert_eq!(parse(r#","archived_cache_bytes":0"#).unwrap().archived_cache_bytes, Some(0));
+        assert_eq!(parse(r#","archived_cache_bytes":null"#).unwrap().archived_cache_bytes, None);
+        for bad in ["-1", "1.5", "\"1GB\"", "true"] {
+            let e = parse(&format!(r#","archived_cache_bytes":{bad}"#)).unwrap_err().to_string();
+            assert!(e.contains("'archived_cache_bytes'") && e.contains("expected an integer of at least 0"), "{e}");
+        }
     }
 
     #[test]
@@ -391,6 +421,11 @@ mod tests {
         assert!(err(r#"{"remote":"file:///x"}"#).contains("'local_dir': is required"));
         assert!(err(r#"{"local_dir":"a","remote":"file:///x","colour":1}"#).contains("'colour': unknown key"));
         assert!(err(r#"{"local_dir":"a","remote":"file:///x","max_concurrency":0}"#).contains("'max_concurrency'"));
+        assert!(err(r#"{"local_dir":"a","remote":"file:///x","max_bytes_per_second":100}"#).contains("'max_bytes_per_second'"));
+        assert!(err(r#"{"local_dir":"a","remote":"file:///x","max_bytes_per_second":"1M"}"#).contains("'max_bytes_per_second'"));
+        let capped = Config::parse(r#"{"local_dir":"a","remote":"file:///x","max_bytes_per_second":262144}"#).unwrap();
+        assert_eq!(capped.max_bytes_per_second, Some(262144));
+        assert_eq!(capped.to_json()["max_bytes_per_second"], 262144);
         assert!(err(r#"{"local_dir":"a","remote":"file:///x","download_attachments":"yes"}"#).contains("'download_attachments'"));
         assert!(err(r#"{"local_dir":"a","remote":"ftp://x"}"#).contains("'remote'"));
         assert!(err(r#"{"local_dir":"a","remote":"file://relative"}"#).contains("absolute"));

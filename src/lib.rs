@@ -3,7 +3,9 @@
 //! `.load ./dist/attachments` registers the SQL functions and the
 //! `attachment_queue` virtual table; see the README.
 
+mod cache;
 mod cancel;
+mod concurrency;
 mod config;
 mod connection;
 mod error;
@@ -19,6 +21,7 @@ mod schema;
 mod sql;
 mod store;
 mod sync;
+mod throttle;
 mod verify;
 mod watch;
 mod worker;

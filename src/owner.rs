@@ -11,7 +11,7 @@
 //! read-only folder), claims fall back to their lease alone.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::sync::{LazyLock, Mutex};
 
 /// Slots tried before giving up on a lock of our own (processes syncing one file at once).
@@ -68,14 +68,16 @@ fn parse(claimed_by: &str) -> Option<(&str, u64)> {
     Some((token, slot.parse().ok()?))
 }
 
+#[cfg(target_os = "linux")]
 fn lock_path(db_file: &str) -> String {
     format!("{db_file}-attachments-owners")
 }
 
+#[cfg(target_os = "linux")]
 fn open_lock_file(db_file: &str) -> Option<File> {
     use std::os::unix::fs::OpenOptionsExt;
     // Never truncated: it holds the tokens of the live owners.
-    OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o644).open(lock_path(db_file)).ok()
+    std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o644).open(lock_path(db_file)).ok()
 }
 
 #[cfg(target_os = "linux")]

@@ -34,7 +34,30 @@ pub struct Migration {
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, what: "the tables of release 0.1.0", run: create_tables },
     Migration { version: 2, what: "columns added to the first layout before schema_version was read", run: added_before_0_2 },
+    Migration { version: 3, what: "per-watch policies and row-by-row refresh of watches", run: policies_and_rows },
+    Migration { version: 4, what: "the archived cache's last use and pinning (last_used, pinned)", run: cache_columns },
+    Migration { version: 5, what: "the pause flag and the adaptive concurrency level", run: steering },
 ];
+
+/// Rows of a watched table changed since the watch last ran (see `_attachments_src`);
+/// also created before row-level triggers that write it are. Append-only, without a
+/// key or constraint: the cheapest insert for the app's writes (a row changed twice is
+/// noted twice), and none that could conflict under the app's own `OR ROLLBACK`.
+// language=SQLite
+pub const CHANGED_DDL: &str = "CREATE TABLE IF NOT EXISTS main._attachments_changed(watch TEXT, rid INTEGER);";
+
+/// The tables of the row-by-row refresh: for watches refreshed row by row
+/// (`incremental`), which ids each row of the one table such a watch reads gave at its
+/// last run (rid is the row's rowid), and the rows changed since (written by the
+/// watch's triggers). Also made sure of by reconciliation and unwatch.
+// language=SQLite
+pub const ROWS_DDL: &str = "CREATE TABLE IF NOT EXISTS main._attachments_src(
+            watch TEXT NOT NULL,
+            rid INTEGER NOT NULL,
+            id TEXT NOT NULL,
+            PRIMARY KEY (watch, rid, id)) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS main._attachments_src_by_id ON _attachments_src(watch, id);
+        CREATE TABLE IF NOT EXISTS main._attachments_changed(watch TEXT, rid INTEGER);";
 
 /// The layout this build writes and understands: the number of the last migration.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
@@ -123,7 +146,9 @@ fn create_tables(conn: &Connection, table: &str) -> Result<()> {
             state TEXT NOT NULL DEFAULT 'ok',
             last_error TEXT,
             last_run INTEGER,
-            incremental INTEGER NOT NULL DEFAULT 1);
+            incremental INTEGER NOT NULL DEFAULT 1,
+            rows_sql TEXT,
+            rows_schema INTEGER);
         -- The triggers each watch owns, with the SQL they were created from, so a pass can
         -- notice one that a table migration dropped and create it again.
         CREATE TABLE IF NOT EXISTS main._attachments_trigger(
@@ -133,7 +158,9 @@ fn create_tables(conn: &Connection, table: &str) -> Result<()> {
             sql TEXT NOT NULL);
         -- The ids each watch referenced when it was last run.
         -- filename is NULL when id or extension is unsafe; both it and guessed_type
-        -- are computed once, when the reference appears or changes.
+        -- are computed once, when the reference appears or changes. size is the
+        -- query's `size` column; download (0 or 1) and priority are the watch's policy
+        -- for this id (download is 0 when size is above its max_download_size).
         CREATE TABLE IF NOT EXISTS main._attachments_ref(
             watch TEXT NOT NULL,
             id TEXT NOT NULL,
@@ -142,9 +169,13 @@ fn create_tables(conn: &Connection, table: &str) -> Result<()> {
             meta_data TEXT,
             filename TEXT,
             guessed_type TEXT,
+            size INTEGER,
+            download INTEGER NOT NULL DEFAULT 1,
+            priority INTEGER NOT NULL DEFAULT 0,
             PRIMARY KEY (watch, id)) WITHOUT ROWID;
         CREATE INDEX IF NOT EXISTS main._attachments_ref_by_id ON _attachments_ref(id);
         -- Ids whose references changed since the last reconciliation.
+        {ROWS_DDL}
         CREATE TABLE IF NOT EXISTS main._attachments_delta(id TEXT PRIMARY KEY) WITHOUT ROWID;
         -- The queue: the contract's nine columns, then bookkeeping.
         CREATE TABLE IF NOT EXISTS main.{t}(
@@ -164,13 +195,46 @@ fn create_tables(conn: &Connection, table: &str) -> Result<()> {
             claimed_by TEXT,
             claimed_until INTEGER,
             upload_resume TEXT,
-            bytes_done INTEGER);
+            bytes_done INTEGER,
+            priority INTEGER NOT NULL DEFAULT 0,
+            last_used INTEGER,
+            pinned INTEGER NOT NULL DEFAULT 0);
         CREATE INDEX IF NOT EXISTS main.{idx} ON {t}(state, next_attempt_at);"
     ))?;
     // Claims are few; every pass looks for those of dead processes, so they get a small
     // index of their own (created after the column exists in tables from earlier builds).
     let claims_index = format!("CREATE INDEX IF NOT EXISTS main.{claims} ON {t}(claimed_by) WHERE claimed_by IS NOT NULL");
     conn.execute_batch(&claims_index)?;
+    Ok(())
+}
+
+/// Migration 3: each reference carries its watch's policy (the query's `size`, whether
+/// it is downloaded, its priority), queue rows a priority the claims order by, and the
+/// tables and bookkeeping of watches refreshed row by row. Every watch runs again, so
+/// its options reach the references it stored before.
+fn policies_and_rows(conn: &Connection, table: &str) -> Result<()> {
+    let added = [
+        ("_attachments_ref", "size", "INTEGER"),
+        ("_attachments_ref", "download", "INTEGER NOT NULL DEFAULT 1"),
+        ("_attachments_ref", "priority", "INTEGER NOT NULL DEFAULT 0"),
+        (table, "priority", "INTEGER NOT NULL DEFAULT 0"),
+        // The row-attributed query `_attachments_src` was last filled from (NULL: none).
+        ("_attachments_watch", "rows_sql", "TEXT"),
+        // PRAGMA schema_version then: a later change (a migration, VACUUM, which may
+        // renumber rowids) makes the watch's next refresh a full one.
+        ("_attachments_watch", "rows_schema", "INTEGER"),
+    ];
+    for (owner, column, decl) in added {
+        add_column(conn, owner, column, decl)?;
+    }
+    conn.execute_batch(ROWS_DDL)?;
+    // Rows with a priority are few; reconciliation looks for them to know whether any needs resetting.
+    let priority = quote_ident(&format!("_attachments_idx_{table}_priority"));
+    conn.execute_batch(&format!(
+        "CREATE INDEX IF NOT EXISTS main.{priority} ON {}(priority) WHERE priority != 0",
+        quote_ident(table)
+    ))?;
+    conn.execute_batch("UPDATE main._attachments_watch SET dirty = 1")?;
     Ok(())
 }
 
@@ -199,6 +263,23 @@ fn added_before_0_2(conn: &Connection, table: &str) -> Result<()> {
         add_column(conn, owner, column, decl)?;
     }
     Ok(())
+}
+
+/// Migration 4: the queue's `last_used` (when the file was last read through the extension,
+/// saved or downloaded, in ms; written lazily, see cache.rs: the archived cache evicts the
+/// least recently used) and `pinned` (`attachment_pin`: kept on the device, never evicted,
+/// downloaded whatever the watches say).
+fn cache_columns(conn: &Connection, table: &str) -> Result<()> {
+    add_column(conn, table, "last_used", "INTEGER")?;
+    add_column(conn, table, "pinned", "INTEGER NOT NULL DEFAULT 0")
+}
+
+/// Migration 5: `_attachments_config.paused` (`attachment_pause()`: every process's passes
+/// stop moving bytes while it is 1) and `_attachments_config.concurrency` (the adaptive
+/// number of transfers in flight, as the last pass of any process left it).
+fn steering(conn: &Connection, _table: &str) -> Result<()> {
+    add_column(conn, "_attachments_config", "paused", "INTEGER NOT NULL DEFAULT 0")?;
+    add_column(conn, "_attachments_config", "concurrency", "INTEGER")
 }
 
 /// `"name"` with embedded quotes doubled: safe for any identifier.

@@ -15,10 +15,14 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::names;
-use crate::remote::{ErrorClass, ErrorKind, Fetched, RemoteError};
+use crate::remote::{ErrorClass, ErrorKind, Fetched, Held as RemoteHeld, RemoteError, Sink, Validator};
 
 /// Temp files are `.{filename}.tmp-{random}`; no attachment file starts with a dot.
 const TEMP_MARK: &str = ".tmp-";
+/// An interrupted download keeps its bytes in `.{filename}.partial`, and what identified
+/// the object (ETag, Last-Modified) in `.{filename}.partial-meta`.
+const PARTIAL_MARK: &str = ".partial";
+const PARTIAL_META_MARK: &str = ".partial-meta";
 
 pub struct LocalStore {
     dir: PathBuf,
@@ -31,26 +35,35 @@ pub struct Written {
     pub sha256: String,
 }
 
-/// A complete, checked file under its temp name; see [`LocalStore::publish_refs`].
+/// A complete, checked download under its partial name; see [`LocalStore::publish_refs`].
 #[derive(Debug)]
 pub struct Staged {
     tmp: PathBuf,
     dest: PathBuf,
-    /// Keeps verify off the file until it is published.
+    /// Keeps verify off the file until it is published (held, never read).
+    #[allow(dead_code)]
     lock: Option<Held>,
+    /// A resumable download's validator file, removed once the file is published.
+    meta: Option<PathBuf>,
 }
 
 impl Staged {
     /// Removes the temp file of a download that will not be published.
     pub fn discard(&self) {
         let _ = fs::remove_file(&self.tmp);
+        if let Some(meta) = &self.meta {
+            let _ = fs::remove_file(meta);
+        }
     }
 }
 
 /// A file found in `local_dir`.
 pub struct Entry {
     pub name: String,
+    /// A temp or partial file: never an attachment, never counted.
     pub is_temp: bool,
+    /// For a partial download's files: the attachment file name they belong to.
+    pub partial_of: Option<String>,
     pub modified: SystemTime,
 }
 
@@ -239,15 +252,6 @@ impl LocalStore {
         result.map(|()| (written, Held(file)))
     }
 
-    /// Writes and checks `filename` under its temp name only. It becomes durable and
-    /// visible in [`LocalStore::publish_refs`], which does that for a whole batch at once.
-    pub fn stage(&self, filename: &str, fill: impl FnOnce(&mut dyn Write) -> Result<Fetched>) -> Result<(Staged, Written)> {
-        self.write_temp(filename, fill).map(|(mut staged, file, written)| {
-            staged.lock = Some(Held(file));
-            (staged, written)
-        })
-    }
-
     /// Makes staged files durable, then gives them their final names, then makes the
     /// renames durable: data first, names second, so a final name never holds an
     /// incomplete file. On Linux one `syncfs` covers the batch instead of an fsync per file.
@@ -262,10 +266,91 @@ impl LocalStore {
         })();
         if result.is_err() {
             for s in staged {
-                let _ = fs::remove_file(&s.tmp);
+                s.discard();
+            }
+        } else {
+            // A validator left by a crash here is removed by verify (its row is not a download any more).
+            for meta in staged.iter().filter_map(|s| s.meta.as_ref()) {
+                let _ = fs::remove_file(meta);
             }
         }
         result
+    }
+
+    /// Like [`LocalStore::stage`], for a download that can resume: the bytes go to
+    /// `.{filename}.partial`, which an earlier interrupted attempt may have left with the
+    /// object's start (and its validator beside it, see [`Sink`]). That prefix is hashed
+    /// again from disk, the rest is appended, and the whole file's length and SHA-256 are
+    /// checked as for any download. A transient failure (the network, a stop, a pause, a
+    /// full disk) keeps the partial file, flushed to disk, for the next attempt; anything
+    /// else (bytes that do not check out, an object gone) removes it.
+    pub fn stage_resumable(&self, filename: &str, fill: impl FnOnce(&mut dyn Sink) -> Result<Fetched>) -> Result<(Staged, Written)> {
+        let dest = self.path(filename)?;
+        let path = self.dir.join(format!(".{filename}{PARTIAL_MARK}"));
+        let meta = self.dir.join(format!(".{filename}{PARTIAL_META_MARK}"));
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        if !file.metadata().map_err(|e| Error::io(&path, e))?.is_file() {
+            return Err(Error::Argument(format!("{} is not a regular file", path.display())));
+        }
+        // One writer at a time; verify never removes a locked partial file.
+        if !try_flock(&file, libc::LOCK_EX).map_err(|e| Error::io(&path, e))? {
+            return Err(RemoteError::local(format!("another download of {filename} holds its partial file")).into());
+        }
+        let lock = file.try_clone().map_err(|e| Error::io(&path, e))?;
+        let mut sink = PartialSink { out: None, hasher: Sha256::new(), size: 0, held: None, meta: meta.clone() };
+        if let Some(validator) = read_validator(&meta) {
+            // The prefix is hashed again from disk: the final check covers every byte.
+            let mut hasher = Sha256::new();
+            match io::copy(&mut &file, &mut HashInto(&mut hasher)) {
+                Ok(n) if n > 0 => {
+                    sink.hasher = hasher;
+                    sink.size = n;
+                    sink.held = Some(RemoteHeld { offset: n, validator });
+                }
+                _ => {}
+            }
+        }
+        file.seek(io::SeekFrom::End(0)).map_err(|e| Error::io(&path, e))?;
+        sink.out = Some(io::BufWriter::with_capacity(64 * 1024, file));
+        let result = fill(&mut sink);
+        let flushed = sink.out.take().map(|w| w.into_inner().map_err(|e| e.into_error()));
+        let fetched = match (result, flushed) {
+            (Ok(claimed), Some(Ok(_))) => Ok(claimed),
+            (Ok(_), flushed) => {
+                let e = flushed.and_then(|f| f.err()).unwrap_or_else(|| io::Error::other("partial file lost"));
+                Err(RemoteError::local(format!("writing {}: {e}", path.display())).into())
+            }
+            (Err(e), _) => Err(e),
+        };
+        let claimed = match fetched {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                // Cut by the network, a stop or a pause: the next attempt asks for the rest.
+                let empty = lock.metadata().map(|m| m.len() == 0).unwrap_or(false);
+                if keeps_partial(&e) && !empty {
+                    let _ = lock.sync_data();
+                } else {
+                    let _ = fs::remove_file(&path);
+                    let _ = fs::remove_file(&meta);
+                }
+                return Err(e);
+            }
+        };
+        let sha256 = hex::encode(sink.hasher.clone().finalize());
+        if let Err(e) = check_claims(&claimed, sink.size, &sha256) {
+            // The whole file is not the object: start over next time.
+            let _ = fs::remove_file(&path);
+            let _ = fs::remove_file(&meta);
+            return Err(e);
+        }
+        Ok((Staged { tmp: path, dest, lock: Some(Held(lock)), meta: Some(meta) }, Written { size: sink.size, sha256 }))
     }
 
     #[cfg(target_os = "linux")]
@@ -304,7 +389,7 @@ impl LocalStore {
             Ok((lock, Written { size: out.size, sha256 }))
         })();
         match result {
-            Ok((file, written)) => Ok((Staged { tmp, dest, lock: None }, file, written)),
+            Ok((file, written)) => Ok((Staged { tmp, dest, lock: None, meta: None }, file, written)),
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
                 Err(e)
@@ -392,14 +477,128 @@ impl LocalStore {
             if !is_temp && names::check_filename(&name).is_err() {
                 continue;
             }
-            out.push(Entry { name, is_temp, modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH) });
+            let partial_of = partial_of(&name).map(str::to_string);
+            out.push(Entry { name, is_temp, partial_of, modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH) });
         }
         Ok(out)
     }
 }
 
-/// `.{filename}.tmp-{32 hex digits}`, exactly as `write_temp` names them.
+/// The attachment file name a partial download's file belongs to:
+/// `.{filename}.partial` and `.{filename}.partial-meta`.
+pub fn partial_of(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix('.')?;
+    let base = rest.strip_suffix(PARTIAL_META_MARK).or_else(|| rest.strip_suffix(PARTIAL_MARK))?;
+    names::check_filename(base).ok().map(|_| base)
+}
+
+/// Whether a failed download's partial file is worth keeping for the next attempt: after
+/// a transient failure of the network or server (a timeout, a reset, a stop, a pause) or a
+/// body cut short; not after bytes that are not the object's (re-encoded, too long), an
+/// object gone, or a local write failure (a full disk is not kept fuller by us).
+fn keeps_partial(e: &Error) -> bool {
+    match e {
+        Error::Remote(r) => {
+            r.kind == ErrorKind::Transient
+                && r.class != ErrorClass::Local
+                && (r.class != ErrorClass::Integrity || r.is_truncation())
+        }
+        _ => false,
+    }
+}
+
+/// The validator an interrupted download saw first, if its file is there and readable.
+fn read_validator(meta: &Path) -> Option<Validator> {
+    let text = fs::read_to_string(meta).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    let validator = Validator { etag: field("etag"), last_modified: field("last_modified") };
+    (!validator.is_empty()).then_some(validator)
+}
+
+/// Writes a partial download's bytes, hashing them (the prefix from disk included).
+struct PartialSink {
+    out: Option<io::BufWriter<File>>,
+    hasher: Sha256,
+    size: u64,
+    held: Option<RemoteHeld>,
+    meta: PathBuf,
+}
+
+impl PartialSink {
+    fn out(&mut self) -> io::Result<&mut io::BufWriter<File>> {
+        self.out.as_mut().ok_or_else(|| io::Error::other("partial file closed"))
+    }
+}
+
+impl Write for PartialSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out()?.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out()?.flush()
+    }
+}
+
+impl Sink for PartialSink {
+    fn held(&self) -> Option<RemoteHeld> {
+        self.held.clone()
+    }
+
+    fn begin(&mut self, offset: u64, validator: &Validator) -> io::Result<()> {
+        if offset > 0 && self.held.as_ref().is_some_and(|h| h.offset == offset) {
+            return Ok(());
+        }
+        if offset > 0 {
+            return Err(io::Error::other(format!("asked to resume at {offset}, which is not what is held")));
+        }
+        // The whole object follows: what was held goes.
+        let out = self.out()?;
+        out.flush()?;
+        let file = out.get_mut();
+        file.set_len(0)?;
+        file.rewind()?;
+        self.hasher = Sha256::new();
+        self.size = 0;
+        self.held = None;
+        if validator.is_empty() {
+            // Nothing to check a later range against: this download cannot resume.
+            match fs::remove_file(&self.meta) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        } else {
+            let text = serde_json::json!({"etag": validator.etag, "last_modified": validator.last_modified}).to_string();
+            fs::write(&self.meta, text)?;
+        }
+        Ok(())
+    }
+}
+
+/// Feeds what is written into a hasher.
+struct HashInto<'a>(&'a mut Sha256);
+
+impl Write for HashInto<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `.{filename}.tmp-{32 hex digits}`, exactly as `write_temp` names them, and a partial
+/// download's files.
 pub fn is_temp_name(name: &str) -> bool {
+    if partial_of(name).is_some() {
+        return true;
+    }
     let Some(rest) = name.strip_prefix('.') else { return false };
     let Some((base, random)) = rest.rsplit_once(TEMP_MARK) else { return false };
     random.len() == 32 && random.bytes().all(|b| b.is_ascii_hexdigit()) && names::check_filename(base).is_ok()

@@ -3,14 +3,16 @@
 //! transaction and none is held across network I/O.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::Connection;
 use serde_json::{json, Value};
 
+use crate::cache;
+use crate::concurrency::Adaptive;
 use crate::config::Config;
 use crate::connection::immediate;
 use crate::error::{Error, Result};
@@ -21,7 +23,8 @@ use crate::queue::retry::{self, Next, Op};
 use crate::queue::table::QueueTable;
 use crate::queue::{now_ms, State};
 use crate::reconcile::{self, Reconciled};
-use crate::remote::{self, ErrorKind, Object, RemoteError, RemoteStorage};
+use crate::remote::{self, ErrorClass, ErrorKind, Object, RemoteError, RemoteStorage};
+use crate::throttle;
 use crate::store::{LocalStore, Staged};
 use crate::verify::{self, Verified};
 
@@ -42,6 +45,8 @@ const RENEW_EVERY: Duration = Duration::from_secs(1);
 const GATHER: Duration = Duration::from_millis(10);
 /// How often a pass looks at its stop condition while it waits for transfers.
 const STOP_CHECK: Duration = Duration::from_millis(50);
+/// A pause waits this long for the transfers in flight to hand back what they can resume.
+const PAUSE_GRACE: Duration = Duration::from_secs(2);
 /// A write waits for the lock this long at a time; between slices the pass can stop.
 const BUSY_SLICE: Duration = Duration::from_millis(200);
 /// Writes the pass cannot do without (reconcile, verify, expiry) wait at most this long in all.
@@ -60,6 +65,77 @@ fn schema_checked(db_file: &str) -> bool {
 fn mark_schema_checked(db_file: &str) {
     if let Ok(mut s) = SCHEMA_CHECKED.lock() {
         s.insert(db_file.to_string());
+    }
+}
+
+/// Transfers this process keeps in flight for `db_file` now (see [`crate::concurrency`]);
+/// other processes read `_attachments_config.concurrency`, which passes keep up to date.
+/// For `attachment_progress()`.
+#[allow(dead_code)]
+pub fn current_concurrency(db_file: &str) -> usize {
+    crate::concurrency::current(db_file)
+}
+
+/// Copies the stored pause flag and bandwidth cap (which another process may have just
+/// changed) into this process's steering of `db_file`.
+fn refresh_steering(conn: &Connection, db_file: &str) -> Result<()> {
+    let (config, paused): (String, bool) =
+        conn.query_row("SELECT config, paused FROM main._attachments_config WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let rate = serde_json::from_str::<Value>(&config).ok().and_then(|c| c["max_bytes_per_second"].as_u64());
+    let steer = throttle::of(db_file);
+    steer.set_rate(rate);
+    steer.set_paused(paused);
+    Ok(())
+}
+
+/// Stores the concurrency level for other processes to read, when it changed.
+fn publish_concurrency(conn: &Connection, level: usize) -> Result<()> {
+    conn.execute("UPDATE main._attachments_config SET concurrency = ?1 WHERE id = 1 AND concurrency IS NOT ?1", [level as i64])?;
+    Ok(())
+}
+
+/// Lets at most `limit` transfer threads move bytes at once (the adaptive level).
+struct Gate {
+    limit: AtomicUsize,
+    active: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Gate {
+    fn new(limit: usize) -> Gate {
+        Gate { limit: AtomicUsize::new(limit), active: Mutex::new(0), changed: Condvar::new() }
+    }
+
+    fn set_limit(&self, limit: usize) {
+        if self.limit.swap(limit, Ordering::Relaxed) != limit {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Waits for a free place; false when the pass is cancelled meanwhile.
+    fn enter(&self, cancel: &AtomicBool) -> bool {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                return false;
+            }
+            if *active < self.limit.load(Ordering::Relaxed) {
+                *active += 1;
+                return true;
+            }
+            active = self.changed.wait_timeout(active, STOP_CHECK).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Transfers moving bytes now.
+    fn active(&self) -> usize {
+        *self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn leave(&self) {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        *active = active.saturating_sub(1);
+        self.changed.notify_one();
     }
 }
 
@@ -91,6 +167,9 @@ pub struct Summary {
     pub verified: Option<Verified>,
     /// The pass was stopped before it finished.
     pub cancelled: bool,
+    /// Transfers are paused (`attachment_pause()`): the pass reconciled and moved nothing,
+    /// or stopped the transfers in flight when the pause came.
+    pub paused: bool,
 }
 
 impl Summary {
@@ -118,6 +197,9 @@ impl Summary {
         });
         if let Some(ver) = self.verified {
             v["verified"] = ver.to_json();
+        }
+        if self.paused {
+            v["paused"] = json!(true);
         }
         v
     }
@@ -186,8 +268,11 @@ impl Syncer {
         self.release_stale_own_claims(conn, &queue)?;
         let last_rowid = queue.last_rowid()?;
         let max_threads = self.config.max_concurrency.max(1) as usize;
-        // Claimed ahead of the threads, so none idles while results are recorded.
-        let capacity = max_threads * 4;
+        let steer = throttle::of(&self.db_file);
+        refresh_steering(conn, &self.db_file)?;
+        let mut adapt = Adaptive::new(&self.db_file, max_threads);
+        let gate = Arc::new(Gate::new(adapt.level()));
+        let mut published_level = None;
         let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
         let (done_tx, done_rx) = crossbeam_channel::unbounded::<(Job, Outcome)>();
         // Tells this pass's transfers to stop moving bytes; shared with their threads.
@@ -202,11 +287,25 @@ impl Syncer {
         // Renewals come at least three times per lease, so one late renewal loses nothing.
         let renew_every = RENEW_EVERY.min(lease / 3);
         let mut next_renewal = Instant::now() + renew_every;
-        let mut claiming = true;
+        // A paused database reconciles and moves nothing.
+        let mut claiming = !steer.paused();
+        summary.paused = steer.paused();
         loop {
-            if should_stop() {
+            let pausing = steer.paused() && !in_flight.is_empty();
+            if should_stop() || pausing {
                 cancel.store(true, Ordering::Relaxed);
-                summary.cancelled = true;
+                if pausing && !should_stop() {
+                    summary.paused = true;
+                    // Transfers stop at their next read; their results carry what can resume
+                    // (an S3 multipart upload's id and stored parts), so they are waited for
+                    // a moment. A stop does not wait: it must return at once.
+                    let give_up = Instant::now() + PAUSE_GRACE;
+                    while gate.active() > 0 && Instant::now() < give_up && !should_stop() {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                } else {
+                    summary.cancelled = true;
+                }
                 // What finished is recorded if the lock is free now; the rest is released.
                 // Downloads just finished are published first: a row never says SYNCED for a
                 // file still under its temp name.
@@ -217,9 +316,18 @@ impl Syncer {
                 }
                 let _ = self.record_batch(conn, &queue, done, true, &mut summary);
                 let _ = immediate(conn, || in_flight.iter().try_for_each(|id| queue.release(id)));
+                in_flight.clear();
                 break;
             }
-            if claiming && in_flight.len() <= max_threads && unrecorded.is_empty() {
+            if steer.paused() {
+                claiming = false;
+                summary.paused = true;
+            }
+            gate.set_limit(adapt.tick(in_flight.len()));
+            let level = adapt.level();
+            // Claimed ahead of the threads, so none idles while results are recorded.
+            let capacity = (level * 4).max(16);
+            if claiming && in_flight.len() <= level && unrecorded.is_empty() {
                 // Claimed and noted as held in one step, so another pass of this process
                 // never takes these rows for stale in between (see release_stale_own_claims).
                 let claiming_lock = CLAIMING.lock().unwrap_or_else(|e| e.into_inner());
@@ -239,7 +347,7 @@ impl Syncer {
                         }
                         // Threads only for work that exists, never more than the limit.
                         while threads < max_threads.min(in_flight.len()) {
-                            self.spawn_transfer_thread(&job_rx, &done_tx, &cancel)?;
+                            self.spawn_transfer_thread(&job_rx, &done_tx, &cancel, &gate)?;
                             threads += 1;
                         }
                     }
@@ -262,12 +370,18 @@ impl Syncer {
                         Err(_) => break,
                     }
                 }
+                for (_, outcome) in &batch {
+                    adapt.finished(matches!(outcome, Outcome::Failed(e)
+                        if e.kind == ErrorKind::Transient && matches!(e.class, ErrorClass::Network | ErrorClass::Server)));
+                }
                 unrecorded.extend(self.publish_downloads(batch));
             }
             if !unrecorded.is_empty() {
                 let batch = std::mem::take(&mut unrecorded);
                 let ids: Vec<String> = batch.iter().map(|(job, _)| job.id.clone()).collect();
-                match self.record_batch(conn, &queue, batch, cancel.load(Ordering::Relaxed), &mut summary) {
+                // A transfer that a pause stopped before this loop saw the pause is released, not failed.
+                let stopped = cancel.load(Ordering::Relaxed) || steer.paused();
+                match self.record_batch(conn, &queue, batch, stopped, &mut summary) {
                     Ok(None) => ids.iter().for_each(|id| {
                         in_flight.remove(id);
                     }),
@@ -281,16 +395,41 @@ impl Syncer {
             }
             if Instant::now() >= next_renewal {
                 // Renewals wait for nothing: a busy database is tried again next time.
-                let _ = try_write(conn, || self.renew_claims(&queue, in_flight.iter(), lease));
+                let level = adapt.level();
+                let renewed = try_write(conn, || {
+                    self.renew_claims(&queue, in_flight.iter(), lease)?;
+                    if published_level != Some(level) {
+                        publish_concurrency(conn, level)?;
+                    }
+                    Ok(())
+                });
+                if matches!(renewed, Ok(Some(()))) {
+                    published_level = Some(level);
+                }
+                // A pause or a new cap from another process reaches the transfers in flight.
+                if let Err(e) = refresh_steering(conn, &self.db_file) {
+                    log::debug!("could not read the pause flag and bandwidth cap: {e}");
+                }
                 next_renewal = Instant::now() + renew_every;
             }
         }
         drop(job_tx);
+        if published_level != Some(adapt.level()) && (summary.uploaded + summary.downloaded + summary.deleted + summary.failed) > 0 {
+            let _ = try_write(conn, || publish_concurrency(conn, adapt.level()));
+        }
         if summary.cancelled {
             return Ok(summary);
         }
-        if reconcile::expiry_needed(conn, &self.config)? {
-            summary.expired = write(conn, should_stop, || reconcile::expire_cache(conn, &self.config, &self.store))?;
+        // Uses noted by reads since the last pass are written first, in the expiry's own
+        // transaction (or one of their own when nothing is to be expired).
+        let expiry_needed = cache::expiry_needed(conn, &self.config)?;
+        if expiry_needed || cache::uses_pending(&self.db_file) {
+            summary.expired = cache::with_uses(&self.db_file, |uses| {
+                write(conn, should_stop, || {
+                    cache::record_uses(conn, &self.config.table, uses)?;
+                    if expiry_needed { cache::expire(conn, &self.config, &self.store) } else { Ok(0) }
+                })
+            })?;
         }
         summary.pending = queue.pending()?;
         Ok(summary)
@@ -304,17 +443,22 @@ impl Syncer {
         jobs: &Receiver<Job>,
         done: &Sender<(Job, Outcome)>,
         cancel: &Arc<AtomicBool>,
+        gate: &Arc<Gate>,
     ) -> Result<()> {
-        let (me, jobs, done, cancel) = (self.clone(), jobs.clone(), done.clone(), cancel.clone());
+        let (me, jobs, done, cancel, gate) = (self.clone(), jobs.clone(), done.clone(), cancel.clone(), gate.clone());
         std::thread::Builder::new()
             .name("attachments-transfer".into())
             .spawn(move || {
                 for job in jobs {
-                    if cancel.load(Ordering::Relaxed) {
+                    if cancel.load(Ordering::Relaxed) || !gate.enter(&cancel) {
                         break;
                     }
                     let outcome = me.perform(&job, &cancel);
-                    if let Err(crossbeam_channel::SendError((_, outcome))) = done.send((job, outcome)) {
+                    // Left after the result is sent: a pass that waits for the gate to empty
+                    // then finds every result in the channel.
+                    let sent = done.send((job, outcome));
+                    gate.leave();
+                    if let Err(crossbeam_channel::SendError((_, outcome))) = sent {
                         if let Outcome::Downloaded { staged, .. } = outcome {
                             staged.discard();
                         }
@@ -427,14 +571,19 @@ impl Syncer {
     /// Moves the bytes of one job. No transaction is open here.
     pub fn perform(&self, job: &Job, stop: &AtomicBool) -> Outcome {
         let key = (self.db_file.clone(), job.id.clone());
+        // Bytes an interrupted download already held (set when the remote sends the rest).
+        let base = AtomicU64::new(0);
+        let meter = throttle::Meter::new(throttle::of(&self.db_file));
+        let stopping = || stop.load(Ordering::Relaxed);
         let progress = |n: u64| {
-            if stop.load(Ordering::Relaxed) {
+            if stopping() {
                 return Err(std::io::Error::other("cancelled: the worker is stopping"));
             }
             if let Ok(mut p) = PROGRESS.lock() {
-                p.insert(key.clone(), n);
+                p.insert(key.clone(), base.load(Ordering::Relaxed) + n);
             }
-            Ok(())
+            // Waits here (for the bandwidth cap) are outside the remote's rate watch.
+            meter.report(n, &stopping)
         };
         let obj = Object {
             id: &job.id,
@@ -447,7 +596,7 @@ impl Syncer {
             Err(e) => Err(RemoteError::new(ErrorKind::Permanent, e.to_string())),
             Ok(_) => match job.state {
                 State::QueuedUpload => self.upload(job, &obj, &progress),
-                State::QueuedDownload => self.download(&obj, &progress),
+                State::QueuedDownload => self.download(&obj, &progress, &base),
                 State::QueuedDelete => self.remote.delete(&obj).map(|()| Outcome::Deleted),
                 // Never claimed (see QueueTable::claim); nothing to move, and never a delete.
                 State::Synced | State::Archived => Err(RemoteError::new(ErrorKind::Permanent, "not a queued row")),
@@ -483,9 +632,9 @@ impl Syncer {
     /// Downloads into a staged file. A SHA-256 the row already has (an upload from here, or
     /// an earlier download) is what the bytes must hash to; a failing local write (a full
     /// disk) is class `local`, not the network's.
-    fn download(&self, obj: &Object, progress: remote::Progress) -> Result<Outcome, RemoteError> {
-        let written = self.store.stage(obj.filename, |out| {
-            let mut out = LocalWriter { inner: out, failed: None };
+    fn download(&self, obj: &Object, progress: remote::Progress, base: &AtomicU64) -> Result<Outcome, RemoteError> {
+        let written = self.store.stage_resumable(obj.filename, |out| {
+            let mut out = LocalWriter { inner: out, failed: None, base };
             let mut fetched = match self.remote.download(obj, &mut out, progress) {
                 Ok(fetched) => fetched,
                 Err(e) => match out.failed {
@@ -523,7 +672,8 @@ impl Syncer {
     fn record(&self, queue: &QueueTable, job: &Job, outcome: &Outcome, cancelled: bool, summary: &mut Summary) -> Result<Option<String>> {
         let mut remove = None;
         match outcome {
-            Outcome::Failed(_) if cancelled => queue.release(&job.id)?,
+            // Stopped or paused: released without an attempt, keeping what a multipart upload stored.
+            Outcome::Failed(e) if cancelled => queue.release_keeping(&job.id, e.resume.as_deref())?,
             Outcome::Uploaded => {
                 if queue.uploaded(&job.id)? {
                     summary.uploaded += 1;
@@ -578,8 +728,21 @@ impl Syncer {
 /// Remembers a failing write, so a download that fails because the local disk did is
 /// told from one the remote broke (backends only see an `io::Error` from the copy).
 struct LocalWriter<'a> {
-    inner: &'a mut dyn std::io::Write,
+    inner: &'a mut dyn remote::Sink,
     failed: Option<String>,
+    /// Where the bytes this answer sends start in the file, for `bytes_done`.
+    base: &'a AtomicU64,
+}
+
+impl remote::Sink for LocalWriter<'_> {
+    fn held(&self) -> Option<remote::Held> {
+        self.inner.held()
+    }
+
+    fn begin(&mut self, offset: u64, validator: &remote::Validator) -> std::io::Result<()> {
+        self.base.store(offset, Ordering::Relaxed);
+        self.inner.begin(offset, validator).inspect_err(|e| self.failed = Some(e.to_string()))
+    }
 }
 
 impl std::io::Write for LocalWriter<'_> {
@@ -648,6 +811,14 @@ impl InFlight {
 
     fn is_empty(&self) -> bool {
         self.ids.is_empty()
+    }
+
+    /// Forgets every row (they were released).
+    fn clear(&mut self) {
+        let ids: Vec<String> = self.ids.iter().cloned().collect();
+        for id in ids {
+            self.remove(&id);
+        }
     }
 }
 

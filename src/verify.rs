@@ -82,7 +82,8 @@ pub fn run_now(own_conn: &Connection, db_file: &str, config: &Config, store: &Lo
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Verified {
-    /// SYNCED rows whose local copy vanished, queued for download again.
+    /// SYNCED rows whose local copy vanished, and pinned ARCHIVED rows without one, queued
+    /// for download again.
     pub requeued: usize,
     /// Rows whose file is missing and cannot be recovered (an upload that lost its file).
     pub archived: usize,
@@ -173,11 +174,21 @@ pub fn verify(conn: &Connection, config: &Config, store: &LocalStore) -> Result<
         }
     }
 
+    // A pinned attachment is kept on the device: one whose copy vanished is fetched again.
+    out.requeued += queue.download_pinned(None)?;
+
     // Only names this extension writes reach here (`{id}.{ext}` and its temp names).
     let owned: HashSet<&str> = rows.iter().map(|r| r.filename.as_str()).collect();
     let old_enough = |m: SystemTime| SystemTime::now().duration_since(m).map(|age| age >= GRACE).unwrap_or(false);
+    // A partial download is kept while its row still waits for that download.
+    let downloading: HashSet<&str> =
+        rows.iter().filter(|r| State::from_code(r.state) == Some(State::QueuedDownload)).map(|r| r.filename.as_str()).collect();
     for entry in &entries {
-        if entry.is_temp {
+        if let Some(of) = &entry.partial_of {
+            if !downloading.contains(of.as_str()) && store.remove_unlocked(entry)? {
+                out.temp_removed += 1;
+            }
+        } else if entry.is_temp {
             if old_enough(entry.modified) && store.remove_unlocked(entry)? {
                 out.temp_removed += 1;
             }

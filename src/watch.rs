@@ -206,6 +206,120 @@ impl Drop for Guard<'_> {
 pub struct Analysis {
     pub reads: Reads,
     pub select_sql: String,
+    /// For a query that can be refreshed row by row: the one table it reads, and the
+    /// same SELECT with a first column `rid`, the rowid of the row each result came from.
+    pub rows: Option<(String, String)>,
+}
+
+/// The words of `query` (upper case), with string literals, quoted identifiers and
+/// comments left out, each with the byte offset where it starts.
+fn words(query: &str) -> Vec<(usize, String)> {
+    let b = query.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let close = match c {
+            b'\'' => Some(b'\''),
+            b'"' => Some(b'"'),
+            b'`' => Some(b'`'),
+            b'[' => Some(b']'),
+            _ => None,
+        };
+        if let Some(close) = close {
+            i += 1;
+            while i < b.len() && b[i] != close {
+                i += 1;
+            }
+            i += 1;
+        } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
+            i += 2;
+            while i < b.len() && !(b[i] == b'*' && b.get(i + 1) == Some(&b'/')) {
+                i += 1;
+            }
+            i += 2;
+        } else if c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80 {
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] >= 0x80) {
+                i += 1;
+            }
+            out.push((start, query[start..i].to_ascii_uppercase()));
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Words that make a query's result depend on more than each row by itself (or that
+/// this simple reading cannot follow): such a watch is re-run in full.
+const NOT_ROW_BY_ROW: [&str; 11] =
+    ["WITH", "UNION", "INTERSECT", "EXCEPT", "GROUP", "HAVING", "LIMIT", "OFFSET", "OVER", "WINDOW", "VALUES"];
+
+/// `query` with the rowid of its one table as a first column `_attachments_rid`, when
+/// its shape allows a refresh row by row: one SELECT (no subquery, compound or CTE),
+/// nothing that groups, limits or looks across rows. The caller checks the rest by
+/// preparing it (see [`row_by_row`]).
+fn with_rowid(query: &str) -> Option<String> {
+    let words = words(query);
+    let selects: Vec<usize> = words.iter().filter(|(_, w)| w == "SELECT").map(|(i, _)| *i).collect();
+    if selects.len() != 1 || words.first().map(|(_, w)| w.as_str()) != Some("SELECT") {
+        return None;
+    }
+    if words.iter().any(|(_, w)| NOT_ROW_BY_ROW.contains(&w.as_str())) {
+        return None;
+    }
+    // After SELECT [DISTINCT | ALL].
+    let mut at = selects[0] + "SELECT".len();
+    if let Some((i, w)) = words.get(1) {
+        if w == "DISTINCT" || w == "ALL" {
+            at = i + w.len();
+        }
+    }
+    Some(format!("{} rowid AS _attachments_rid, {}", &query[..at], &query[at..]))
+}
+
+/// Whether `rows_sql` (a query of one table `table`, with its rowid) gives each result
+/// from one row alone: the table is read once (no self join) and nothing aggregates.
+/// Decided from the program SQLite compiles it to.
+fn row_by_row(conn: &Connection, table: &str, rows_sql: &str) -> bool {
+    let check = || -> rusqlite::Result<bool> {
+        let (root, sql): (i64, Option<String>) = conn.query_row(
+            "SELECT rootpage, sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+            [table],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if sql.is_none_or(|s| s.to_ascii_uppercase().contains("WITHOUT ROWID")) {
+            return Ok(false);
+        }
+        // A column named like the rowid hides it.
+        let hidden: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE lower(name) IN ('rowid', 'oid', '_rowid_'))",
+            [table],
+            |r| r.get(0),
+        )?;
+        if hidden {
+            return Ok(false);
+        }
+        let mut stmt = conn.prepare(&format!("EXPLAIN {rows_sql}"))?;
+        let mut rows = stmt.query([])?;
+        let mut opens = 0;
+        while let Some(r) = rows.next()? {
+            let opcode: String = r.get(1)?;
+            if opcode.starts_with("Agg") {
+                return Ok(false);
+            }
+            if (opcode == "OpenRead" || opcode == "ReopenIdx") && r.get::<_, i64>(3)? == root {
+                opens += 1;
+            }
+        }
+        Ok(opens <= 1)
+    };
+    check().unwrap_or(false)
 }
 
 /// Prepares `query` under `guard` to learn what it reads, and wraps it into the SELECT
@@ -260,16 +374,29 @@ pub fn analyze(conn: &Connection, guard: &mut Guard, query: &str) -> Result<Anal
         )));
     };
     let text = |name: &str| find(name).map(|c| format!("CAST(w.{c} AS TEXT)")).unwrap_or_else(|| "NULL".into());
+    let size = find("size").map(|c| format!("CAST(w.{c} AS INTEGER)")).unwrap_or_else(|| "NULL".into());
     // The newline ends a trailing `--` comment in the query.
     // language=SQLite
-    let select_sql = format!(
-        "SELECT CAST(w.{id} AS TEXT) AS id, {} AS file_extension, {} AS media_type, {} AS meta_data
-         FROM ({query}\n) AS w WHERE w.{id} IS NOT NULL",
-        text("file_extension"),
-        text("media_type"),
-        text("meta_data")
-    );
-    Ok(Analysis { reads, select_sql })
+    let wrap = |rid: &str, query: &str| {
+        format!(
+            "SELECT {rid}CAST(w.{id} AS TEXT) AS id, {} AS file_extension, {} AS media_type, {} AS meta_data, {size} AS size
+             FROM ({query}\n) AS w WHERE w.{id} IS NOT NULL",
+            text("file_extension"),
+            text("media_type"),
+            text("meta_data")
+        )
+    };
+    let select_sql = wrap("", query);
+    // Row by row only for one table of main (no CTE) whose query keeps each row apart.
+    let rows = match (reads.len(), with_rowid(query)) {
+        (1, Some(q)) if !columns.iter().any(|c| c.eq_ignore_ascii_case("_attachments_rid")) => {
+            let table = reads.keys().next().cloned().unwrap_or_default();
+            let rows_sql = wrap("w._attachments_rid AS rid, ", &q);
+            row_by_row(conn, &table, &rows_sql).then_some((table, rows_sql))
+        }
+        _ => None,
+    };
+    Ok(Analysis { reads, select_sql, rows })
 }
 
 /// A watch's options (the contract's `attachment_watch` third argument).
@@ -337,9 +464,25 @@ impl Options {
     }
 }
 
+/// What a watch's options decide for each id it references: whether it is downloaded
+/// (`download`, and its `size` column against `max_download_size`) and its priority.
+/// An id several watches reference takes the most generous policy (see reconcile.rs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    pub download: bool,
+    pub priority: i64,
+    pub max_download_size: Option<i64>,
+}
+
+impl Options {
+    pub fn policy(&self) -> Policy {
+        Policy { download: self.download.unwrap_or(true), priority: self.priority.unwrap_or(0), max_download_size: self.max_download_size }
+    }
+}
+
 /// Aggregates that make a trial run evaluate every column of a watch's result.
 const PROBE_COLUMNS: &str =
-    "count(*), max(length(id)), max(length(file_extension)), max(length(media_type)), max(length(meta_data))";
+    "count(*), max(length(id)), max(length(file_extension)), max(length(media_type)), max(length(meta_data)), max(size)";
 
 /// Checks a watch name: 1 to 64 letters, digits, '_' or '-'.
 pub(crate) fn check_name(name: &str) -> Result<()> {
@@ -371,7 +514,7 @@ pub fn watch(conn: &Connection, target: &crate::connection::DbTarget, config: &C
         // A query that fails now would fail every pass: refuse it. Every column is used,
         // so none is skipped by the optimizer.
         let referenced: i64 = own
-            .query_row(&format!("SELECT {PROBE_COLUMNS}, count(DISTINCT id) FROM ({})", analysis.select_sql), [], |r| r.get(5))
+            .query_row(&format!("SELECT {PROBE_COLUMNS}, count(DISTINCT id) FROM ({})", analysis.select_sql), [], |r| r.get(6))
             .map_err(|e| match guard.explain(e) {
                 Error::Sqlite(e) => hint(Error::Argument(format!("query fails when it runs: {e}"))),
                 other => other,
@@ -393,7 +536,7 @@ pub fn watch(conn: &Connection, target: &crate::connection::DbTarget, config: &C
              options = excluded.options, refresh_ms = excluded.refresh_ms, state = 'ok', last_error = NULL",
         params![name, query, analysis.select_sql, options.to_json(), options.refresh_ms],
     )?;
-    sync_triggers(conn, config, name, &analysis.reads)?;
+    sync_triggers(conn, config, name, &analysis.reads, analysis.rows.as_ref().map(|(t, _)| t.as_str()))?;
     // The references themselves are refreshed by the next reconciliation (dirty = 1).
     Ok(referenced as usize)
 }
@@ -407,9 +550,12 @@ pub(crate) fn trigger_name(name: &str, table: &str, suffix: &str) -> String {
 
 /// Makes watch `name`'s triggers those its `reads` need: creates missing ones (a table
 /// migration drops them with the table), re-creates changed ones, drops the rest.
-/// Sets and returns `incremental`: false when it reads a table that cannot carry
-/// triggers (a view's base tables are seen instead; virtual and internal tables are not).
-pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Reads) -> Result<bool> {
+/// With `row_table`, the triggers on that table note each changed row in
+/// `_attachments_changed` (the watch is refreshed row by row); the others mark the
+/// whole watch dirty. Sets and returns `incremental`: whether the watch is refreshed
+/// row by row (false too when `row_table` cannot carry triggers: a view's base tables
+/// are seen instead; virtual and internal tables are not).
+pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Reads, row_table: Option<&str>) -> Result<bool> {
     // Triggers of earlier builds, named in the `triggers` column.
     let legacy: Option<String> =
         conn.query_row("SELECT triggers FROM main._attachments_watch WHERE name = ?1", [name], |r| r.get(0)).optional()?;
@@ -422,7 +568,7 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
         conn.execute("UPDATE main._attachments_watch SET triggers = '[]' WHERE name = ?1", [name])?;
     }
     let mut wanted: BTreeMap<String, (String, String)> = BTreeMap::new();
-    let mut incremental = true;
+    let mut incremental = row_table.is_some();
     for (table, columns) in reads {
         let kind: Option<String> = conn
             .query_row("SELECT type FROM main.sqlite_schema WHERE name = ?1 COLLATE NOCASE AND type IN ('table', 'view')", [table], |r| r.get(0))
@@ -447,16 +593,79 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
             .collect::<rusqlite::Result<_>>()?;
         let of: Vec<String> = columns.iter().filter(|c| real.contains(c)).map(|c| quote_ident(c)).collect();
         let update = if of.is_empty() { "UPDATE".to_string() } else { format!("UPDATE OF {}", of.join(", ")) };
-        for (suffix, event) in [("ins", "INSERT".to_string()), ("upd", update), ("del", "DELETE".to_string())] {
+        let row_level = incremental && row_table.is_some_and(|t| t.eq_ignore_ascii_case(table));
+        let keys = if row_level { unique_keys(conn, table)? } else { Some(Vec::new()) };
+        let Some(keys) = keys else {
+            // A unique index on an expression: REPLACE may delete rows no trigger can name.
+            return sync_triggers(conn, config, name, reads, None);
+        };
+        let update = if row_level {
+            conn.execute_batch(crate::schema::CHANGED_DDL)?;
+            // Any update that moves a row (a new rowid) or changes a column the query reads;
+            // one that writes the same values notes nothing.
+            let changed: Vec<String> = of.iter().map(|c| format!(" OR OLD.{c} IS NOT NEW.{c}")).collect();
+            format!("UPDATE ON {} WHEN OLD.rowid != NEW.rowid{}", quote_ident(table), changed.concat())
+        } else {
+            format!("{update} ON {}", quote_ident(table))
+        };
+        let w = quote_literal(name);
+        let on = |event: &str| format!("{event} ON {}", quote_ident(table));
+        let mut events = vec![("ins", on("INSERT")), ("upd", update.clone()), ("del", on("DELETE"))];
+        if row_level {
+            // A row that moved (a new rowid) no longer gives what it gave under the old one.
+            // A trigger of its own, so the common update runs one statement, not two.
+            events.push(("mov", format!("UPDATE ON {} WHEN OLD.rowid != NEW.rowid", quote_ident(table))));
+        }
+        // REPLACE (`INSERT OR REPLACE`, `UPDATE OR REPLACE`) deletes the rows that hold a
+        // unique key the new values take, and fires no delete trigger for them (unless
+        // recursive_triggers is on): before the write, the rows holding those keys are noted.
+        let mut replaced = Vec::new();
+        if row_level && !keys.is_empty() {
+            let w = quote_literal(name);
+            let note = |other: &str| -> String {
+                keys.iter()
+                    .map(|key| {
+                        let same: Vec<String> = key.iter().map(|c| format!("{c} = NEW.{c}")).collect();
+                        format!(
+                            "INSERT INTO _attachments_changed(watch, rid) SELECT {w}, rowid FROM {} WHERE {}{other};",
+                            quote_ident(table),
+                            same.join(" AND ")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            let mut key_columns: Vec<String> = keys.concat();
+            key_columns.sort();
+            key_columns.dedup();
+            replaced.push(("rpi", format!("BEFORE INSERT ON {}", quote_ident(table)), note("")));
+            replaced.push((
+                "rpu",
+                format!("BEFORE UPDATE OF {} ON {}", key_columns.join(", "), quote_ident(table)),
+                note(" AND rowid != OLD.rowid"),
+            ));
+        }
+        for (suffix, event, body) in replaced {
             let trigger = trigger_name(name, table, suffix);
+            let sql = format!("CREATE TRIGGER main.{} {event} BEGIN\n{body}\nEND", quote_ident(&trigger));
+            wanted.insert(trigger, (table.clone(), sql));
+        }
+        for (suffix, event) in events {
+            let trigger = trigger_name(name, table, suffix);
+            // Row level: the rows changed are noted (an append, nothing that can conflict);
+            // a note is what marks the watch.
             // language=SQLite
+            let body = if row_level {
+                let note = |row: &str| format!("INSERT INTO _attachments_changed(watch, rid) VALUES ({w}, {row}.rowid);");
+                note(if matches!(suffix, "del" | "mov") { "OLD" } else { "NEW" })
+            } else {
+                format!("UPDATE _attachments_watch SET dirty = 1 WHERE name = {w} AND dirty != 1;")
+            };
             let sql = format!(
-                "CREATE TRIGGER main.{} AFTER {event} ON {} BEGIN
-                   UPDATE _attachments_watch SET dirty = 1 WHERE name = {} AND dirty != 1;
+                "CREATE TRIGGER main.{} AFTER {event} BEGIN
+                   {body}
                  END",
                 quote_ident(&trigger),
-                quote_ident(table),
-                quote_literal(name)
             );
             wanted.insert(trigger, (table.clone(), sql));
         }
@@ -492,9 +701,37 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
     Ok(incremental)
 }
 
+/// The unique keys of `table` besides its rowid (primary key and unique indexes), each
+/// as its quoted columns; None when one is on an expression.
+fn unique_keys(conn: &Connection, table: &str) -> Result<Option<Vec<Vec<String>>>> {
+    let indexes: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_index_list(?1) WHERE \"unique\"")?
+        .query_map([table], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut keys = Vec::new();
+    for index in indexes {
+        let columns: Vec<(i64, Option<String>)> = conn
+            .prepare("SELECT cid, name FROM pragma_index_info(?1) ORDER BY seqno")?
+            .query_map([&index], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut key = Vec::new();
+        for (cid, column) in columns {
+            match column {
+                Some(c) if cid >= 0 => key.push(quote_ident(&c)),
+                _ => return Ok(None),
+            }
+        }
+        keys.push(key);
+    }
+    Ok(Some(keys))
+}
+
 /// Drops watch `name` with its triggers and references; false if there was none.
 pub fn unwatch(conn: &Connection, name: &str) -> Result<bool> {
     sync_triggers_drop_all(conn, name)?;
+    conn.execute_batch(crate::schema::ROWS_DDL)?;
+    conn.execute("DELETE FROM main._attachments_src WHERE watch = ?1", [name])?;
+    conn.execute("DELETE FROM main._attachments_changed WHERE watch = ?1", [name])?;
     // What only this watch referenced may now be archived.
     conn.execute("INSERT OR IGNORE INTO main._attachments_delta(id) SELECT id FROM main._attachments_ref WHERE watch = ?1", [name])?;
     conn.execute("DELETE FROM main._attachments_ref WHERE watch = ?1", [name])?;
@@ -521,23 +758,61 @@ fn sync_triggers_drop_all(conn: &Connection, name: &str) -> Result<()> {
 
 /// Runs on the extension's own connection, in the caller's transaction: re-analyses
 /// watch `name`'s stored query under a guard, brings its triggers up to date, and
-/// refreshes its references. Anything it does is undone if it fails.
-pub fn run(conn: &Connection, config: &Config, name: &str, query: &str) -> Result<bool> {
+/// refreshes its references: only the rows noted as changed when `dirty` is not
+/// [`crate::reconcile::DIRTY`] and the watch is refreshed row by row from the same
+/// query as before, else in full. Anything it does is undone if it fails. True when every row then needs comparing.
+pub fn run(conn: &Connection, config: &Config, name: &str, query: &str, options: &str, dirty: i64) -> Result<bool> {
+    // Stored options are checked again: the table is writable by anyone.
+    let policy = Options::parse(Some(options))?.policy();
+    // Read before this run changes any trigger: a change by anyone else (a migration,
+    // VACUUM, which may renumber rowids) means the rowids noted so far cannot be trusted.
+    let schema_version = |conn: &Connection| conn.query_row("PRAGMA main.schema_version", [], |r| r.get::<_, i64>(0));
+    let schema_before = schema_version(conn)?;
     let mut guard = Guard::install(conn);
     let analysis = analyze(conn, &mut guard, query)?;
-    // First a read-only run under the time limit: stopping a write statement (the
-    // INSERT … SELECT that stores the result) would roll back the whole transaction,
+    let row_table = analysis.rows.as_ref().map(|(t, _)| t.as_str());
+    let rows_sql = analysis.rows.as_ref().map(|(_, q)| q.as_str());
+    let (was_incremental, last_rows_sql, last_schema): (bool, Option<String>, Option<i64>) = conn.query_row(
+        "SELECT incremental, rows_sql, rows_schema FROM main._attachments_watch WHERE name = ?1",
+        [name],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let incremental = sync_triggers(conn, config, name, &analysis.reads, row_table)?;
+    let rows_sql = rows_sql.filter(|_| incremental);
+    conn.execute("UPDATE main._attachments_watch SET select_sql = ?2 WHERE name = ?1 AND select_sql != ?2", params![name, analysis.select_sql])?;
+    let explain = |e: Error| match e {
+        Error::Sqlite(e) => guard.explain(e),
+        other => other,
+    };
+    let remember = |conn: &Connection, rows_sql: Option<&str>| -> Result<()> {
+        conn.execute(
+            "UPDATE main._attachments_watch SET rows_sql = ?2, rows_schema = ?3 WHERE name = ?1",
+            params![name, rows_sql, schema_version(conn)?],
+        )?;
+        Ok(())
+    };
+    if let Some(rows_sql) = rows_sql {
+        let same = was_incremental && last_rows_sql.as_deref() == Some(rows_sql) && last_schema == Some(schema_before);
+        if dirty != crate::reconcile::DIRTY && same {
+            if let Some(full) = crate::reconcile::refresh_rows(conn, name, rows_sql, &policy).map_err(explain)? {
+                remember(conn, Some(rows_sql))?;
+                return Ok(full);
+            }
+        }
+    }
+    // In full. First a read-only run under the time limit: stopping a write statement
+    // (the INSERT … SELECT that stores the result) would roll back the whole transaction,
     // stopping a read-only one does not. Every column is used, so none is skipped.
     conn.query_row(&format!("SELECT {PROBE_COLUMNS} FROM ({})", analysis.select_sql), [], |_| Ok(()))
         .map_err(|e| guard.explain(e))?;
     // Within one transaction the same query over the same data takes as long again.
     guard.seen_mut().deadline = None;
-    sync_triggers(conn, config, name, &analysis.reads)?;
-    conn.execute("UPDATE main._attachments_watch SET select_sql = ?2 WHERE name = ?1 AND select_sql != ?2", params![name, analysis.select_sql])?;
-    crate::reconcile::refresh_watch(conn, name, &analysis.select_sql).map_err(|e| match e {
+    let full = crate::reconcile::refresh_watch(conn, name, &analysis.select_sql, rows_sql, &policy).map_err(|e| match e {
         Error::Sqlite(e) => guard.explain(e),
         other => other,
-    })
+    })?;
+    remember(conn, rows_sql)?;
+    Ok(full)
 }
 
 #[cfg(test)]

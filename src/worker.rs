@@ -143,6 +143,10 @@ fn run(target: &DbTarget, stop: &AtomicBool, woken: &Receiver<()>) {
                     let retry = s.next_due(&conn).unwrap_or(None);
                     let refresh = reconcile::next_refresh_due(&conn).unwrap_or(None);
                     next_due = [retry, refresh].into_iter().flatten().min();
+                    // While paused, rows due do not wake it: attachment_resume() does (a commit).
+                    if crate::throttle::of(db_file).paused() {
+                        next_due = refresh;
+                    }
                 }
                 Ok(None) => {
                     next_full = Instant::now() + ERROR_PAUSE;

@@ -18,6 +18,8 @@ else
   want go golang-go
   want node nodejs
   want npm npm
+  want qemu-aarch64-static qemu-user-static   # runs the aarch64 library (tests/hosts/test_binaries.py)
+  want dpkg-deb dpkg
   want chromium chromium
   want chromedriver chromium-driver
   [[ -d /usr/share/gocode/src/github.com/mattn/go-sqlite3 ]] || need_pkgs+=(golang-github-mattn-go-sqlite3-dev)
@@ -48,4 +50,17 @@ S3S_ROOT=${S3S_ROOT:-$HOME/.cache/sqlite-attachments/s3s-fs-$S3S_VERSION}
 if [[ $# -eq 0 && ! -x $S3S_ROOT/bin/s3s-fs ]]; then
   echo "building s3s-fs $S3S_VERSION (about 2 minutes, once)"
   cargo install s3s-fs --version "$S3S_VERSION" --features binary --locked --root "$S3S_ROOT" --quiet
+fi
+
+if [[ $# -eq 0 ]]; then
+  root=$(cd "$(dirname "$0")/.." && pwd)
+  # Cross-compiling (make dist): the Rust standard library of each target, and zig with
+  # cargo-zigbuild and auditwheel from PyPI in a venv under ~/.cache/sqlite-attachments.
+  for t in aarch64-unknown-linux-gnu x86_64-unknown-linux-gnu aarch64-apple-darwin x86_64-apple-darwin; do
+    rustup target list --installed 2>/dev/null | grep -qx "$t" || rustup target add "$t" ||
+      { [[ $t == *apple* ]] || exit 1; echo "NOTE: rustup target add $t failed: no macOS library for it"; }
+  done
+  "$root/scripts/build.sh" tools >/dev/null
+  # A Debian arm64 sqlite3 CLI to load the aarch64 library under qemu.
+  "$root/tests/hosts/arm64-sysroot.sh" >/dev/null
 fi

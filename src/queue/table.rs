@@ -36,6 +36,15 @@ pub struct Job {
     pub resume: Option<String>,
 }
 
+/// An ARCHIVED row the cache is to evict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Victim {
+    pub id: String,
+    pub local_uri: Option<String>,
+    /// What its local copy takes (0 without one).
+    pub bytes: i64,
+}
+
 /// The queue table of one config, seen by one claim owner.
 pub struct QueueTable<'c> {
     conn: &'c Connection,
@@ -85,8 +94,8 @@ impl<'c> QueueTable<'c> {
         let t = &self.t;
         self.conn.execute(
             &format!(
-                "INSERT INTO main.{t}(id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data, sha256)
-                 VALUES (?1, ?2, ?2, ?3, ?4, ?5, {UPLOAD}, 0, ?6, ?7)"
+                "INSERT INTO main.{t}(id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data, sha256, last_used)
+                 VALUES (?1, ?2, ?2, ?3, ?4, ?5, {UPLOAD}, 0, ?6, ?7, ?3)"
             ),
             params![id, filename, now_ms(), size as i64, media_type, meta_data, sha256],
         )?;
@@ -120,14 +129,25 @@ impl<'c> QueueTable<'c> {
         )?)
     }
 
+    /// `state` as reconciliation's statements test it: with a scope (a few changed ids),
+    /// `+state`, so SQLite looks the ids up by key instead of walking every row of a
+    /// state through the state index (which made one change cost a pass over the queue).
+    fn state_column(scope: &str) -> &'static str {
+        if scope.is_empty() {
+            "state"
+        } else {
+            "+state"
+        }
+    }
+
     /// Reconciliation, referenced and no row → QUEUED_DOWNLOAD. `referenced` is a query of
-    /// (id, filename, media_type, meta_data); `filter` an extra `AND ...` on `r.id`.
+    /// (id, filename, media_type, meta_data, download, priority); `filter` an extra `AND ...` on `r`.
     pub fn queue_downloads(&self, referenced: &str, filter: &str, now: i64) -> Result<usize> {
         let t = &self.t;
         Ok(self.conn.execute(
             &format!(
-                "INSERT INTO main.{t}(id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data)
-                 SELECT r.id, r.filename, NULL, ?1, NULL, r.media_type, {DOWNLOAD}, 0, r.meta_data
+                "INSERT INTO main.{t}(id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data, priority)
+                 SELECT r.id, r.filename, NULL, ?1, NULL, r.media_type, {DOWNLOAD}, 0, r.meta_data, r.priority
                  FROM ({referenced}) AS r
                  WHERE r.filename IS NOT NULL AND NOT EXISTS (SELECT 1 FROM main.{t} AS q WHERE q.id = r.id) {filter}"
             ),
@@ -141,11 +161,12 @@ impl<'c> QueueTable<'c> {
     /// `filter` applies to `{t}.id` (download policy), `scope` to `id` (changed ids).
     pub fn restore_referenced(&self, filter: &str, scope: &str, now: i64, download: bool) -> Result<usize> {
         let t = &self.t;
+        let state = Self::state_column(scope);
         Ok(self.conn.execute(
             &format!(
                 "UPDATE main.{t} SET state = CASE WHEN local_uri IS NULL THEN {DOWNLOAD} WHEN has_synced = 1 THEN {SYNCED} ELSE {UPLOAD} END,
                      timestamp = ?1, {SUCCESS}
-                 WHERE state = {ARCHIVED} AND given_up = 0 AND (local_uri IS NOT NULL OR (?2 {filter})) {scope}
+                 WHERE {state} = {ARCHIVED} AND given_up = 0 AND (local_uri IS NOT NULL OR (?2 {filter})) {scope}
                    AND EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = {t}.id)"
             ),
             params![now, download],
@@ -153,50 +174,159 @@ impl<'c> QueueTable<'c> {
     }
 
     /// Reconciliation, not referenced, SYNCED or QUEUED_DOWNLOAD → ARCHIVED. Uploads and
-    /// deletes finish first. `scope` applies to `id`.
+    /// deletes finish first; so does the download of a pinned attachment (a pinned
+    /// SYNCED row is archived like any other, and keeps its file: see `evictable`).
+    /// `scope` applies to `id`.
     pub fn archive_unreferenced(&self, scope: &str, now: i64) -> Result<usize> {
         let t = &self.t;
+        let state = Self::state_column(scope);
         Ok(self.conn.execute(
             &format!(
                 "UPDATE main.{t} SET state = {ARCHIVED}, given_up = 0, timestamp = ?1
-                 WHERE state IN ({DOWNLOAD}, {SYNCED}) {scope}
+                 WHERE {state} IN ({DOWNLOAD}, {SYNCED}) AND NOT (state = {DOWNLOAD} AND pinned != 0) {scope}
                    AND NOT EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = {t}.id)"
             ),
             [now],
         )?)
     }
 
-    /// ARCHIVED rows (`q`) the cache may evict: not a given-up download something still references.
+    /// Reconciliation: each row in `scope` (applied to `id`) takes the highest priority of
+    /// the watches referencing it, 0 when none does (no state change). Skipped when no
+    /// watch sets a priority and no row has one: the common case costs nothing per row.
+    pub fn set_priorities(&self, scope: &str) -> Result<usize> {
+        let t = &self.t;
+        let any: bool = self.conn.query_row(
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM main._attachments_watch
+                                WHERE CASE WHEN json_valid(options) THEN json_extract(options, '$.priority') END != 0)
+                     OR EXISTS (SELECT 1 FROM main.{t} WHERE priority != 0)"
+            ),
+            [],
+            |r| r.get(0),
+        )?;
+        if !any {
+            return Ok(0);
+        }
+        Ok(self.conn.execute(
+            &format!(
+                "UPDATE main.{t} SET priority = {best} WHERE 1 {scope} AND priority != {best}",
+                best = format!("coalesce((SELECT max(r.priority) FROM main._attachments_ref AS r WHERE r.id = {t}.id), 0)")
+            ),
+            [],
+        )?)
+    }
+
+    /// ARCHIVED rows (`q`) the cache may evict, and so count toward its limits: not pinned,
+    /// and not a given-up download something still references.
     fn evictable() -> String {
         format!(
-            "state = {ARCHIVED}
+            "state = {ARCHIVED} AND pinned = 0
              AND NOT (given_up = 1 AND EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = q.id))"
         )
     }
 
-    /// How many ARCHIVED rows count toward the cache limit.
-    pub fn evictable_count(&self) -> Result<i64> {
+    /// The bytes a row's local copy takes (its recorded size; nothing without a copy).
+    pub const BYTES: &'static str = "CASE WHEN q.local_uri IS NOT NULL THEN max(coalesce(q.size, 0), 0) ELSE 0 END";
+
+    /// The rows that count toward the cache limits: (rows, bytes of their local copies).
+    pub fn evictable_totals(&self) -> Result<(i64, i64)> {
         let t = &self.t;
-        Ok(self.conn.query_row(&format!("SELECT count(*) FROM main.{t} AS q WHERE {}", Self::evictable()), [], |r| r.get(0))?)
+        Ok(self.conn.query_row(
+            &format!("SELECT count(*), coalesce(sum({}), 0) FROM main.{t} AS q WHERE {}", Self::BYTES, Self::evictable()),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?)
     }
 
-    /// Evictable rows beyond the newest `keep`, oldest last: (id, local_uri).
-    pub fn eviction_victims(&self, keep: i64) -> Result<Vec<(String, Option<String>)>> {
+    /// The evictable rows that do not fit the limits, least recently used first: the
+    /// most recently used are kept while at most `keep_rows` of them hold at most
+    /// `keep_bytes` (None: no limit) together, the rest go. Last use is `last_used`
+    /// (the row's `timestamp` for rows from before it was kept), or the later time in
+    /// `pending`, a JSON object of uses not yet written (`{"id": ms, ...}`).
+    pub fn eviction_victims(&self, keep_rows: i64, keep_bytes: Option<i64>, pending: Option<&str>) -> Result<Vec<Victim>> {
         let t = &self.t;
-        Ok(self
-            .conn
-            .prepare(&format!(
-                "SELECT id, local_uri FROM main.{t} AS q WHERE {} ORDER BY timestamp DESC, id LIMIT -1 OFFSET ?1",
-                Self::evictable()
-            ))?
-            .query_map([keep], |r| Ok((r.get(0)?, r.get(1)?)))?
+        let (join, used) = match pending {
+            Some(_) => (
+                "LEFT JOIN (SELECT key, value FROM json_each(?3)) AS p ON p.key = q.id",
+                "max(coalesce(q.last_used, q.timestamp), coalesce(p.value, 0))",
+            ),
+            None => ("", "coalesce(q.last_used, q.timestamp)"),
+        };
+        // language=SQLite
+        let sql = format!(
+            "SELECT id, local_uri, bytes FROM (
+                 SELECT id, local_uri, bytes, used,
+                        row_number() OVER newest AS n, sum(bytes) OVER newest AS kept_bytes
+                 FROM (SELECT q.id, q.local_uri, {bytes} AS bytes, {used} AS used
+                       FROM main.{t} AS q {join} WHERE {evictable})
+                 WINDOW newest AS (ORDER BY used DESC, id DESC ROWS UNBOUNDED PRECEDING))
+             WHERE n > ?1 OR (?2 IS NOT NULL AND kept_bytes > ?2)
+             ORDER BY used, id",
+            bytes = Self::BYTES,
+            evictable = Self::evictable(),
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = match pending {
+            Some(p) => stmt.query(params![keep_rows, keep_bytes, p])?,
+            None => stmt.query(params![keep_rows, keep_bytes])?,
+        };
+        Ok(rows
+            .mapped(|r| Ok(Victim { id: r.get(0)?, local_uri: r.get(1)?, bytes: r.get(2)? }))
             .collect::<rusqlite::Result<_>>()?)
     }
 
-    /// ARCHIVED → gone (cache expiry; its local file was removed first).
+    /// ARCHIVED → gone (cache expiry; its local file was removed first). Never a pinned row.
     pub fn expire(&self, id: &str) -> Result<bool> {
         let t = &self.t;
-        Ok(self.conn.execute(&format!("DELETE FROM main.{t} WHERE id = ?1 AND state = {ARCHIVED}"), [id])? > 0)
+        Ok(self.conn.execute(&format!("DELETE FROM main.{t} WHERE id = ?1 AND state = {ARCHIVED} AND pinned = 0"), [id])? > 0)
+    }
+
+    /// Records that `id` was used (read or saved) at `at`; an earlier time never
+    /// replaces a later one. No state change.
+    pub fn record_use(&self, id: &str, at: i64) -> Result<()> {
+        let t = &self.t;
+        self.conn.execute(
+            &format!("UPDATE main.{t} SET last_used = ?2 WHERE id = ?1 AND (last_used IS NULL OR last_used < ?2)"),
+            params![id, at],
+        )?;
+        Ok(())
+    }
+
+    /// `attachment_pin` / `attachment_unpin`: true when the row exists. No state change
+    /// (a pinned ARCHIVED row without its copy is queued by [`Self::download_pinned`]).
+    pub fn set_pinned(&self, id: &str, pinned: bool) -> Result<bool> {
+        let t = &self.t;
+        Ok(self.conn.execute(&format!("UPDATE main.{t} SET pinned = ?2 WHERE id = ?1"), params![id, pinned])? > 0)
+    }
+
+    /// `attachment_pin` of an id with no row that a watch references but whose policy does
+    /// not download it: a pinned QUEUED_DOWNLOAD row. `referenced` is reconciliation's query
+    /// of (id, filename, media_type, meta_data), restricted to this id. True when inserted.
+    pub fn insert_pinned_download(&self, referenced: &str, id: &str) -> Result<bool> {
+        let t = &self.t;
+        Ok(self.conn.execute(
+            &format!(
+                "INSERT INTO main.{t}(id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data, pinned)
+                 SELECT r.id, r.filename, NULL, ?2, NULL, r.media_type, {DOWNLOAD}, 0, r.meta_data, 1
+                 FROM ({referenced}) AS r
+                 WHERE r.id = ?1 AND r.filename IS NOT NULL AND NOT EXISTS (SELECT 1 FROM main.{t} AS q WHERE q.id = r.id)"
+            ),
+            params![id, now_ms()],
+        )? > 0)
+    }
+
+    /// Pinned ARCHIVED rows without a local copy → QUEUED_DOWNLOAD: a pinned attachment is
+    /// kept on the device. A given-up download stays given up until `attachment_retry`.
+    /// `id` None means every such row.
+    pub fn download_pinned(&self, id: Option<&str>) -> Result<usize> {
+        let t = &self.t;
+        Ok(self.conn.execute(
+            &format!(
+                "UPDATE main.{t} SET state = {DOWNLOAD}, timestamp = ?2, {SUCCESS}
+                 WHERE (?1 IS NULL OR id = ?1) AND state = {ARCHIVED} AND pinned = 1 AND local_uri IS NULL AND given_up = 0"
+            ),
+            params![id, now_ms()],
+        )?)
     }
 
     /// Verify: SYNCED whose local copy vanished → QUEUED_DOWNLOAD.
@@ -299,7 +429,8 @@ impl<'c> QueueTable<'c> {
         )?)
     }
 
-    /// Claims up to `limit` rows for `lease_ms`: uploads first (their files exist nowhere
+    /// Claims up to `limit` rows for `lease_ms`: the highest priority first (the most
+    /// generous watch referencing the row), then uploads (their files exist nowhere
     /// else), then downloads, then deletes, oldest first.
     pub fn claim(&self, last_rowid: i64, limit: usize, lease_ms: i64) -> Result<Vec<Job>> {
         let t = &self.t;
@@ -309,7 +440,7 @@ impl<'c> QueueTable<'c> {
             .conn
             .prepare(&format!(
                 "SELECT id, filename, local_uri, state, media_type, sha256, attempts, upload_resume FROM main.{t}
-                 WHERE {} ORDER BY state, timestamp LIMIT ?4",
+                 WHERE {} ORDER BY priority DESC, state, timestamp LIMIT ?4",
                 self.claimable()
             ))?
             .query_map(params![last_rowid, now, self.owner, limit as i64], |r| {
@@ -356,6 +487,17 @@ impl<'c> QueueTable<'c> {
     pub fn release(&self, id: &str) -> Result<()> {
         let t = &self.t;
         self.conn.execute(&format!("UPDATE main.{t} SET {UNCLAIM} WHERE id = ?1 AND claimed_by = ?2"), params![id, self.owner])?;
+        Ok(())
+    }
+
+    /// Drops the claim of a transfer that was stopped (a stop or a pause), keeping the
+    /// resume state it handed back (an S3 multipart upload's id and parts), if any.
+    pub fn release_keeping(&self, id: &str, resume: Option<&str>) -> Result<()> {
+        let t = &self.t;
+        self.conn.execute(
+            &format!("UPDATE main.{t} SET upload_resume = coalesce(?3, upload_resume), {UNCLAIM} WHERE id = ?1 AND claimed_by = ?2"),
+            params![id, self.owner, resume],
+        )?;
         Ok(())
     }
 
@@ -407,7 +549,7 @@ impl<'c> QueueTable<'c> {
         let n = self.conn.execute(
             &format!(
                 "UPDATE main.{t} SET state = {SYNCED}, local_uri = filename, size = ?2, sha256 = ?3, has_synced = 1,
-                     timestamp = ?4, {SUCCESS}, {UNCLAIM}
+                     timestamp = ?4, last_used = max(coalesce(last_used, 0), ?4), {SUCCESS}, {UNCLAIM}
                  WHERE id = ?1 AND state = {DOWNLOAD} AND claimed_by = ?5"
             ),
             params![id, size as i64, sha256, now_ms(), self.owner],

@@ -8,12 +8,12 @@
 use std::{
     fs,
     fs::File,
-    io::{Read, Write},
-    os::unix::fs::OpenOptionsExt,
+    io::{Read, Seek, SeekFrom},
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
-use super::{copy_with_progress, ErrorClass, ErrorKind, Fetched, Object, Progress, RemoteError, RemoteStorage};
+use super::{copy_with_progress, ErrorClass, ErrorKind, Fetched, Object, Progress, RemoteError, RemoteStorage, Sink, Validator};
 use crate::store::sync_dir;
 
 pub struct DirRemote {
@@ -82,7 +82,7 @@ impl RemoteStorage for DirRemote {
         })
     }
 
-    fn download(&self, obj: &Object, out: &mut dyn Write, progress: Progress) -> Result<Fetched, RemoteError> {
+    fn download(&self, obj: &Object, out: &mut dyn Sink, progress: Progress) -> Result<Fetched, RemoteError> {
         self.check_root()?;
         // O_NONBLOCK: opening a FIFO must not wait for a writer that never comes.
         let file = fs::OpenOptions::new()
@@ -104,9 +104,22 @@ impl RemoteStorage for DirRemote {
             .with_class(ErrorClass::Server));
         }
         let length = meta.len();
+        // The file's identity and version stand in for an ETag: a replaced or rewritten file
+        // (another inode, size or modification time) is read again from the start.
+        let validator = Validator {
+            etag: Some(format!("\"{:x}-{:x}-{:x}\"", meta.ino(), length, meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128)),
+            last_modified: None,
+        };
+        let offset = match out.held() {
+            Some(h) if h.offset <= length && h.validator.same_object(&validator) => h.offset,
+            _ => 0,
+        };
+        let mut file = file;
+        file.seek(SeekFrom::Start(offset)).map_err(|e| io_err("reading the remote file", e))?;
+        out.begin(offset, &validator).map_err(|e| RemoteError::local(format!("preparing the local file: {e}")))?;
         // Exactly the length fstat gave: a file that grows while read is not read forever;
         // one that shrinks is caught by the store's length check.
-        let mut limited = file.take(length);
+        let mut limited = file.take(length - offset);
         copy_with_progress(&mut limited, out, progress).map_err(|e| io_err("reading the remote file", e))?;
         Ok(Fetched { length: Some(length), sha256: None })
     }
@@ -124,6 +137,7 @@ impl RemoteStorage for DirRemote {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     /// A writer that appends to the remote file every time it is given bytes: the file
     /// grows exactly as fast as it is read. Fails past `cap` so a broken reader ends.
@@ -132,6 +146,8 @@ mod tests {
         got: u64,
         cap: u64,
     }
+
+    impl Sink for Grower {}
 
     impl Write for Grower {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

@@ -3,10 +3,8 @@
 //! `ATTACHMENTS_HTTP_TOKEN`, read from the environment, never stored.
 
 use std::fs::File;
-use std::io::Write;
-
-use super::transport::Transport;
-use super::{Fetched, Object, Progress, RemoteError, RemoteStorage};
+use super::transport::{Conditional, Transport};
+use super::{Fetched, Object, Progress, RemoteError, RemoteStorage, Sink};
 
 pub struct HttpRemote {
     base: String,
@@ -40,8 +38,8 @@ impl RemoteStorage for HttpRemote {
         self.transport.put_file(&self.url(obj), &headers, file, len, progress).map(|_| ())
     }
 
-    fn download(&self, obj: &Object, out: &mut dyn Write, progress: Progress) -> Result<Fetched, RemoteError> {
-        self.transport.get_to(&self.url(obj), &self.auth, obj.media_type, out, progress)
+    fn download(&self, obj: &Object, out: &mut dyn Sink, progress: Progress) -> Result<Fetched, RemoteError> {
+        self.transport.get_to(&self.url(obj), &self.auth, obj.media_type, out, progress, Conditional::IfRange)
     }
 
     fn delete(&self, obj: &Object) -> Result<(), RemoteError> {

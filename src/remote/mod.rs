@@ -31,10 +31,75 @@ pub struct Object<'a> {
 }
 
 /// What the remote said about a download, checked by the local store after the bytes arrive.
+/// `length` is the whole object's, also when only its rest was sent (a resumed download).
 #[derive(Debug, Default, Clone)]
 pub struct Fetched {
     pub length: Option<u64>,
     pub sha256: Option<String>,
+}
+
+/// What identified an object when a download of it began: the next attempt asks for the
+/// rest only if the object is still the same (`If-Range`/`If-Match`, and the answer's own
+/// validator compared again).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Validator {
+    /// A strong ETag, quotes included (weak ones cannot validate a range).
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+impl Validator {
+    pub fn is_empty(&self) -> bool {
+        self.etag.is_none() && self.last_modified.is_none()
+    }
+
+    /// True when `answer` names the same object (every validator both sides have agrees,
+    /// and at least one is shared).
+    pub fn same_object(&self, answer: &Validator) -> bool {
+        let etag = match (&self.etag, &answer.etag) {
+            (Some(a), Some(b)) => Some(a == b),
+            _ => None,
+        };
+        let modified = match (&self.last_modified, &answer.last_modified) {
+            (Some(a), Some(b)) => Some(a == b),
+            _ => None,
+        };
+        match (etag, modified) {
+            (Some(false), _) | (_, Some(false)) => false,
+            (None, None) => false,
+            _ => true,
+        }
+    }
+}
+
+/// Bytes a download already holds from an interrupted attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub offset: u64,
+    pub validator: Validator,
+}
+
+/// Where a download's bytes go. A backend that can resume asks `held()` for what an
+/// earlier attempt kept, and calls `begin` once before the body's first byte: with
+/// `offset` 0 when the whole object follows (whatever is held is dropped: the server
+/// ignored the range, or the object changed), or with the held offset when only the rest
+/// follows. A sink that cannot resume holds nothing, and `begin(0, ..)` is all it sees.
+pub trait Sink: Write {
+    fn held(&self) -> Option<Held> {
+        None
+    }
+
+    fn begin(&mut self, offset: u64, validator: &Validator) -> io::Result<()> {
+        let _ = (offset, validator);
+        Ok(())
+    }
+}
+
+impl Sink for Vec<u8> {
+    fn begin(&mut self, offset: u64, _validator: &Validator) -> io::Result<()> {
+        self.truncate(offset as usize);
+        Ok(())
+    }
 }
 
 /// Reports bytes moved so far (for `bytes_done`); an error cancels the transfer
@@ -44,8 +109,10 @@ pub type Progress<'a> = &'a (dyn Fn(u64) -> io::Result<()> + Sync);
 pub trait RemoteStorage: Send + Sync {
     /// Stores `file` (`len` bytes) as `obj.filename`, streaming it.
     fn upload(&self, obj: &Object, file: File, len: u64, progress: Progress) -> Result<(), RemoteError>;
-    /// Streams `obj.filename` into `out`.
-    fn download(&self, obj: &Object, out: &mut dyn Write, progress: Progress) -> Result<Fetched, RemoteError>;
+    /// Streams `obj.filename` into `out`: only the rest, when `out` holds the start of the
+    /// same object and the remote can send a range (see [`Sink`]). `progress` counts the
+    /// bytes of this answer.
+    fn download(&self, obj: &Object, out: &mut dyn Sink, progress: Progress) -> Result<Fetched, RemoteError>;
     /// Removes `obj.filename`; an object that is already gone counts as done.
     fn delete(&self, obj: &Object) -> Result<(), RemoteError>;
 }
@@ -147,6 +214,9 @@ impl ErrorClass {
     }
 }
 
+/// How a cut body's error begins (see [`RemoteError::truncated`]).
+const TRUNCATED: &str = "incomplete transfer: ";
+
 #[derive(Debug, Clone)]
 pub struct RemoteError {
     pub kind: ErrorKind,
@@ -186,6 +256,16 @@ impl RemoteError {
     /// Bytes that are not the file's (short, long, wrong checksum, re-encoded): retried soon.
     pub fn integrity(message: impl Into<String>) -> RemoteError {
         RemoteError::new(ErrorKind::Transient, message).with_class(ErrorClass::Integrity)
+    }
+
+    /// A body cut short: what did arrive is the object's start, and can be resumed.
+    pub fn truncated(message: impl Into<String>) -> RemoteError {
+        RemoteError::integrity(format!("{TRUNCATED}{}", message.into()))
+    }
+
+    /// True for [`RemoteError::truncated`].
+    pub fn is_truncation(&self) -> bool {
+        self.class == ErrorClass::Integrity && self.message.starts_with(TRUNCATED)
     }
 
     /// An endpoint that is wrong or behind a login: retried with the longest backoff.

@@ -11,7 +11,7 @@
 //! is aborted, so no stored parts are left behind to be billed.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -21,8 +21,8 @@ use base64::Engine;
 use rusty_s3::actions::{CreateMultipartUpload, S3Action};
 use rusty_s3::{Bucket, Credentials, UrlStyle};
 
-use super::transport::Transport;
-use super::{ErrorClass, ErrorKind, Fetched, Object, Progress, RemoteError, RemoteStorage};
+use super::transport::{Conditional, Transport};
+use super::{ErrorClass, ErrorKind, Fetched, Object, Progress, RemoteError, RemoteStorage, Sink};
 use crate::error::{Error, Result};
 
 /// Presigned URLs are made just before use; this only bounds clock skew and slow starts.
@@ -290,13 +290,14 @@ impl RemoteStorage for S3Remote {
         }
     }
 
-    fn download(&self, obj: &Object, out: &mut dyn Write, progress: Progress) -> Result<Fetched, RemoteError> {
+    fn download(&self, obj: &Object, out: &mut dyn Sink, progress: Progress) -> Result<Fetched, RemoteError> {
         let key = self.key(obj);
         let mut action = self.bucket.get_object(Some(self.credentials()?), &key);
         // Ask for the stored SHA-256 so the download can be checked against it.
         action.headers_mut().insert("x-amz-checksum-mode", "ENABLED");
         let url = action.sign(URL_LIFETIME);
-        self.transport.get_to(url.as_str(), &[("x-amz-checksum-mode", "ENABLED".to_string())], obj.media_type, out, progress)
+        // A resumed download asks for the rest with If-Match (what S3 documents for GetObject).
+        self.transport.get_to(url.as_str(), &[("x-amz-checksum-mode", "ENABLED".to_string())], obj.media_type, out, progress, Conditional::IfMatch)
     }
 
     fn delete(&self, obj: &Object) -> Result<(), RemoteError> {

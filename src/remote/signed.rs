@@ -6,13 +6,11 @@
 //! The bearer token (ATTACHMENTS_HTTP_TOKEN) goes to the backend only, never to storage.
 
 use std::fs::File;
-use std::io::Write;
-
 use serde_json::json;
 
 use super::http::bearer_from_env;
-use super::transport::Transport;
-use super::{ErrorClass, ErrorKind, Fetched, Object, Progress, RemoteError, RemoteStorage};
+use super::transport::{Conditional, Transport};
+use super::{ErrorClass, ErrorKind, Fetched, Object, Progress, RemoteError, RemoteStorage, Sink};
 
 pub struct SignedRemote {
     base: String,
@@ -41,10 +39,12 @@ impl RemoteStorage for SignedRemote {
         self.transport.put_file(&url, &[("Content-Type", obj.media_type.to_string())], file, len, progress).map(|_| ())
     }
 
-    fn download(&self, obj: &Object, out: &mut dyn Write, progress: Progress) -> Result<Fetched, RemoteError> {
+    fn download(&self, obj: &Object, out: &mut dyn Sink, progress: Progress) -> Result<Fetched, RemoteError> {
         let answer = self.transport.get_json(&format!("{}/{}/download-url", self.base, obj.id), &self.auth)?;
         let url = url_field(&answer, "downloadUrl")?;
-        self.transport.get_to(&url, &[], obj.media_type, out, progress)
+        // Storage behind a backend may be S3, which documents If-Match rather than If-Range:
+        // If-Range is sent, and the answer's own ETag is compared, so a changed object never mixes.
+        self.transport.get_to(&url, &[], obj.media_type, out, progress, Conditional::IfRange)
     }
 
     fn delete(&self, obj: &Object) -> Result<(), RemoteError> {

@@ -19,14 +19,54 @@
 //! Content-Encoding (we never ask for one, so a gzip body is not the file).
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::time::SystemTime;
 
 use ureq::http::{HeaderMap, Response, StatusCode};
 use ureq::{Agent, Body, SendBody};
 
 use super::limits::{Limits, Pace, RateReader};
-use super::{copy_with_progress, retry_after, ErrorClass, ErrorKind, Fetched, Progress, ProgressReader, RemoteError};
+use super::{copy_with_progress, retry_after, ErrorClass, ErrorKind, Fetched, Held, Progress, ProgressReader, RemoteError, Sink, Validator};
+
+/// How a resumed download makes sure the rest belongs to the same object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conditional {
+    /// `If-Range` (RFC 9110): a changed object comes back whole, as a 200.
+    IfRange,
+    /// `If-Match` (S3 documents this one for GetObject): a changed object gets a 412.
+    IfMatch,
+}
+
+/// What one ranged GET ended in.
+enum Ranged {
+    Done(Fetched),
+    /// The held bytes cannot be used: ask again for the whole object.
+    StartOver,
+}
+
+/// The validators an answer carries: a strong ETag (a weak one cannot validate a range)
+/// and Last-Modified.
+fn validator_of(h: &HeaderMap) -> Validator {
+    let etag = header(h, "etag").map(str::trim).filter(|e| e.starts_with('"') && e.len() <= 200).map(str::to_string);
+    let last_modified = header(h, "last-modified").map(str::trim).filter(|d| !d.is_empty() && d.len() <= 100).map(str::to_string);
+    Validator { etag, last_modified }
+}
+
+/// `bytes START-END/TOTAL` (TOTAL may be `*`): the start and, if given, the total.
+fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    let (start, end): (u64, u64) = (start.trim().parse().ok()?, end.trim().parse().ok()?);
+    if end < start {
+        return None;
+    }
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse::<u64>().ok().filter(|t| *t > end)?),
+    };
+    Some((start, total))
+}
 
 /// Redirects a GET follows at most.
 const MAX_REDIRECTS: usize = 5;
@@ -96,17 +136,63 @@ impl Transport {
 
     /// `GET`s into `out`, streaming; reports the length and checksum the server claims.
     /// `media_type` is the attachment's, to tell a login page from the file.
+    ///
+    /// When `out` holds the start of the object from an interrupted attempt, only the rest
+    /// is asked for (`Range: bytes=N-`, conditional on the validator seen first, as
+    /// `cond` says). A `206` is used only when its `Content-Range` starts at N and its own
+    /// validator is the one seen first; a `200` (a server ignoring Range, or `If-Range`
+    /// finding a changed object) starts over from zero in the same answer; a `416` or a
+    /// `412` (`If-Match` on a changed object) asks again for the whole object.
     pub fn get_to(
         &self,
         url: &str,
         headers: &[(&str, String)],
         media_type: &str,
-        out: &mut dyn Write,
+        out: &mut dyn Sink,
         progress: Progress,
+        cond: Conditional,
     ) -> Result<Fetched, RemoteError> {
-        let (resp, redirected) = self.get_following(url, headers, "download")?;
+        let held = out.held().filter(|h| h.offset > 0 && !h.validator.is_empty());
+        match self.get_range(url, headers, media_type, out, progress, held.as_ref(), cond)? {
+            Ranged::Done(fetched) => Ok(fetched),
+            Ranged::StartOver => match self.get_range(url, headers, media_type, out, progress, None, cond)? {
+                Ranged::Done(fetched) => Ok(fetched),
+                Ranged::StartOver => Err(RemoteError::new(ErrorKind::Transient, "download failed: the server refused the whole object").with_class(ErrorClass::Server)),
+            },
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn get_range(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        media_type: &str,
+        out: &mut dyn Sink,
+        progress: Progress,
+        held: Option<&Held>,
+        cond: Conditional,
+    ) -> Result<Ranged, RemoteError> {
+        let mut headers = headers.to_vec();
+        if let Some(h) = held {
+            headers.push(("Range", format!("bytes={}-", h.offset)));
+            match (cond, &h.validator.etag, &h.validator.last_modified) {
+                (Conditional::IfMatch, Some(etag), _) => headers.push(("If-Match", etag.clone())),
+                (Conditional::IfMatch, None, Some(date)) => headers.push(("If-Unmodified-Since", date.clone())),
+                (Conditional::IfRange, Some(etag), _) => headers.push(("If-Range", etag.clone())),
+                (Conditional::IfRange, None, Some(date)) => headers.push(("If-Range", date.clone())),
+                (_, None, None) => {}
+            }
+        }
+        let (resp, redirected) = self.get_following(url, &headers, "download")?;
+        let status = resp.status().as_u16();
+        if held.is_some() && matches!(status, 412 | 416) {
+            log::debug!("download: HTTP {status} to a resumed range: starting over");
+            return Ok(Ranged::StartOver);
+        }
         let mut resp = expect_success(resp, "download")?;
-        if resp.status() != StatusCode::OK {
+        let partial = held.is_some() && resp.status() == StatusCode::PARTIAL_CONTENT;
+        if resp.status() != StatusCode::OK && !partial {
             return Err(status_error(&resp, ErrorKind::Transient, ErrorClass::Server, "download failed: expected 200 with the file"));
         }
         let h = resp.headers();
@@ -128,20 +214,38 @@ impl Transport {
                 "download refused: the answer has neither Content-Length nor chunked encoding, so a cut connection could not be told from the end of the file",
             ));
         }
-        // S3 returns the SHA-256 it stored, base64-encoded, when asked for it.
+        let validator = validator_of(h);
+        // Where this body starts in the object, and the object's whole length if known.
+        let (offset, total) = match held.filter(|_| partial) {
+            Some(held) => {
+                let range = header(h, "content-range").and_then(parse_content_range);
+                match range {
+                    Some((start, total)) if start == held.offset && held.validator.same_object(&validator) => (start, total),
+                    _ => {
+                        log::debug!("download: a 206 for another range or another object: starting over");
+                        return Ok(Ranged::StartOver);
+                    }
+                }
+            }
+            None => (0, length),
+        };
+        // S3 returns the SHA-256 it stored, base64-encoded, when asked for it: the whole object's.
         let sha256 = header(h, "x-amz-checksum-sha256").and_then(base64_to_hex);
+        out.begin(offset, &validator).map_err(|e| RemoteError::local(format!("preparing the local file: {e}")))?;
+        progress(0).map_err(|e| RemoteError::new(ErrorKind::Transient, format!("download interrupted: {e}")))?;
         let mut body = RateReader::new(resp.body_mut().as_reader(), &self.limits, Pace::InsideReads);
         let copied = copy_with_progress(&mut body, out, progress).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => RemoteError::integrity(match length {
-                Some(len) => format!("incomplete transfer: the body ended after {} of {len} bytes", body.total()),
-                None => format!("incomplete transfer: the chunked body ended after {} bytes, before its last chunk", body.total()),
+            std::io::ErrorKind::UnexpectedEof => RemoteError::truncated(match length {
+                Some(len) => format!("the body ended after {} of {len} bytes", body.total()),
+                None => format!("the chunked body ended after {} bytes, before its last chunk", body.total()),
             }),
             _ => RemoteError::new(ErrorKind::Transient, format!("download interrupted: {e}")),
         })?;
         if let Some(len) = length.filter(|len| *len != copied) {
-            return Err(RemoteError::integrity(format!("incomplete transfer: got {copied} of {len} bytes")));
+            return Err(RemoteError::truncated(format!("got {copied} of {len} bytes")));
         }
-        Ok(Fetched { length, sha256 })
+        let length = total.or(length.map(|l| l + offset)).or(if offset == 0 { None } else { Some(offset + copied) });
+        Ok(Ranged::Done(Fetched { length, sha256 }))
     }
 
     /// A GET, following the redirects that keep its meaning (see the module comment).
@@ -363,6 +467,24 @@ mod tests {
         assert_eq!(reason_from_body("PUT /k?X-Amz-Signature=abc HTTP/1.1"), "");
         assert_eq!(reason_from_body("bad request Authorization: Bearer abc"), "bad request Authorization: REDACTED");
         assert_eq!(reason_from_body(&"x".repeat(500)).chars().count(), MAX_REASON + 1);
+    }
+
+    #[test]
+    fn content_ranges_parse() {
+        assert_eq!(parse_content_range("bytes 100-199/200"), Some((100, Some(200))));
+        assert_eq!(parse_content_range("bytes 0-0/*"), Some((0, None)));
+        assert_eq!(parse_content_range("bytes 5-4/10"), None);
+        assert_eq!(parse_content_range("bytes 0-9/9"), None);
+        assert_eq!(parse_content_range("items 0-9/10"), None);
+    }
+
+    #[test]
+    fn validators_must_agree() {
+        let v = |e: Option<&str>, d: Option<&str>| Validator { etag: e.map(Into::into), last_modified: d.map(Into::into) };
+        assert!(v(Some("\"a\""), None).same_object(&v(Some("\"a\""), Some("x"))));
+        assert!(!v(Some("\"a\""), None).same_object(&v(Some("\"b\""), None)));
+        assert!(!v(Some("\"a\""), Some("d1")).same_object(&v(Some("\"a\""), Some("d2"))));
+        assert!(!v(Some("\"a\""), None).same_object(&v(None, Some("d1"))), "nothing shared: not proven the same");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub fn register(db: &Connection) -> rusqlite::Result<()> {
     scalar(db, "attachment_expire_cache", "attachment_expire_cache()", 0..=0, EFFECTFUL, expire_cache)?;
     scalar(db, "attachment_start_sync", "attachment_start_sync()", 0..=0, EFFECTFUL, start_sync)?;
     scalar(db, "attachment_stop_sync", "attachment_stop_sync()", 0..=0, EFFECTFUL, stop_sync)?;
+    scalar(db, "attachment_pause", "attachment_pause()", 0..=0, EFFECTFUL, pause)?;
+    scalar(db, "attachment_resume", "attachment_resume()", 0..=0, EFFECTFUL, resume)?;
     scalar(db, "attachment_version", "attachment_version()", 0..=0, PURE, version)?;
     Ok(())
 }
@@ -63,6 +65,11 @@ fn init(ctx: &Context) -> Result<String> {
     }
     ownership::claim(&conn, db_file, store.dir(), &config.table)?;
     crate::remote::prepare(&config);
+    // Transfers in flight in this process take the new cap at their next read; other
+    // processes' passes read it from the stored config within a second.
+    if let Some(f) = db_file {
+        crate::throttle::of(f).set_rate(config.max_bytes_per_second.map(|r| r as u64));
+    }
     Ok(config.to_json().to_string())
 }
 
@@ -153,7 +160,14 @@ fn expire_cache(ctx: &Context) -> Result<i64> {
     let db_file = target.path.as_str();
     let store = LocalStore::open(config.local_dir_for(Some(db_file))?)?;
     let own = crate::connection::open_connection(&target)?;
-    Ok(crate::connection::immediate(&own, || reconcile::expire_cache(&own, &config, &store))? as i64)
+    // Uses noted by reads in this process are written first: they decide what goes.
+    let expired = crate::cache::with_uses(db_file, |uses| {
+        crate::connection::immediate(&own, || {
+            crate::cache::record_uses(&own, &config.table, uses)?;
+            crate::cache::expire(&own, &config, &store)
+        })
+    })?;
+    Ok(expired as i64)
 }
 
 /// Starts this process's worker for the caller's database file (harmless if it runs).
@@ -174,7 +188,32 @@ fn stop_sync(ctx: &Context) -> Result<i64> {
     Ok(1)
 }
 
-/// `sqlite-attachments 0.2.0 (schema 2)`: this build's release and the layout it writes.
+/// `attachment_pause()` / `attachment_resume()`: stores the flag in the database, where every
+/// process's passes read it (within about a second), and tells this process's transfers at
+/// once. Pausing stops transfers in flight (a download keeps its partial file, an S3
+/// multipart upload its upload id and parts) and starts none until resumed.
+fn set_paused(ctx: &Context, paused: bool) -> Result<i64> {
+    let conn = caller(ctx)?;
+    let config = Config::load(&conn)?;
+    // A database last initialised by an earlier build gets the column first.
+    schema::ensure(&conn, &config.table)?;
+    conn.execute("UPDATE main._attachments_config SET paused = ?1 WHERE id = 1", [paused])?;
+    if let Some(f) = conn.path().filter(|p| !p.is_empty()) {
+        crate::throttle::of(f).set_paused(paused);
+        worker::wake(f);
+    }
+    Ok(1)
+}
+
+fn pause(ctx: &Context) -> Result<i64> {
+    set_paused(ctx, true)
+}
+
+fn resume(ctx: &Context) -> Result<i64> {
+    set_paused(ctx, false)
+}
+
+/// `sqlite-attachments 0.2.0 (schema 3)`: this build's release and the layout it writes.
 fn version(_ctx: &Context) -> Result<String> {
     Ok(format!("sqlite-attachments {} (schema {})", env!("CARGO_PKG_VERSION"), schema::SCHEMA_VERSION))
 }

@@ -1,6 +1,7 @@
 //! The SQL surface: thin wrappers that check arguments, call the logic
 //! elsewhere, and turn errors into SQL errors prefixed with the function name.
 
+mod cache;
 mod control;
 mod queue_vtab;
 mod read;
@@ -31,6 +32,7 @@ pub fn register(db: &Connection) -> rusqlite::Result<()> {
     queue_vtab::register(db)?;
     retry::register(db)?;
     watches_vtab::register(db)?;
+    cache::register(db)?;
     Ok(())
 }
 

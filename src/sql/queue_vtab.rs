@@ -1,7 +1,8 @@
 //! `attachment_queue`: an eponymous read-only virtual table with every queue
 //! column plus state_name, bytes_done, attempts, next_attempt_at, last_error,
 //! error_class (the class `last_error` starts with: auth, not_found, network,
-//! server, local, config, integrity).
+//! server, local, config, integrity), pinned, and last_used (including reads this
+//! process noted and has not written yet, see cache.rs).
 
 use std::borrow::Cow;
 use std::ffi::{c_int, CStr};
@@ -20,15 +21,17 @@ use crate::queue::State;
 use crate::remote::ErrorClass;
 use crate::schema::quote_ident;
 
-const COLUMNS: [&str; 16] = [
+const COLUMNS: [&str; 19] = [
     "id", "filename", "local_uri", "timestamp", "size", "media_type", "state", "has_synced", "meta_data",
     "state_name", "bytes_done", "attempts", "next_attempt_at", "last_error", "sha256", "error_class",
+    "pinned", "last_used", "priority",
 ];
 const COL_STATE: usize = 6;
 const COL_STATE_NAME: usize = 9;
 const COL_BYTES_DONE: usize = 10;
 const COL_LAST_ERROR: usize = 13;
 const COL_ERROR_CLASS: usize = 15;
+const COL_LAST_USED: usize = 17;
 
 pub fn register(db: &Connection) -> rusqlite::Result<()> {
     const MODULE: Module<QueueTab> = Module::eponymous_only_module();
@@ -104,7 +107,7 @@ impl QueueCursor<'_> {
         // language=SQLite
         let sql = format!(
             "SELECT id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data,
-                    NULL, bytes_done, attempts, next_attempt_at, last_error, sha256, NULL
+                    NULL, bytes_done, attempts, next_attempt_at, last_error, sha256, NULL, pinned, last_used, priority
              FROM main.{} {filter} ORDER BY rowid",
             quote_ident(&config.table)
         );
@@ -142,6 +145,15 @@ impl QueueCursor<'_> {
                 _ => 0,
             };
             row[COL_BYTES_DONE] = Value::Integer(done);
+            // Reads are written lazily (cache.rs); this process's are shown at once.
+            if let Value::Text(id) = &row[0] {
+                if let Some(noted) = crate::cache::pending_use(&self.db_file, id) {
+                    row[COL_LAST_USED] = match row[COL_LAST_USED] {
+                        Value::Integer(written) if written >= noted => Value::Integer(written),
+                        _ => Value::Integer(noted),
+                    };
+                }
+            }
             self.rows.push(row);
         }
         Ok(())

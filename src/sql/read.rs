@@ -21,7 +21,8 @@ pub fn register(db: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The store and the name of the local copy of `id`, if the row names one.
+/// The store and the name of the local copy of `id`, if the row names one. Asking for
+/// it is a use of the file: noted in memory for the cache (see cache.rs), never written here.
 fn complete_local_path(ctx: &Context) -> Result<Option<(LocalStore, String)>> {
     // NULL in, NULL out: `SELECT attachment_local_uri(photo_id) FROM users` works for users without a photo.
     let Some(id) = opt_text_arg(ctx, 0, "id")? else { return Ok(None) };
@@ -36,6 +37,7 @@ fn complete_local_path(ctx: &Context) -> Result<Option<(LocalStore, String)>> {
         .optional()?
         .flatten();
     let Some(local_uri) = local_uri else { return Ok(None) };
+    crate::cache::touch(conn.path().unwrap_or(""), &id);
     Ok(Some((LocalStore::open(config.local_dir_for(conn.path())?)?, local_uri)))
 }
 

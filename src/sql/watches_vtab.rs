@@ -1,6 +1,6 @@
 //! `attachment_watches`: an eponymous read-only virtual table, one row per watch with
 //! its query, options, state (`ok` or `failed`), last error, last run (ms since the
-//! epoch) and whether every table it reads carries triggers (`incremental`).
+//! epoch) and whether it is refreshed row by row (`incremental`; else re-run in full).
 
 use std::borrow::Cow;
 use std::ffi::{c_int, CStr};

@@ -8,7 +8,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 # The newest of each, should dist/ still hold an older release.
-core=$(ls -t "$root"/dist/sqlite_attachments-*.whl | head -1)
+core=$(ls -t "$root"/dist/sqlite_attachments-*linux*_"$(uname -m)".whl | head -1)   # this machine's
 plugin=$(ls -t "$root"/dist/datasette_attachments-*-py3-none-any.whl | head -1)
 for tool in chromium chromedriver; do
   command -v $tool >/dev/null || { echo "$tool is missing: run tests/install-deps.sh" >&2; exit 1; }

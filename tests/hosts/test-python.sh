@@ -4,7 +4,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-wheel=$(ls "$root"/dist/sqlite_attachments-*.whl | head -1)
+# The wheel for this machine (make dist also leaves the other architectures' and macOS's).
+wheel=$(ls "$root"/dist/sqlite_attachments-*linux*_"$(uname -m)".whl | head -1)
 tmp=$(mktemp -d /tmp/att-hosts-py.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 

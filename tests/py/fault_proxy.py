@@ -24,8 +24,11 @@ misbehave on demand. It forwards each request to 127.0.0.1:$UPSTREAM_PORT
   gzip            GET 200 bodies are gzip-compressed with `Content-Encoding: gzip` (never asked for)
   echo            requests whose method is in $METHODS are answered $STATUS (default 400) with a
                   body repeating the request line, every header and the query string
+  cut             the first $CUT_TIMES (default 1) GET answers with a body (200 or 206) send their
+                  headers and $CUT_BYTES bytes of the body, then close; later ones pass
 Each request line is appended to $LOG with the number of requests in flight, the
-Host header and whether an Authorization header came along.
+Host header, whether an Authorization header came along and the Range header (or -).
+Each answer is appended to $LOG.sent as `METHOD STATUS BODY_BYTES_SENT range=RANGE`.
 """
 import gzip
 import http.client
@@ -47,6 +50,7 @@ TRICKLE_DELAY = float(os.environ.get("TRICKLE_DELAY", "0.2"))
 LOGIN_PAGE = b"<!DOCTYPE html><html><body><form action=/login>Please sign in</form></body></html>"
 counter = itertools.count(1)
 put_counter = itertools.count(1)
+cut_counter = itertools.count(1)
 in_flight = 0
 lock = threading.Lock()
 
@@ -65,7 +69,7 @@ class Proxy(BaseHTTPRequestHandler):
             with open(LOG, "a") as f:
                 auth = "yes" if self.headers.get("Authorization") else "no"
                 f.write(f"{self.command} {self.path.split('?')[0]} inflight={in_flight} "
-                        f"host={self.headers.get('Host')} auth={auth}\n")
+                        f"host={self.headers.get('Host')} auth={auth} range={self.headers.get('Range', '-')}\n")
         try:
             self.forward(n)
         finally:
@@ -146,6 +150,23 @@ class Proxy(BaseHTTPRequestHandler):
         if os.environ.get("LOG_BODIES"):
             with lock, open(LOG + ".bodies", "a") as f:
                 f.write(f"{self.command} {resp.status} {data[:2000]!r}\n")
+        if MODE == "cut" and self.command == "GET" and resp.status in (200, 206) and len(data) > 1 \
+                and next(cut_counter) <= int(os.environ.get("CUT_TIMES", "1")):
+            sent = data[: int(os.environ["CUT_BYTES"])]
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("connection", "transfer-encoding", "content-length"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(sent)
+            self.wfile.flush()
+            self.log_sent(resp.status, len(sent))
+            self.close_connection = True
+            return
+        if MODE != "trickle":
+            self.log_sent(resp.status, len(data))
         faulty_get = self.command == "GET" and resp.status == 200 and len(data) > 1
         if faulty_get and MODE == "gzip":
             data = gzip.compress(data)
@@ -192,6 +213,10 @@ class Proxy(BaseHTTPRequestHandler):
                 self.close_connection = True
             return
         self.wfile.write(data)
+
+    def log_sent(self, status, n):
+        with lock, open(LOG + ".sent", "a") as f:
+            f.write(f"{self.command} {status} {n} range={self.headers.get('Range', '-')}\n")
 
     def reply(self, status, data, content_type="text/plain", **headers):
         self.send_response(status)

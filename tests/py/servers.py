@@ -149,3 +149,10 @@ class FaultProxy(Server):
             return []
         with open(self.log) as f:
             return [line.rstrip("\n") for line in f]
+
+    def answers(self):
+        """(method, status, body bytes sent, Range header or '-') of each answer forwarded."""
+        if not os.path.exists(self.log + ".sent"):
+            return []
+        with open(self.log + ".sent") as f:
+            return [(m, int(s), int(n), r.split("=", 1)[1]) for m, s, n, r in (line.split() for line in f)]

@@ -144,7 +144,8 @@ class Surface(Case):
             "attachment_local_uri", "attachment_data", "attachment_watch", "attachment_unwatch",
             "attachment_sync", "attachment_start_sync", "attachment_stop_sync", "attachment_verify",
             "attachment_expire_cache", "attachment_filename", "attachment_media_type", "attachment_reconcile",
-            "attachment_retry", "attachment_version",
+            "attachment_retry", "attachment_version", "attachment_pin", "attachment_unpin", "attachment_cache",
+            "attachment_pause", "attachment_resume",
         })
 
     def test_reconcile_alone_queues_and_archives_without_transfers(self):
@@ -172,7 +173,8 @@ class Surface(Case):
         a = self.device("a")
         a.execute(APP_SCHEMA)
         a.execute(WATCH)
-        self.assertEqual(one(a, "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'"), 3)
+        # Insert, update, delete, and a row moved to a new rowid (refreshed row by row).
+        self.assertEqual(one(a, "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'"), 4)
         self.assertEqual(one(a, "SELECT attachment_unwatch('photos')"), 1)
         self.assertEqual(one(a, "SELECT attachment_unwatch('photos')"), 0)
         self.assertEqual(one(a, "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'"), 0)

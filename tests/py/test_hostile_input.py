@@ -116,6 +116,8 @@ FUNCTIONS = {
     "attachment_expire_cache": (0, 0, [], []),
     "attachment_start_sync": (0, 0, [], []),
     "attachment_stop_sync": (0, 0, [], []),
+    "attachment_pause": (0, 0, [], []),
+    "attachment_resume": (0, 0, [], []),
     "attachment_local_uri": (1, 1, ["id"], ["abc"]),
     "attachment_data": (1, 1, ["id"], ["abc"]),
     "attachment_filename": (2, 2, ["id", "ext"], ["abc", "bin"]),
@@ -126,6 +128,9 @@ FUNCTIONS = {
     "attachment_delete": (1, 1, ["id"], ["abc"]),
     "attachment_watch": (2, 3, ["name", "query", "options"], ["w1", "SELECT id FROM docs", "{}"]),
     "attachment_unwatch": (1, 1, ["name"], ["w1"]),
+    "attachment_pin": (1, 1, ["id"], ["abc"]),
+    "attachment_unpin": (1, 1, ["id"], ["abc"]),
+    "attachment_cache": (0, 0, [], []),
     "attachment_version": (0, 0, [], []),
 }
 # The reconciliation's pure helpers answer NULL for anything unsafe (documented: such
@@ -133,7 +138,7 @@ FUNCTIONS = {
 PURE = {"attachment_filename", "attachment_media_type"}
 WRONG = {"NULL": None, "INTEGER": 42, "REAL": 1.5, "BLOB": b"\x00\x01", "TEXT": "text"}
 # Arguments where NULL is documented as meaning "none" or "all".
-NULL_OK = {("attachment_retry", 0), ("attachment_local_uri", 0), ("attachment_data", 0), ("attachment_delete", 0), ("attachment_save", 2), ("attachment_save", 3),
+NULL_OK = {("attachment_retry", 0), ("attachment_local_uri", 0), ("attachment_data", 0), ("attachment_delete", 0), ("attachment_pin", 0), ("attachment_unpin", 0), ("attachment_save", 2), ("attachment_save", 3),
            ("attachment_save_file", 2), ("attachment_save_file", 3), ("attachment_watch", 2)}
 
 
@@ -200,6 +205,11 @@ def sql_cases():
         for label, value in (("../x", "../x"), ("/etc/passwd", "/etc/passwd"), ("NUL", "a\x00b"),
                              ("1 MB", HUGE), ("unicode lookalike", "аbc")):
             specials.append((f"id {label}", fn, [value], "safe", None))
+    # Pinning names an id to keep: an unsafe one is refused, never looked up.
+    for fn in ("attachment_pin", "attachment_unpin"):
+        for label, value in (("../x", "../x"), ("/etc/passwd", "/etc/passwd"), ("NUL", "a\x00b"),
+                             ("1 MB", HUGE), ("unicode lookalike", "аbc")):
+            specials.append((f"id {label}", fn, [value], "misuse", "id"))
     specials += [
         ("id ../x", "attachment_filename", ["../x", "bin"], "null_or_misuse", None),
         ("ext ../x", "attachment_filename", ["abc", "../bin"], "null_or_misuse", None),
@@ -886,8 +896,15 @@ class HostileServers(Catalogue):
                             self.escape(s.encode() not in blob, f"a credential leaked: {blob[:500]!r}")
                     local = os.path.join(self.root, f"files-{dev}")
                     if direction == "down":
-                        self.escape([x for x in os.listdir(local) if x != ".attachments-owner"] == [],
-                                    "no partial, login page or temp file kept")
+                        kept = [x for x in os.listdir(local) if x != ".attachments-owner"]
+                        # Only what arrived of the file itself may stay, for the next attempt to
+                        # resume from: never a login page, a temp file or anything at the file's name.
+                        partial = [x for x in kept if x.endswith(".partial")]
+                        self.escape(all(x.startswith(".") and x.endswith((".partial", ".partial-meta")) for x in kept),
+                                    f"no login page or temp file kept: {kept}")
+                        for x in partial:
+                            with open(os.path.join(local, x), "rb") as f:
+                                self.escape(data.startswith(f.read()), "a partial download is the file's start")
 
 
 if __name__ == "__main__":

@@ -80,8 +80,21 @@ class Hostile(Case):
         return b
 
     def local_files(self, name):
+        """Files in a device's local_dir, without a partial download kept for the next
+        attempt (`.{filename}.partial` and its `-meta`: never at the file's own name)."""
         folder = os.path.join(self.dir, f"files-{name}")
-        return sorted(files_in(folder)) if os.path.isdir(folder) else []
+        if not os.path.isdir(folder):
+            return []
+        return sorted(n for n in files_in(folder) if not (n.startswith(".") and n.endswith((".partial", ".partial-meta"))))
+
+    def partial_download(self, name):
+        """The bytes an interrupted download kept, or None."""
+        folder = os.path.join(self.dir, f"files-{name}")
+        found = [n for n in os.listdir(folder) if n.endswith(".partial")]
+        if not found:
+            return None
+        with open(os.path.join(folder, found[0]), "rb") as f:
+            return f.read()
 
     def assert_failed_cleanly(self, conn, state, error_class, pattern=None, has_synced=0):
         got_state, got_synced, got_class, error = self.row(conn)
@@ -192,7 +205,8 @@ class HttpServer(Hostile):
     # -- bodies -----------------------------------------------------------
 
     def test_truncated_bodies_are_never_synced(self):
-        _, photo = self.uploaded(os.urandom(100_000))
+        data = os.urandom(100_000)
+        _, photo = self.uploaded(data)
         for mode in ("truncate", "truncate_close", "truncate_chunked"):
             with self.subTest(mode=mode):
                 p = self.proxy(mode)
@@ -202,7 +216,14 @@ class HttpServer(Hostile):
                 self.assertEqual((state, has_synced), ("QUEUED_DOWNLOAD", 0), error)
                 self.assertEqual(error_class, "integrity", error)
                 self.assertIn("incomplete" if mode != "truncate_close" else "neither Content-Length", error)
-                self.assertEqual(self.local_files(mode), [], "no partial or temp file left")
+                self.assertEqual(self.local_files(mode), [], "no file at its name, no temp file left")
+                # What arrived of a body cut short is kept for the next attempt to resume from
+                # (never a close-delimited one, which cannot be told from a whole file).
+                kept = self.partial_download(mode)
+                if mode == "truncate_close":
+                    self.assertIsNone(kept)
+                else:
+                    self.assertEqual(kept, data[: len(kept)], "a partial download is the file's start")
 
     def test_a_gzip_body_nobody_asked_for_is_refused(self):
         _, photo = self.uploaded(b"plain text " * 1000)
