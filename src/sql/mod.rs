@@ -3,6 +3,7 @@
 
 mod cache;
 mod control;
+mod fetch;
 mod queue_vtab;
 mod read;
 mod retry;
@@ -31,6 +32,7 @@ pub fn register(db: &Connection) -> rusqlite::Result<()> {
     control::register(db)?;
     queue_vtab::register(db)?;
     retry::register(db)?;
+    fetch::register(db)?;
     watches_vtab::register(db)?;
     cache::register(db)?;
     Ok(())
