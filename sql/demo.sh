@@ -30,6 +30,7 @@ SQL
 
 echo "== Remote storage now holds:"; ls -l remote
 
+
 run b.db <<SQL
 .print '== Device B: same app schema, its own queue and files'
 CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT, photo_id TEXT);
@@ -60,4 +61,35 @@ SQL
 
 echo "== Remote storage now holds: $(ls remote | wc -l) files"
 cmp -s photo.jpg files-b/*.jpg && echo "== Device B's cached copy is byte-identical to the original."
+echo "== Device A: a bigger file (a 100 MB video) uploads in another process; this one draws a progress line from attachment_progress()"
+head -c 100000000 /dev/urandom > video.mp4
+run a.db <<SQL >/dev/null
+INSERT INTO users(id, name, photo_id) VALUES (2, 'bo', attachment_save_file('video.mp4', 'mp4'));
+SQL
+rm video.mp4  # saved: the extension holds its own copy
+# Capped at 25 MB/s so the line has time to move (a build without max_bytes_per_second refuses the key: no cap).
+run a.db <<SQL >/dev/null 2>&1 || true
+SELECT attachment_init(json_set((SELECT config FROM _attachments_config), '\$.max_bytes_per_second', 25000000));
+SQL
+# The pass runs in the background; every process sees the same progress (the database holds it).
+{ echo ".open a.db"; echo ".load $lib"; echo "SELECT attachment_sync();"; } | sqlite3 -batch >/dev/null &
+sync_pid=$!
+progress_line() {
+  sqlite3 -batch a.db -cmd ".load $lib" "
+    WITH p(j) AS (SELECT attachment_progress()),
+         v AS (SELECT j, json_extract(j, '\$.upload.bytes_moved') AS moved, json_extract(j, '\$.upload.bytes_total') AS total FROM p)
+    SELECT printf('[%-30s] %3d%%  %6.1f / %.1f MB  %s  %s',
+                  substr('##############################', 1, CAST(30 * moved / max(total, 1) AS INT)),
+                  CAST(100 * moved / max(total, 1) AS INT), moved / 1e6, total / 1e6,
+                  CASE WHEN NOT json_extract(j, '\$.active') THEN ''
+                       WHEN json_extract(j, '\$.rate') IS NULL THEN 'measuring the rate'
+                       ELSE printf('%.1f MB/s', json_extract(j, '\$.rate') / 1e6) END,
+                  CASE WHEN NOT json_extract(j, '\$.active') THEN 'done'
+                       WHEN json_extract(j, '\$.eta_seconds') IS NOT NULL THEN printf('%.0f s left', json_extract(j, '\$.eta_seconds'))
+                       ELSE '' END)
+    FROM v;"
+}
+while kill -0 "$sync_pid" 2>/dev/null; do printf '\r  %s ' "$(progress_line)"; sleep 0.2; done
+wait "$sync_pid"
+printf '\r  %s \n' "$(progress_line)"
 echo "Done. Look around in $work"

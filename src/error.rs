@@ -29,6 +29,8 @@ pub enum Error {
     Io { path: PathBuf, err: io::Error },
     /// A transfer to or from remote storage failed.
     Remote(RemoteError),
+    /// What was asked for cannot be had now: an id nothing knows, a fetch that timed out.
+    Unavailable(String),
     /// The database was written by a release whose layout this build does not know.
     NewerSchema { found: i64, known: i64 },
 }
@@ -57,7 +59,7 @@ impl Error {
                 ffi::SQLITE_MISUSE
             }
             Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => e.extended_code,
-            Error::Sqlite(_) | Error::Remote(_) | Error::NewerSchema { .. } => ffi::SQLITE_ERROR,
+            Error::Sqlite(_) | Error::Remote(_) | Error::Unavailable(_) | Error::NewerSchema { .. } => ffi::SQLITE_ERROR,
             Error::Io { .. } => ffi::SQLITE_IOERR,
         }
     }
@@ -95,6 +97,7 @@ impl fmt::Display for Error {
             Error::Sqlite(e) => write!(f, "{e}"),
             Error::Io { path, err } => write!(f, "{}: {err}", path.display()),
             Error::Remote(e) => write!(f, "{e}"),
+            Error::Unavailable(why) => f.write_str(why),
             Error::NewerSchema { found, known } => write!(
                 f,
                 "this database was created by a newer sqlite-attachments (schema {found}, this build knows {known}); \

@@ -37,6 +37,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 3, what: "per-watch policies and row-by-row refresh of watches", run: policies_and_rows },
     Migration { version: 4, what: "the archived cache's last use and pinning (last_used, pinned)", run: cache_columns },
     Migration { version: 5, what: "the pause flag and the adaptive concurrency level", run: steering },
+    Migration { version: 6, what: "the progress feed: _attachments_progress and the queue's started_at", run: progress_feed },
 ];
 
 /// Rows of a watched table changed since the watch last ran (see `_attachments_src`);
@@ -280,6 +281,35 @@ fn cache_columns(conn: &Connection, table: &str) -> Result<()> {
 fn steering(conn: &Connection, _table: &str) -> Result<()> {
     add_column(conn, "_attachments_config", "paused", "INTEGER NOT NULL DEFAULT 0")?;
     add_column(conn, "_attachments_config", "concurrency", "INTEGER")
+}
+
+/// Migration 6: what `attachment_progress()` and `attachment_queue`'s `rate` read.
+fn progress_feed(conn: &Connection, table: &str) -> Result<()> {
+    // language=SQLite
+    conn.execute_batch(
+        "-- One row: what attachment_progress() counts as done since the queue was last empty
+        -- (updated in the transactions that record results; `drained` = the queue was seen
+        -- empty, so the next result starts the counts again), samples of bytes moved for
+        -- its rate, the most recent row error, and why the last pass failed as a whole
+        -- (a vanished local_dir: no row is tried, so no row can say it).
+        CREATE TABLE IF NOT EXISTS main._attachments_progress(
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            upload_files INTEGER NOT NULL DEFAULT 0,
+            upload_bytes INTEGER NOT NULL DEFAULT 0,
+            download_files INTEGER NOT NULL DEFAULT 0,
+            download_bytes INTEGER NOT NULL DEFAULT 0,
+            drained INTEGER NOT NULL DEFAULT 0,
+            since INTEGER,
+            samples TEXT NOT NULL DEFAULT '[]',
+            last_error_id TEXT,
+            last_error TEXT,
+            last_error_at INTEGER,
+            pass_error TEXT,
+            pass_error_at INTEGER);
+        INSERT OR IGNORE INTO main._attachments_progress(id) VALUES (1);",
+    )?;
+    // When the transfer in flight started moving bytes (ms), for attachment_queue's rate.
+    add_column(conn, table, "started_at", "INTEGER")
 }
 
 /// `"name"` with embedded quotes doubled: safe for any identifier.

@@ -32,7 +32,7 @@ use crate::verify::{self, Verified};
 pub const CLAIM_LEASE: Duration = Duration::from_secs(2 * 60);
 
 /// The lease, shortened by `SQLITE_ATTACHMENTS_TEST_CLAIM_LEASE_MS` in tests only.
-fn claim_lease() -> Duration {
+pub(crate) fn claim_lease() -> Duration {
     std::env::var("SQLITE_ATTACHMENTS_TEST_CLAIM_LEASE_MS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -55,8 +55,9 @@ const BUSY_LIMIT: Duration = Duration::from_secs(60);
 /// A transfer whose local file another transfer still holds is tried again after this long.
 const BUSY_RETRY: Duration = Duration::from_secs(2);
 
-/// Bytes moved so far by transfers in flight in this process, by (database file, id).
-static PROGRESS: LazyLock<Mutex<HashMap<(String, String), u64>>> = LazyLock::new(Default::default);
+/// Transfers in flight in this process, by (database file, id): bytes moved so far, and
+/// when the transfer started (ms since the epoch).
+static PROGRESS: LazyLock<Mutex<HashMap<(String, String), (u64, i64)>>> = LazyLock::new(Default::default);
 
 /// Database files whose schema this process has brought up to date.
 static SCHEMA_CHECKED: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Default::default);
@@ -143,7 +144,21 @@ impl Gate {
 }
 
 pub fn bytes_done(db_file: &str, id: &str) -> Option<u64> {
+    transfer_progress(db_file, id).map(|(n, _)| n)
+}
+
+/// Bytes moved and start time (ms) of a transfer of `id` in flight in this process.
+pub fn transfer_progress(db_file: &str, id: &str) -> Option<(u64, i64)> {
     PROGRESS.lock().ok()?.get(&(db_file.to_string(), id.to_string())).copied()
+}
+
+/// Brings the schema of `db_file` up to date once per process (see `schema::ensure`).
+pub(crate) fn ensure_schema(conn: &Connection, db_file: &str, table: &str, should_stop: &dyn Fn() -> bool) -> Result<()> {
+    if !schema_checked(db_file) {
+        write(conn, should_stop, || crate::schema::ensure(conn, table))?;
+        mark_schema_checked(db_file);
+    }
+    Ok(())
 }
 
 /// False when verify is due for `db_file` (first pass of the process, then hourly).
@@ -253,10 +268,7 @@ impl Syncer {
         let _stop_scope = crate::cancel::Scope::enter(should_stop);
         // A database last opened by an earlier build gets its missing tables and columns
         // on the first pass of this process, not only at the next attachment_init.
-        if !schema_checked(&self.db_file) {
-            write(conn, should_stop, || crate::schema::ensure(conn, &self.config.table))?;
-            mark_schema_checked(&self.db_file);
-        }
+        ensure_schema(conn, &self.db_file, &self.config.table, should_stop)?;
         if !verified(&self.db_file) {
             summary.verified = write(conn, should_stop, || verify_once(conn, &self.db_file, &self.config, &self.store))?;
         }
@@ -400,7 +412,7 @@ impl Syncer {
                 // Renewals wait for nothing: a busy database is tried again next time.
                 let level = adapt.level();
                 let renewed = try_write(conn, || {
-                    self.renew_claims(&queue, in_flight.iter(), lease)?;
+                    self.renew_claims(conn, &queue, in_flight.iter(), lease)?;
                     if published_level != Some(level) {
                         publish_concurrency(conn, level)?;
                     }
@@ -435,6 +447,11 @@ impl Syncer {
             })?;
         }
         summary.pending = queue.pending()?;
+        if summary.pending == 0 {
+            // The queue may have emptied without a result (a download archived by
+            // reconciliation): attachment_progress() starts its done counts again.
+            let _ = try_write(conn, || queue.note_if_drained());
+        }
         Ok(summary)
     }
 
@@ -475,7 +492,7 @@ impl Syncer {
 
     /// Records a batch of results in one transaction. `Ok(Some(batch))` hands the batch
     /// back untouched when the database is busy, to be tried again.
-    fn record_batch(
+    pub(crate) fn record_batch(
         &self,
         conn: &Connection,
         queue: &QueueTable,
@@ -493,7 +510,8 @@ impl Syncer {
             for (job, outcome) in &batch {
                 remove.extend(self.record(queue, job, outcome, cancelled, &mut counted)?);
             }
-            Ok(())
+            queue.note_if_drained()?;
+            crate::progress::sample(conn, &self.config.table, now_ms())
         })?;
         if recorded.is_none() {
             return Ok(Some(batch));
@@ -509,7 +527,7 @@ impl Syncer {
 
     /// Makes the batch's downloaded files durable and visible in one step (see
     /// [`LocalStore::publish_refs`]) before any of them is recorded as SYNCED.
-    fn publish_downloads(&self, batch: Vec<(Job, Outcome)>) -> Vec<(Job, Outcome)> {
+    pub(crate) fn publish_downloads(&self, batch: Vec<(Job, Outcome)>) -> Vec<(Job, Outcome)> {
         let staged: Vec<&Staged> = batch
             .iter()
             .filter_map(|(_, o)| match o {
@@ -533,12 +551,14 @@ impl Syncer {
 
     /// Extends the claims of transfers in flight and publishes their progress, so
     /// other processes neither take them over nor see them stall.
-    fn renew_claims<'a>(&self, queue: &QueueTable, ids: impl Iterator<Item = &'a String>, lease: Duration) -> Result<()> {
-        let until = now_ms() + lease.as_millis() as i64;
+    pub(crate) fn renew_claims<'a>(&self, conn: &Connection, queue: &QueueTable, ids: impl Iterator<Item = &'a String>, lease: Duration) -> Result<()> {
+        let now = now_ms();
+        let until = now + lease.as_millis() as i64;
         for id in ids {
-            queue.renew(id, until, bytes_done(&self.db_file, id).map(|n| n as i64))?;
+            let progress = transfer_progress(&self.db_file, id);
+            queue.renew(id, until, progress.map(|(n, _)| n as i64), progress.map(|(_, at)| at))?;
         }
-        Ok(())
+        crate::progress::sample(conn, &self.config.table, now)
     }
 
     /// The earliest time a queued row becomes claimable by this process (ms), if any.
@@ -574,6 +594,11 @@ impl Syncer {
     /// Moves the bytes of one job. No transaction is open here.
     pub fn perform(&self, job: &Job, stop: &AtomicBool) -> Outcome {
         let key = (self.db_file.clone(), job.id.clone());
+        let started = now_ms();
+        // Noted before the first byte: a transfer started is in flight, not waiting.
+        if let Ok(mut p) = PROGRESS.lock() {
+            p.insert(key.clone(), (0, started));
+        }
         // Bytes an interrupted download already held (set when the remote sends the rest).
         let base = AtomicU64::new(0);
         let meter = throttle::Meter::new(throttle::of(&self.db_file));
@@ -583,7 +608,7 @@ impl Syncer {
                 return Err(std::io::Error::other("cancelled: the worker is stopping"));
             }
             if let Ok(mut p) = PROGRESS.lock() {
-                p.insert(key.clone(), base.load(Ordering::Relaxed) + n);
+                p.insert(key.clone(), (base.load(Ordering::Relaxed) + n, started));
             }
             // Waits here (for the bandwidth cap) are outside the remote's rate watch.
             meter.report(n, &stopping)
@@ -622,7 +647,7 @@ impl Syncer {
             Err(e) => return Err(crate::store::upload_refusal(e)),
         };
         let (file, len, watch) = checked.split();
-        self.remote.upload(obj, file, len, progress)?;
+        self.remote.upload(obj, &crate::crypt::FileSource { file, len }, progress)?;
         match watch.unchanged() {
             Ok(true) => Ok(Outcome::Uploaded),
             Ok(false) => Err(crate::store::upload_refusal(Error::Argument(format!(
@@ -672,7 +697,7 @@ impl Syncer {
     /// the transaction. Returns a local file to remove once the transaction commits (a
     /// download or a delete whose row is gone). A failure of a cancelled transfer is the
     /// pass stopping: the row is released without counting an attempt.
-    fn record(&self, queue: &QueueTable, job: &Job, outcome: &Outcome, cancelled: bool, summary: &mut Summary) -> Result<Option<String>> {
+    pub(crate) fn record(&self, queue: &QueueTable, job: &Job, outcome: &Outcome, cancelled: bool, summary: &mut Summary) -> Result<Option<String>> {
         let mut remove = None;
         match outcome {
             // Stopped or paused: released without an attempt, keeping what a multipart upload stored.
@@ -778,32 +803,32 @@ static HELD: LazyLock<Mutex<HashSet<(String, String)>>> = LazyLock::new(Default:
 
 /// Held while a pass claims rows and notes them in [`HELD`], and while stale claims are
 /// looked for: the two never interleave within the process.
-static CLAIMING: LazyLock<Mutex<()>> = LazyLock::new(Default::default);
+pub(crate) static CLAIMING: LazyLock<Mutex<()>> = LazyLock::new(Default::default);
 
 /// The rows one pass has in flight; they leave [`HELD`] when recorded, released, or
 /// when the pass ends in any way.
-struct InFlight {
+pub(crate) struct InFlight {
     db_file: String,
     ids: HashSet<String>,
 }
 
 impl InFlight {
-    fn new(db_file: &str) -> InFlight {
+    pub(crate) fn new(db_file: &str) -> InFlight {
         InFlight { db_file: db_file.to_string(), ids: HashSet::new() }
     }
 
-    fn is_held(db_file: &str, id: &str) -> bool {
+    pub(crate) fn is_held(db_file: &str, id: &str) -> bool {
         HELD.lock().map(|h| h.contains(&(db_file.to_string(), id.to_string()))).unwrap_or(true)
     }
 
-    fn insert(&mut self, id: String) {
+    pub(crate) fn insert(&mut self, id: String) {
         if let Ok(mut h) = HELD.lock() {
             h.insert((self.db_file.clone(), id.clone()));
         }
         self.ids.insert(id);
     }
 
-    fn remove(&mut self, id: &str) {
+    pub(crate) fn remove(&mut self, id: &str) {
         if let Ok(mut h) = HELD.lock() {
             h.remove(&(self.db_file.clone(), id.to_string()));
         }
@@ -867,7 +892,7 @@ impl Drop for BusySlices<'_> {
 }
 
 /// One write transaction, or `None` when the database stayed busy for a slice.
-fn try_write<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
+pub(crate) fn try_write<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
     match immediate(conn, f) {
         Ok(v) => Ok(Some(v)),
         Err(e) if e.is_busy() => Ok(None),
@@ -877,7 +902,7 @@ fn try_write<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<Opti
 
 /// One write transaction the pass needs, retried slice by slice while the database is
 /// busy (up to [`BUSY_LIMIT`]), giving up at once when the pass must stop.
-fn write<T>(conn: &Connection, should_stop: &dyn Fn() -> bool, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+pub(crate) fn write<T>(conn: &Connection, should_stop: &dyn Fn() -> bool, mut f: impl FnMut() -> Result<T>) -> Result<T> {
     let give_up = Instant::now() + BUSY_LIMIT;
     loop {
         match immediate(conn, &mut f) {

@@ -136,7 +136,11 @@ fn run(target: &DbTarget, stop: &AtomicBool, woken: &Receiver<()>) {
             // Only an explicit attachment_sync() re-runs every watch; the worker's periodic
             // pass re-runs those whose tables changed or whose refresh_ms is due.
             log::trace!("worker pass for {db_file} (database changed: {changed}, periodic: {full}, due: {due})");
-            match pass(&conn, db_file, &mut syncer, false, stop) {
+            let outcome = pass(&conn, db_file, &mut syncer, false, stop);
+            if !stop.load(Ordering::Relaxed) {
+                crate::progress::record_pass(&conn, &outcome);
+            }
+            match outcome {
                 Ok(Some(s)) => {
                     next_full = Instant::now() + Duration::from_millis(s.config.sync_interval_ms as u64);
                     // The next retry, lease end or watch refresh, whichever comes first.

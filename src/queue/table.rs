@@ -54,7 +54,7 @@ pub struct QueueTable<'c> {
 }
 
 /// Columns cleared when a claim ends.
-const UNCLAIM: &str = "claimed_by = NULL, claimed_until = NULL, bytes_done = NULL";
+const UNCLAIM: &str = "claimed_by = NULL, claimed_until = NULL, bytes_done = NULL, started_at = NULL";
 /// Columns reset when a transfer succeeds.
 const SUCCESS: &str = "attempts = 0, next_attempt_at = 0, last_error = NULL";
 
@@ -358,6 +358,7 @@ impl<'c> QueueTable<'c> {
             ),
             params![id, now_ms()],
         )?;
+        self.remember_error(id, "local: local file missing: nothing to upload")?;
         Ok(())
     }
 
@@ -479,12 +480,13 @@ impl<'c> QueueTable<'c> {
         Ok(jobs)
     }
 
-    /// Extends this owner's claim on `id` and publishes its progress.
-    pub fn renew(&self, id: &str, until: i64, bytes_done: Option<i64>) -> Result<bool> {
+    /// Extends this owner's claim on `id` and publishes its progress: bytes moved, and when
+    /// the transfer started moving them (ms; None while it waits for a transfer thread).
+    pub fn renew(&self, id: &str, until: i64, bytes_done: Option<i64>, started_at: Option<i64>) -> Result<bool> {
         let t = &self.t;
         let n = self.conn.execute(
-            &format!("UPDATE main.{t} SET claimed_until = ?2, bytes_done = ?3 WHERE id = ?1 AND claimed_by = ?4"),
-            params![id, until, bytes_done, self.owner],
+            &format!("UPDATE main.{t} SET claimed_until = ?2, bytes_done = ?3, started_at = ?5 WHERE id = ?1 AND claimed_by = ?4"),
+            params![id, until, bytes_done, self.owner, started_at],
         )?;
         Ok(n > 0)
     }
@@ -545,6 +547,9 @@ impl<'c> QueueTable<'c> {
             ),
             params![id, now_ms(), self.owner],
         )?;
+        if n > 0 {
+            self.count_done(id, 1, 0)?;
+        }
         Ok(n > 0)
     }
 
@@ -560,6 +565,9 @@ impl<'c> QueueTable<'c> {
             ),
             params![id, size as i64, sha256, now_ms(), self.owner],
         )?;
+        if n > 0 {
+            self.count_done(id, 0, 1)?;
+        }
         Ok(n > 0)
     }
 
@@ -594,6 +602,9 @@ impl<'c> QueueTable<'c> {
             ),
             params![id, now_ms(), self.owner],
         )?;
+        if n > 0 {
+            self.remember_error(id, "local: local file missing: nothing to upload")?;
+        }
         Ok(n > 0)
     }
 
@@ -607,6 +618,9 @@ impl<'c> QueueTable<'c> {
             ),
             params![job.id, attempts, retry_at, message, job.state as i64, resume, self.owner],
         )?;
+        if n > 0 {
+            self.remember_error(&job.id, message)?;
+        }
         Ok(n > 0)
     }
 
@@ -621,6 +635,9 @@ impl<'c> QueueTable<'c> {
             ),
             params![id, attempts, message, now_ms(), self.owner],
         )?;
+        if n > 0 {
+            self.remember_error(id, message)?;
+        }
         Ok(n > 0)
     }
 
@@ -643,5 +660,104 @@ impl<'c> QueueTable<'c> {
             [self.owner],
             |r| r.get(0),
         )?)
+    }
+
+    /// Counts a finished transfer (`uploads`, `downloads`: 0 or 1) toward what
+    /// `attachment_progress()` shows as done, in the transaction that records it. The first
+    /// result after the queue was seen empty starts the counts again.
+    fn count_done(&self, id: &str, uploads: i64, downloads: i64) -> Result<()> {
+        let t = &self.t;
+        let size = format!("coalesce((SELECT size FROM main.{t} WHERE id = ?1), 0)");
+        // language=SQLite
+        self.conn.execute(
+            &format!(
+                "UPDATE main._attachments_progress SET
+                     upload_files = CASE WHEN drained = 1 THEN 0 ELSE upload_files END + ?2,
+                     upload_bytes = CASE WHEN drained = 1 THEN 0 ELSE upload_bytes END + ?2 * {size},
+                     download_files = CASE WHEN drained = 1 THEN 0 ELSE download_files END + ?3,
+                     download_bytes = CASE WHEN drained = 1 THEN 0 ELSE download_bytes END + ?3 * {size},
+                     samples = CASE WHEN drained = 1 THEN '[]' ELSE samples END,
+                     since = CASE WHEN drained = 1 OR since IS NULL THEN ?4 ELSE since END,
+                     drained = 0
+                 WHERE id = 1"
+            ),
+            params![id, uploads, downloads, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Notes that the queue is empty, when it is: the next result starts the done counts again.
+    pub fn note_if_drained(&self) -> Result<()> {
+        let t = &self.t;
+        self.conn.execute(
+            &format!(
+                "UPDATE main._attachments_progress SET drained = 1
+                 WHERE id = 1 AND drained = 0 AND NOT EXISTS (SELECT 1 FROM main.{t} WHERE state IN {QUEUED})"
+            ),
+            [],
+        )?;
+        Ok(())
+    }
+
+    /// Keeps `message` as the most recent row error, for `attachment_progress()`.
+    fn remember_error(&self, id: &str, message: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE main._attachments_progress SET last_error_id = ?1, last_error = ?2, last_error_at = ?3 WHERE id = 1",
+            params![id, message, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// attachment_fetch, referenced and no row → QUEUED_DOWNLOAD, claimed by this owner
+    /// until `until` in the same step. False when a row appeared meanwhile.
+    pub fn insert_fetched(&self, id: &str, filename: &str, media_type: Option<&str>, meta_data: Option<&str>, until: i64) -> Result<bool> {
+        let t = &self.t;
+        let n = self.conn.execute(
+            &format!(
+                "INSERT INTO main.{t}(id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data,
+                                      claimed_by, claimed_until)
+                 SELECT ?1, ?2, NULL, ?3, NULL, ?4, {DOWNLOAD}, 0, ?5, ?6, ?7
+                 WHERE NOT EXISTS (SELECT 1 FROM main.{t} WHERE id = ?1)"
+            ),
+            params![id, filename, now_ms(), media_type, meta_data, self.owner, until],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// attachment_fetch takes `id` for a download of its own, ahead of the queue and its
+    /// backoff: a QUEUED_DOWNLOAD whose claim is still `seen_claim` (free, lapsed, or a dead
+    /// process's), or a SYNCED or ARCHIVED row without its local copy (a given-up download
+    /// included: fetch retries it) → QUEUED_DOWNLOAD claimed by this owner until `until`.
+    /// False when the row changed since it was read.
+    pub fn claim_for_fetch(&self, id: &str, seen_state: i64, seen_claim: Option<&str>, until: i64) -> Result<bool> {
+        let t = &self.t;
+        let n = self.conn.execute(
+            &format!(
+                "UPDATE main.{t} SET
+                     attempts = CASE WHEN state = {DOWNLOAD} THEN attempts ELSE 0 END,
+                     timestamp = CASE WHEN state = {DOWNLOAD} THEN timestamp ELSE ?5 END,
+                     state = {DOWNLOAD}, local_uri = NULL, given_up = 0, next_attempt_at = 0,
+                     claimed_by = ?4, claimed_until = ?3, bytes_done = NULL, started_at = NULL
+                 WHERE id = ?1 AND state = ?2 AND state IN ({DOWNLOAD}, {SYNCED}, {ARCHIVED}) AND claimed_by IS ?6"
+            ),
+            params![id, seen_state, until, self.owner, now_ms(), seen_claim],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// After attachment_fetch downloaded `id`: a row no watch references ends ARCHIVED with
+    /// its local copy, so the cache limit can evict it later (as reconciliation would do on
+    /// its next pass). With no watch at all, nothing counts as unreferenced.
+    pub fn archive_fetched_if_unreferenced(&self, id: &str) -> Result<bool> {
+        let t = &self.t;
+        let n = self.conn.execute(
+            &format!(
+                "UPDATE main.{t} SET state = {ARCHIVED}, given_up = 0, timestamp = ?2
+                 WHERE id = ?1 AND state = {SYNCED} AND EXISTS (SELECT 1 FROM main._attachments_watch)
+                   AND NOT EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = {t}.id)"
+            ),
+            params![id, now_ms()],
+        )?;
+        Ok(n > 0)
     }
 }

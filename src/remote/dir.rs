@@ -13,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{copy_with_progress, ErrorClass, ErrorKind, Fetched, Object, Progress, RemoteError, RemoteStorage, Sink, Validator};
+use super::{copy_with_progress, ErrorClass, ErrorKind, Fetched, Object, Progress, RemoteError, RemoteStorage, Sink, Source, Validator};
 use crate::store::sync_dir;
 
 pub struct DirRemote {
@@ -62,12 +62,12 @@ fn io_err(what: &str, e: std::io::Error) -> RemoteError {
 }
 
 impl RemoteStorage for DirRemote {
-    fn upload(&self, obj: &Object, mut file: File, _len: u64, progress: Progress) -> Result<(), RemoteError> {
+    fn upload(&self, obj: &Object, source: &dyn Source, progress: Progress) -> Result<(), RemoteError> {
         self.check_root()?;
         let tmp = self.root.join(format!(".{}.tmp-{}", obj.filename, uuid::Uuid::new_v4().simple()));
         let result = (|| {
             let mut out = File::create_new(&tmp)?;
-            copy_with_progress(&mut file, &mut out, progress)?;
+            copy_with_progress(&mut source.reader(0, source.len()), &mut out, progress)?;
             out.sync_all()?;
             fs::rename(&tmp, self.root.join(obj.filename))?;
             sync_dir(&self.root)

@@ -2,6 +2,7 @@
 //! backend per URL scheme; `open` picks it from the config.
 
 mod dir;
+mod encrypted;
 mod http;
 mod limits;
 mod retry_after;
@@ -13,7 +14,7 @@ mod transport;
 #[doc(hidden)]
 pub mod fuzzing;
 
-use std::{fmt, fs::File, io, io::Read, io::Write, time::Duration};
+use std::{fmt, io, io::Read, io::Write, time::Duration};
 
 use crate::config::{Config, Remote as RemoteUrl};
 use crate::error::Result;
@@ -117,19 +118,38 @@ impl Sink for Vec<u8> {
 /// (the worker is stopping).
 pub type Progress<'a> = &'a (dyn Fn(u64) -> io::Result<()> + Sync);
 
+/// The bytes an upload sends: `len()` bytes that can be read from any offset, so the
+/// parts of one upload can be read at once (the local file, or its encrypted form).
+pub trait Source: Send + Sync {
+    fn len(&self) -> u64;
+    /// Reads bytes `start..end` in order.
+    fn reader(&self, start: u64, end: u64) -> Box<dyn Read + Send + '_>;
+}
+
 pub trait RemoteStorage: Send + Sync {
-    /// Stores `file` (`len` bytes) as `obj.filename`, streaming it.
-    fn upload(&self, obj: &Object, file: File, len: u64, progress: Progress) -> Result<(), RemoteError>;
+    /// Stores `source` as `obj.filename`, streaming it.
+    fn upload(&self, obj: &Object, source: &dyn Source, progress: Progress) -> Result<(), RemoteError>;
     /// Streams `obj.filename` into `out`: only the rest, when `out` holds the start of the
     /// same object and the remote can send a range (see [`Sink`]). `progress` counts the
     /// bytes of this answer.
     fn download(&self, obj: &Object, out: &mut dyn Sink, progress: Progress) -> Result<Fetched, RemoteError>;
     /// Removes `obj.filename`; an object that is already gone counts as done.
     fn delete(&self, obj: &Object) -> Result<(), RemoteError>;
+    /// Drops what `obj.resume` holds of an earlier attempt that will not be resumed
+    /// (S3 aborts the multipart upload); best effort.
+    fn abandon(&self, _obj: &Object) {}
 }
 
 /// The backend for a config's `remote`.
 pub fn open(config: &Config) -> Result<Box<dyn RemoteStorage>> {
+    let plain = open_plain(config)?;
+    Ok(match &config.encryption {
+        Some(enc) => Box::new(encrypted::EncryptedRemote::new(plain, enc.clone())),
+        None => plain,
+    })
+}
+
+fn open_plain(config: &Config) -> Result<Box<dyn RemoteStorage>> {
     match &config.remote {
         RemoteUrl::Dir(path) => Ok(Box::new(dir::DirRemote::new(path.clone()))),
         RemoteUrl::Http(base) => Ok(Box::new(http::HttpRemote::new(base.clone()))),

@@ -18,7 +18,6 @@
 //! cut connection (Content-Length or chunked), that many bytes, and no
 //! Content-Encoding (we never ask for one, so a gzip body is not the file).
 
-use std::fs::File;
 use std::io::Read;
 use std::time::SystemTime;
 
@@ -26,7 +25,7 @@ use ureq::http::{HeaderMap, Response, StatusCode};
 use ureq::{Agent, Body, SendBody};
 
 use super::limits::{Limits, Pace, RateReader};
-use super::{copy_with_progress, retry_after, ErrorClass, ErrorKind, Fetched, Held, Progress, ProgressReader, RemoteError, Sink, Validator};
+use super::{copy_with_progress, retry_after, ErrorClass, ErrorKind, Fetched, Held, Progress, ProgressReader, RemoteError, Sink, Source, Validator};
 
 /// How a resumed download makes sure the rest belongs to the same object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,16 +111,16 @@ impl Transport {
         Transport { agent: config.into(), limits }
     }
 
-    /// `PUT`s `len` bytes of `file`, streaming. Returns the response headers.
+    /// `PUT`s all of `source`, streaming. Returns the response headers.
     pub fn put_file(
         &self,
         url: &str,
         headers: &[(&str, String)],
-        file: File,
-        len: u64,
+        source: &dyn Source,
         progress: Progress,
     ) -> Result<HeaderMap, RemoteError> {
-        self.put_reader(url, headers, &mut std::io::BufReader::with_capacity(256 * 1024, file), len, progress)
+        let len = source.len();
+        self.put_reader(url, headers, &mut std::io::BufReader::with_capacity(256 * 1024, source.reader(0, len)), len, progress)
     }
 
     /// `PUT`s exactly `len` bytes from `body`, streaming. A body the server takes

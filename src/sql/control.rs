@@ -76,7 +76,7 @@ fn init(ctx: &Context) -> Result<String> {
 /// Functions that commit on their own connection cannot wait inside the caller's transaction.
 /// Nor inside a statement that reads or writes tables (`SELECT attachment_sync() FROM t`):
 /// that statement holds a lock the extension's own connection would wait on for ever.
-fn outside_transaction(conn: &Connection, what: &str) -> Result<()> {
+pub(super) fn outside_transaction(conn: &Connection, what: &str) -> Result<()> {
     if !conn.is_autocommit() {
         return Err(Error::Misuse(format!("call {what} outside BEGIN ... COMMIT: it commits its own short transactions")));
     }
@@ -104,9 +104,11 @@ fn sync_now(ctx: &Context) -> Result<String> {
     outside_transaction(&conn, "attachment_sync()")?;
     let config = Config::load(&conn)?;
     let target = DbTarget::of(&conn, "attachment_sync()")?;
-    let syncer = Arc::new(Syncer::new(&target.path, config)?);
     let own = crate::connection::open_connection(&target)?;
-    let summary = syncer.run_pass(&own, true, &|| host_interrupted(&conn))?;
+    let outcome = Syncer::new(&target.path, config).and_then(|s| Arc::new(s).run_pass(&own, true, &|| host_interrupted(&conn)));
+    // Another process's progress bar can tell why nothing moves (a vanished local_dir).
+    crate::progress::record_pass(&own, &outcome);
+    let summary = outcome?;
     worker::wake(&target.path);
     if summary.cancelled {
         let code = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERRUPT);
@@ -119,7 +121,7 @@ fn sync_now(ctx: &Context) -> Result<String> {
 /// `sqlite3_interrupt`). SQLite 3.40 has no `sqlite3_is_interrupted`, but a statement
 /// started while an interrupted one still runs fails with SQLITE_INTERRUPT, so a
 /// trivial one tells.
-fn host_interrupted(conn: &Connection) -> bool {
+pub(super) fn host_interrupted(conn: &Connection) -> bool {
     let probe = conn.query_row("SELECT 1", [], |_| Ok(()));
     matches!(probe, Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::OperationInterrupted)
 }
@@ -215,7 +217,7 @@ fn resume(ctx: &Context) -> Result<i64> {
     set_paused(ctx, false)
 }
 
-/// `sqlite-attachments 0.2.0 (schema 3)`: this build's release and the layout it writes.
+/// `sqlite-attachments 0.2.0 (schema 6)`: this build's release and the layout it writes.
 fn version(_ctx: &Context) -> Result<String> {
     Ok(format!("sqlite-attachments {} (schema {})", env!("CARGO_PKG_VERSION"), schema::SCHEMA_VERSION))
 }

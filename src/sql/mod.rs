@@ -3,6 +3,8 @@
 
 mod cache;
 mod control;
+mod fetch;
+mod keys;
 mod queue_vtab;
 mod read;
 mod retry;
@@ -31,8 +33,10 @@ pub fn register(db: &Connection) -> rusqlite::Result<()> {
     control::register(db)?;
     queue_vtab::register(db)?;
     retry::register(db)?;
+    fetch::register(db)?;
     watches_vtab::register(db)?;
     cache::register(db)?;
+    keys::register(db)?;
     Ok(())
 }
 

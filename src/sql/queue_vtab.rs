@@ -1,8 +1,9 @@
 //! `attachment_queue`: an eponymous read-only virtual table with every queue
 //! column plus state_name, bytes_done, attempts, next_attempt_at, last_error,
 //! error_class (the class `last_error` starts with: auth, not_found, network,
-//! server, local, config, integrity), pinned, and last_used (including reads this
-//! process noted and has not written yet, see cache.rs).
+//! server, local, config, integrity), pinned, last_used (including reads this
+//! process noted and has not written yet, see cache.rs), priority, given_up, and rate
+//! (bytes per second of a transfer in flight, since it started).
 
 use std::borrow::Cow;
 use std::ffi::{c_int, CStr};
@@ -21,10 +22,10 @@ use crate::queue::State;
 use crate::remote::ErrorClass;
 use crate::schema::quote_ident;
 
-const COLUMNS: [&str; 19] = [
+const COLUMNS: [&str; 21] = [
     "id", "filename", "local_uri", "timestamp", "size", "media_type", "state", "has_synced", "meta_data",
     "state_name", "bytes_done", "attempts", "next_attempt_at", "last_error", "sha256", "error_class",
-    "pinned", "last_used", "priority",
+    "pinned", "last_used", "priority", "given_up", "rate",
 ];
 const COL_STATE: usize = 6;
 const COL_STATE_NAME: usize = 9;
@@ -32,6 +33,7 @@ const COL_BYTES_DONE: usize = 10;
 const COL_LAST_ERROR: usize = 13;
 const COL_ERROR_CLASS: usize = 15;
 const COL_LAST_USED: usize = 17;
+const COL_RATE: usize = 20;
 
 pub fn register(db: &Connection) -> rusqlite::Result<()> {
     const MODULE: Module<QueueTab> = Module::eponymous_only_module();
@@ -104,23 +106,25 @@ impl QueueCursor<'_> {
         let config = Config::load(&conn)?;
         self.db_file = conn.path().unwrap_or("").to_string();
         let filter = if id.is_some() { "WHERE id = ?1" } else { "" };
-        // A database last initialised by an earlier build may lack later columns until its
-        // next write migrates it (a read cannot): they read as their defaults meanwhile.
-        let have: std::collections::HashSet<String> = conn
-            .prepare("SELECT name FROM pragma_table_info(?1, 'main')")?
+        // Columns of later layouts read as their defaults until the database is migrated
+        // (its first attachment_init, sync pass, or a function that writes them): a read cannot.
+        let present: std::collections::HashSet<String> = conn
+            .prepare("SELECT name FROM main.pragma_table_info(?1)")?
             .query_map([&config.table], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        let col = |name: &str, default: &str| if have.contains(name) { name.to_string() } else { default.to_string() };
+        let column = |name: &str, default: &str| if present.contains(name) { name.to_string() } else { default.to_string() };
+        let (given_up, started_at) = (column("given_up", "NULL"), column("started_at", "NULL"));
         // language=SQLite
         let sql = format!(
             "SELECT id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data,
-                    NULL, {}, attempts, next_attempt_at, last_error, {}, NULL, {}, {}, {}
+                    NULL, {}, attempts, next_attempt_at, last_error, {}, NULL, {}, {}, {},
+                    {given_up}, {started_at}
              FROM main.{} {filter} ORDER BY rowid",
-            col("bytes_done", "NULL"),
-            col("sha256", "NULL"),
-            col("pinned", "0"),
-            col("last_used", "NULL"),
-            col("priority", "0"),
+            column("bytes_done", "NULL"),
+            column("sha256", "NULL"),
+            column("pinned", "0"),
+            column("last_used", "NULL"),
+            column("priority", "0"),
             quote_ident(&config.table)
         );
         let mut stmt = conn.prepare(&sql)?;
@@ -146,10 +150,18 @@ impl QueueCursor<'_> {
                 Value::Integer(n) => n,
                 _ => 0,
             };
+            let mut started = match row[COL_RATE] {
+                Value::Integer(at) => Some(at),
+                _ => None,
+            };
             let done = match (&row[0], state) {
-                (Value::Text(id), Some(s)) if s.is_queued() => {
-                    stored.max(crate::sync::bytes_done(&self.db_file, id).unwrap_or(0) as i64)
-                }
+                (Value::Text(id), Some(s)) if s.is_queued() => match crate::sync::transfer_progress(&self.db_file, id) {
+                    Some((live, at)) => {
+                        started = Some(at);
+                        stored.max(live as i64)
+                    }
+                    None => stored,
+                },
                 (_, Some(State::Synced)) => match row[4] {
                     Value::Integer(size) => size,
                     _ => 0,
@@ -157,6 +169,14 @@ impl QueueCursor<'_> {
                 _ => 0,
             };
             row[COL_BYTES_DONE] = Value::Integer(done);
+            // Average since the transfer started moving bytes; NULL for rows not in flight.
+            row[COL_RATE] = match (state, started) {
+                (Some(s), Some(at)) if s.is_queued() => {
+                    let secs = (crate::queue::now_ms() - at).max(1) as f64 / 1000.0;
+                    Value::Real((done as f64 / secs).round())
+                }
+                _ => Value::Null,
+            };
             // Reads are written lazily (cache.rs); this process's are shown at once.
             if let Value::Text(id) = &row[0] {
                 if let Some(noted) = crate::cache::pending_use(&self.db_file, id) {

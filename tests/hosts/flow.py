@@ -63,5 +63,14 @@ deadline = time.time() + 30
 while one(a, "SELECT state FROM attachments WHERE id = (SELECT photo_id FROM users WHERE id = 2)") != 3:
     assert time.time() < deadline, "the worker did not upload the file"
     time.sleep(0.05)
+# A progress bar fed by attachment_progress() while the worker moves three files.
+import io  # noqa: E402
+for i in range(3):
+    a.execute("INSERT INTO users VALUES (?, attachment_save(?, 'jpg'))", (10 + i, os.urandom(300_000)))
+shown = io.StringIO()
+last = sqlite_attachments.progress_bar(a, interval=0.05, file=shown, timeout=30)
+assert not last["active"] and last["upload"]["files_queued"] == 0, last
+assert last["upload"]["files_done"] >= 3 and last["upload"]["bytes_done"] >= 900_000, last
+assert shown.getvalue().rstrip().split("\r")[-1].startswith("[########################] 100%"), shown.getvalue()
 one(a, "SELECT attachment_stop_sync()")
-print(f"ok   python/{driver}: load, save in a transaction, rollback, sync, second device, worker")
+print(f"ok   python/{driver}: load, save in a transaction, rollback, sync, second device, worker, progress bar")

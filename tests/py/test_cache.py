@@ -149,6 +149,20 @@ class LeastRecentlyUsed(CacheCase):
         self.assertEqual(self.archived(a), {old})
         self.assertIsNotNone(one(a, "SELECT attachment_local_uri(?)", old))
 
+    def test_a_fetch_is_a_use(self):
+        a = self.app()
+        old = self.save(a, "old", 100)
+        newer = self.save(a, "newer", 100)
+        self.sync(a)
+        self.archive(a, "old")
+        time.sleep(0.01)
+        self.archive(a, "newer")
+        # The local copy is complete: the fetch returns at once, and counts as a read.
+        self.assertTrue(one(a, "SELECT attachment_fetch(?)", old).endswith(".bin"))
+        self.limits(a, archived_cache_limit=1)
+        self.assertEqual(self.sync(a)["expired"], 1)
+        self.assertEqual(self.archived(a), {old})
+
     def test_reads_are_not_written_one_by_one_but_with_the_next_pass(self):
         a = self.app()
         first = self.save(a, "first", 100)

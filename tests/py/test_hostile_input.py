@@ -123,6 +123,8 @@ FUNCTIONS = {
     "attachment_filename": (2, 2, ["id", "ext"], ["abc", "bin"]),
     "attachment_media_type": (1, 1, ["filename"], ["a.jpg"]),
     "attachment_retry": (1, 1, ["id"], ["abc"]),
+    "attachment_fetch": (1, 2, ["id", "timeout_ms"], ["abc", 1000]),
+    "attachment_progress": (0, 0, [], []),
     "attachment_save": (2, 4, ["data", "ext", "media_type", "meta_data"], [b"x", "bin", "text/plain", "{}"]),
     "attachment_save_file": (2, 4, ["path", "ext", "media_type", "meta_data"], ["@FILE", "bin", "text/plain", "{}"]),
     "attachment_delete": (1, 1, ["id"], ["abc"]),
@@ -132,13 +134,14 @@ FUNCTIONS = {
     "attachment_unpin": (1, 1, ["id"], ["abc"]),
     "attachment_cache": (0, 0, [], []),
     "attachment_version": (0, 0, [], []),
+    "attachment_generate_key": (0, 0, [], []),
 }
 # The reconciliation's pure helpers answer NULL for anything unsafe (documented: such
 # references are skipped), so for them a NULL is the clean refusal.
 PURE = {"attachment_filename", "attachment_media_type"}
 WRONG = {"NULL": None, "INTEGER": 42, "REAL": 1.5, "BLOB": b"\x00\x01", "TEXT": "text"}
 # Arguments where NULL is documented as meaning "none" or "all".
-NULL_OK = {("attachment_retry", 0), ("attachment_local_uri", 0), ("attachment_data", 0), ("attachment_delete", 0), ("attachment_pin", 0), ("attachment_unpin", 0), ("attachment_save", 2), ("attachment_save", 3),
+NULL_OK = {("attachment_retry", 0), ("attachment_fetch", 1), ("attachment_local_uri", 0), ("attachment_data", 0), ("attachment_delete", 0), ("attachment_pin", 0), ("attachment_unpin", 0), ("attachment_save", 2), ("attachment_save", 3),
            ("attachment_save_file", 2), ("attachment_save_file", 3), ("attachment_watch", 2)}
 
 
@@ -159,7 +162,7 @@ def sql_cases():
             cases.append((f"{fn} with no argument", fn, [], "misuse", "argument"))
         valid = valid if valid is not None else ["@CONFIG"]
         for i, arg in enumerate(names):
-            right = "BLOB" if arg == "data" else "TEXT"
+            right = {"data": "BLOB", "timeout_ms": "INTEGER"}.get(arg, "TEXT")
             for tname, value in WRONG.items():
                 if tname == right:
                     continue
@@ -201,7 +204,7 @@ def sql_cases():
         ("save_file 1 MB path", "attachment_save_file", ["/" + HUGE, "bin"], "error", "attachment_save_file"),
         ("save_file ext ../x", "attachment_save_file", ["@FILE", "../x"], "misuse", "extension"),
     ]
-    for fn in ("attachment_delete", "attachment_local_uri", "attachment_data", "attachment_retry"):
+    for fn in ("attachment_delete", "attachment_local_uri", "attachment_data", "attachment_retry", "attachment_fetch"):
         for label, value in (("../x", "../x"), ("/etc/passwd", "/etc/passwd"), ("NUL", "a\x00b"),
                              ("1 MB", HUGE), ("unicode lookalike", "аbc")):
             specials.append((f"id {label}", fn, [value], "safe", None))

@@ -40,6 +40,13 @@ function device(name) {
     assert.ok(Date.now() < deadline, 'the worker did not upload the file');
     await new Promise((r) => setTimeout(r, 50));
   }
+  // A plain progress line fed by attachment_progress() while the worker moves three files.
+  for (let i = 0; i < 3; i += 1) save(a, 10 + i, require('crypto').randomBytes(300000));
+  const lines = [];
+  const last = await attachments.watchProgress(a, { interval: 50, onLine: (line) => lines.push(line), timeout: 30000 });
+  assert.ok(!last.active && last.upload.files_queued === 0, JSON.stringify(last));
+  assert.ok(last.upload.files_done >= 3 && last.upload.bytes_done >= 900000, JSON.stringify(last));
+  assert.match(lines[lines.length - 1], /^100% \d+\/\d+ files/);
   one(a, 'SELECT attachment_stop_sync()');
-  console.log('ok   node/better-sqlite3: load, save in a transaction, rollback, sync, second device, worker');
+  console.log('ok   node/better-sqlite3: load, save in a transaction, rollback, sync, second device, worker, progress line');
 })().catch((e) => { console.error(e); process.exit(1); });
