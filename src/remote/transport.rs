@@ -601,7 +601,7 @@ mod tests {
         let (url, seen) = scripted(vec![
             // Announces 200 bytes, sends 50, closes.
             answer("200 OK", &[etag.clone(), ("Content-Length", "200".into())], &body[..50]),
-            // Lies: the object is "50100"... here 60 bytes long, and this is its end.
+            // Lies that the object is 60 bytes long and these 10 bytes are its end.
             answer("206 Partial Content", &[etag.clone(), ("Content-Range", "bytes 50-59/60".into()), ("Content-Length", "10".into())], &body[50..60]),
             answer("200 OK", &[etag.clone(), ("Content-Length", "200".into())], &body),
         ]);
