@@ -59,6 +59,7 @@ clean:
 # Benchmarks against baselines measured in the same run; writes bench/results.md. Not part of `make test`.
 bench: build deps
 	cargo build --release --quiet --manifest-path bench/baseline-save/Cargo.toml
+	./bench/install-peers.sh
 	/usr/bin/python3 bench/run.py
 
 # The other Linux architecture and macOS (dist/linux-aarch64/, dist/macos-*/), one Python

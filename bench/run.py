@@ -2,10 +2,16 @@
 Prints a table, writes bench/results.md and bench/ratios.svg. Never part of make test.
 
 Environment: BENCH_REPEAT (default 3), BENCH_BIG_SIZES (MiB, default "64,256,1024"),
-BENCH_IDLE_SECONDS (default 60), BENCH_QUICK=1 (small sizes, for trying the harness).
-BENCH_ONLY=<group> runs only that group's rows and prints them (results.md is left alone):
-reconcile_one_change (the server-less reconciliation cases), steering (the bandwidth-cap and
-resume rows; BENCH_CAP_SECONDS, default 30, and BENCH_RESUME_MIB, default 1024, size them).
+BENCH_IDLE_SECONDS (default 60), BENCH_QUICK=1 (small sizes, for trying the harness),
+BENCH_ONLY=<comma list of row groups> runs only those groups (GROUPS below) and prints them
+(results.md is left alone); BENCH_RTTS (ms, default "50,150"), BENCH_LINK_MBIT (a bandwidth
+cap for the real-link rows, default none), BENCH_TMP (where big files go). The steering rows
+(bandwidth cap and resume) are sized by BENCH_CAP_SECONDS (default 30) and BENCH_RESUME_MIB
+(default 1024); the encryption rows (a big file up and down with and without end-to-end
+encryption) by BENCH_ENCRYPTION_MIB (default 1024).
+
+Peers (bench/install-peers.sh installs them): rclone and the AWS CLI; a row whose peer is missing
+says "not measured" instead of failing the run.
 """
 import json
 import os
@@ -16,6 +22,7 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import resource
 import tempfile
 import textwrap
 import time
@@ -33,6 +40,24 @@ IDLE_SECONDS = int(os.environ.get("BENCH_IDLE_SECONDS", "5" if QUICK else "60"))
 SMALL_N = 200 if QUICK else 2000
 SAVE_N = 1000 if QUICK else 10000
 RECONCILE_N = 10000 if QUICK else 100000
+LINK_N = 24 if QUICK else 300
+PEER_N = 100 if QUICK else 2000
+LINK_MIB = 8 if QUICK else 64
+RTTS = [int(x) for x in os.environ.get("BENCH_RTTS", "50,150").split(",")]
+LINK_MBIT = os.environ.get("BENCH_LINK_MBIT", "0")
+PEER_NS = (4,) if QUICK else (4, 16, 32)  # rclone rows on the plain servers
+LINK_NS = (4, 32) if QUICK else (4, 16, 32)  # curl and rclone rows on the real links
+RESPONSIVE_N = 300 if QUICK else 2000
+GROUPS = ["small", "saves", "reconcile", "reconcile_one_change", "big", "encryption", "idle", "steering", "peers", "links",
+          "responsive", "powersync"]
+ONLY = [g for g in os.environ.get("BENCH_ONLY", "").split(",") if g]
+AWS = os.environ.get("BENCH_AWS", os.path.expanduser("~/.cache/sqlite-attachments/awscli-venv/bin/aws"))
+RCLONE = shutil.which("rclone")
+# The peers read no config of this machine: no rclone.conf, no AWS profile, no CA bundle override.
+PEER_ENV = {k: v for k, v in os.environ.items() if k not in ("AWS_CA_BUNDLE", "AWS_PROFILE")}
+PEER_ENV.update(AWS_ACCESS_KEY_ID=servers.ACCESS_KEY, AWS_SECRET_ACCESS_KEY=servers.SECRET_KEY,
+                AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null",
+                RCLONE_CONFIG="/dev/null")
 MiB = 1024 * 1024
 results = []  # rows of the results table
 figures = {}  # our figures that the PowerSync comparison reuses
@@ -84,9 +109,51 @@ def run(args, **kw):
     return time.perf_counter() - t0
 
 
-def device(path, local, remote, concurrency=4):
-    """A database with a watched `items` table, on `remote`, with `concurrency` transfer threads."""
-    c = connect(path, local_dir=local, remote=remote, max_concurrency=concurrency)
+def run_cpu(args, **kw):
+    """(seconds, CPU seconds of the child and its children) of one command."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    secs = run(args, **kw)
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return secs, r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+
+
+def cpu_self():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def rclone(*args):
+    """Seconds rclone takes for one command (on-the-fly remotes, no config file)."""
+    return run([RCLONE, "--config", "/dev/null", "-q", *args], env=PEER_ENV)
+
+
+def rclone_webdav(url):
+    return f":webdav,url='{url}/':"
+
+
+def rclone_s3(port, path):
+    """An rclone S3 remote for path ("bucket" or "bucket/key"). A folder is always a bucket of its own:
+    for "bucket/prefix" rclone first HEADs the key "prefix", which s3s-fs answers (500) only after ~40 s
+    when that prefix is a folder on its disk."""
+    return (f":s3,provider=Other,access_key_id={servers.ACCESS_KEY},secret_access_key={servers.SECRET_KEY},"
+            f"endpoint='http://127.0.0.1:{port}':{path}")
+
+
+def aws(*args, port):
+    return run([AWS, "--endpoint-url", f"http://127.0.0.1:{port}", "s3", *args, "--only-show-errors"], env=PEER_ENV)
+
+
+def not_measured(case, why):
+    print(f"  {case}: not measured: {why}")
+    results.append(dict(case=case, ours=0, baseline=None, unit="", ratio=None, target="—", note=f"not measured: {why}"))
+
+
+def device(path, local, remote, concurrency=4, **config):
+    """A database with a watched `items` table, on `remote`, with `concurrency` transfer threads
+    (None: the default, adaptive where the worker adapts)."""
+    if concurrency is not None:
+        config["max_concurrency"] = concurrency
+    c = connect(path, local_dir=local, remote=remote, **config)
     c.execute("CREATE TABLE items(id INTEGER PRIMARY KEY, file_id TEXT)")
     c.execute("SELECT attachment_watch('items', 'SELECT file_id AS id, ''bin'' AS file_extension FROM items')")
     return c
@@ -103,42 +170,124 @@ def drain(c):
     return elapsed
 
 
+def ours_small(work, n, size, remote, concurrency=4, **config):
+    """n x size bytes saved in database a, uploaded by its worker, then downloaded by database b.
+    Returns files/s both ways, our process's CPU seconds for each, and the folder of a's files."""
+    a = device(os.path.join(work, "a.db"), "a", remote, concurrency, **config)
+    a.execute("BEGIN IMMEDIATE")
+    a.execute(f"INSERT INTO items SELECT value, attachment_save(randomblob({size}), 'bin') FROM ({series(n)})")
+    a.execute("COMMIT")
+    c0 = cpu_self()
+    up = n / drain(a)
+    up_cpu = cpu_self() - c0
+    b = device(os.path.join(work, "b.db"), "b", remote, concurrency, **config)
+    b.execute("BEGIN IMMEDIATE")
+    b.executemany("INSERT INTO items VALUES (?, ?)", a.execute("SELECT id, file_id FROM items").fetchall())
+    b.execute("COMMIT")
+    c0 = cpu_self()
+    down = n / drain(b)
+    down_cpu = cpu_self() - c0
+    a.close()
+    b.close()
+    return dict(up=up, down=down, up_cpu=up_cpu, down_cpu=down_cpu, files=os.path.join(work, "a"))
+
+
+def curl_small(work, files, url, parallel, tag, auth=()):
+    """The same files PUT to url/tag/ and fetched back by curl with `parallel` transfers at once.
+    Returns files/s up, down, down followed by one sync of the target folder, and curl's CPU seconds."""
+    names = sorted(os.listdir(files))
+    up_cfg, down_cfg = os.path.join(work, f"up-{tag}.cfg"), os.path.join(work, f"down-{tag}.cfg")
+    out = os.path.join(work, f"curl-{tag}")
+    os.makedirs(out)
+    with open(up_cfg, "w") as u, open(down_cfg, "w") as d:
+        for name in names:
+            u.write(f'upload-file = "{os.path.join(files, name)}"\nurl = "{url}/{tag}/{name}"\n')
+            d.write(f'url = "{url}/{tag}/{name}"\noutput = "{out}/{name}"\n')
+    args = ["curl", "-s", "-f", "--parallel", "--parallel-max", str(parallel), *auth]
+    # No `Expect: 100-continue` (curl's default for a PUT): it would cost curl a round trip per file.
+    up, up_cpu = run_cpu(args + ["-H", "Expect:", "-K", up_cfg])
+    down, down_cpu = run_cpu(args + ["-K", down_cfg])
+    synced = down + run(["sync", "-f", out])
+    n = len(names)
+    return dict(up=n / up, down=n / down, down_sync=n / synced, up_cpu=up_cpu, down_cpu=down_cpu)
+
+
+def rclone_small(work, files, remote, transfers, tag):
+    """rclone copy of the folder to remote (a folder of its own) and back into a new folder, `transfers` at once."""
+    n = len(os.listdir(files))
+    flags = ["--transfers", str(transfers), "--checkers", str(transfers)]
+    up = rclone("copy", files, remote, *flags)
+    down = rclone("copy", remote, os.path.join(work, f"rclone-{tag}"), *flags)
+    return dict(up=n / up, down=n / down)
+
+
 def small_files(nginx):
     """2,000 x 16 KiB: the worker with max_concurrency 4 against curl --parallel-max 4."""
     size = 16 * 1024
-    ups, downs, curl_ups, curl_downs = [], [], [], []
+    ours, curl = [], []
     for rep in range(REPEAT):
         work = tempfile.mkdtemp(prefix="bench-small-")
-        remote = f"{nginx.url}/small{rep}/"
-        a = device(os.path.join(work, "a.db"), "a", remote)
-        a.execute("BEGIN IMMEDIATE")
-        a.execute(f"INSERT INTO items SELECT value, attachment_save(randomblob({size}), 'bin') FROM ({series(SMALL_N)})")
-        a.execute("COMMIT")
-        ups.append(SMALL_N / drain(a))
-        b = device(os.path.join(work, "b.db"), "b", remote)
-        b.execute("BEGIN IMMEDIATE")
-        b.executemany("INSERT INTO items VALUES (?, ?)", a.execute("SELECT id, file_id FROM items").fetchall())
-        b.execute("COMMIT")
-        downs.append(SMALL_N / drain(b))
-        # curl: the same files, the same server, 4 transfers at once.
-        files = [os.path.join(work, "a", f) for f in os.listdir(os.path.join(work, "a"))]
-        up_cfg, down_cfg = os.path.join(work, "up.cfg"), os.path.join(work, "down.cfg")
-        os.makedirs(os.path.join(work, "curl-down"))
-        with open(up_cfg, "w") as u, open(down_cfg, "w") as d:
-            for f in files:
-                name = os.path.basename(f)
-                u.write(f'upload-file = "{f}"\nurl = "{nginx.url}/curl{rep}/{name}"\n')
-                d.write(f'url = "{nginx.url}/curl{rep}/{name}"\noutput = "{work}/curl-down/{name}"\n')
-        curl_ups.append(SMALL_N / run(["curl", "-s", "-f", "--parallel", "--parallel-max", "4", "-K", up_cfg]))
-        curl_downs.append(SMALL_N / run(["curl", "-s", "-f", "--parallel", "--parallel-max", "4", "-K", down_cfg]))
-        a.close()
-        b.close()
+        ours.append(ours_small(work, SMALL_N, size, f"{nginx.url}/small{rep}/"))
+        curl.append(curl_small(work, ours[-1]["files"], nginx.url, 4, f"curl{rep}"))
         shutil.rmtree(work)
-    figures["small_up"], figures["small_down"] = statistics.median(ups), statistics.median(downs)
-    record(f"{SMALL_N:,} x 16 KiB uploads, worker, max_concurrency 4", statistics.median(ups),
-           statistics.median(curl_ups), "files/s", ">= 0.9x curl --parallel-max 4")
-    record(f"{SMALL_N:,} x 16 KiB downloads by a second database", statistics.median(downs),
-           statistics.median(curl_downs), "files/s", ">= 0.9x curl --parallel-max 4")
+    med = lambda rows, k: statistics.median(r[k] for r in rows)  # noqa: E731
+    figures["small_up"], figures["small_down"] = med(ours, "up"), med(ours, "down")
+    record(f"{SMALL_N:,} x 16 KiB uploads, worker, max_concurrency 4", med(ours, "up"), med(curl, "up"),
+           "files/s", ">= 0.9x curl --parallel-max 4")
+    record(f"{SMALL_N:,} x 16 KiB downloads by a second database", med(ours, "down"), med(curl, "down_sync"),
+           "files/s", ">= 0.8x curl --parallel-max 4 + sync -f",
+           note=f"raw curl (no sync): {med(curl, 'down'):,.0f} files/s, ours {med(ours, 'down') / med(curl, 'down'):.2f}x")
+    per_k = 1000 * 1000 / SMALL_N  # CPU milliseconds per 1,000 files
+    record("CPU time per 1,000 uploads (our process / curl)", med(ours, "up_cpu") * per_k, med(curl, "up_cpu") * per_k,
+           "CPU ms", ">= 0.67x curl (<= 1.5x its CPU)", better="lower",
+           note="ours: the whole benchmark process (app polling included); curl: its process; servers excluded")
+    record("CPU time per 1,000 downloads (our process / curl)", med(ours, "down_cpu") * per_k,
+           med(curl, "down_cpu") * per_k, "CPU ms", ">= 0.67x curl (<= 1.5x its CPU)", better="lower",
+           note="ours: the whole benchmark process (app polling included); curl: its process; servers excluded")
+
+
+RCLONE_NOTES = {
+    ("WebDAV", "up"): "rclone defaults: MKCOL + PUT + PROPFIND per file, its WebDAV pacer spaces calls 10 ms apart",
+    ("WebDAV", "down"): "rclone: one PROPFIND listing, then GETs; no fsync",
+    ("S3", "up"): "rclone: PUT + MD5 per file",
+    ("S3", "down"): "rclone: one listing, then GETs, MD5 checked; no fsync",
+}
+
+
+def peers(nginx, s3_port, s3root):
+    """PEER_N (2,000) x 16 KiB against rclone on WebDAV (nginx) and S3 (s3s-fs), at equal concurrency,
+    and the default (adaptive) worker against the best of rclone's fixed levels. Our `max_concurrency N`
+    is an upper bound (the worker adapts from 4 up to N; at N <= 4 it stays at N), rclone's --transfers
+    N a fixed level: short runs favour rclone at N > 4."""
+    if not RCLONE:
+        return not_measured("rclone small files", "rclone is not installed (bench/install-peers.sh)")
+    size = 16 * 1024
+    s3cfg = dict(s3_endpoint=f"http://127.0.0.1:{s3_port}")
+    for label in ("WebDAV", "S3"):
+        best = {"up": 0, "down": 0}
+        for n in list(PEER_NS) + [None]:
+            work = tempfile.mkdtemp(prefix="bench-peers-")
+            tag = f"p{n or 'default'}"
+            if label == "WebDAV":
+                mine = ours_small(work, PEER_N, size, f"{nginx.url}/ours-{tag}/", n)
+            else:
+                mine = ours_small(work, PEER_N, size, f"s3://{servers.BUCKET}/ours-{tag}", n, **s3cfg)
+            if label == "WebDAV":
+                remote = rclone_webdav(nginx.url) + f"rclone-{tag}"
+            else:
+                os.makedirs(os.path.join(s3root, f"rclone-{tag}"))
+                remote = rclone_s3(s3_port, f"rclone-{tag}")
+            if n is not None:
+                theirs = rclone_small(work, mine["files"], remote, n, f"rclone-{tag}")
+                best = {k: max(best[k], theirs[k]) for k in best}
+                for way, word in (("up", "uploads"), ("down", "downloads")):
+                    record(f"{label} {PEER_N:,} x 16 KiB {word}, max_concurrency {n}, vs rclone", mine[way], theirs[way],
+                           "files/s", ">= 1.0x rclone --transfers N", note=RCLONE_NOTES[label, way])
+            else:
+                for way, word in (("up", "uploads"), ("down", "downloads")):
+                    record(f"{label} {PEER_N:,} x 16 KiB {word}, default config, vs best rclone", mine[way], best[way],
+                           "files/s", f">= 1.0x best rclone of {'/'.join(map(str, PEER_NS))}")
+            shutil.rmtree(work)
 
 
 def cli(work, db, sql):
@@ -209,17 +358,50 @@ def big_files(nginx, s3_port):
                     auth = ["--aws-sigv4", "aws:amz:us-east-1:s3", "--user", f"{servers.ACCESS_KEY}:{servers.SECRET_KEY}",
                             "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"]
                 curl_up = run(["curl", "-s", "-f", *auth, "-T", src, url])
-                curl_down = run(["curl", "-s", "-f", *auth, "-o", os.path.join(work, "curl-down.bin"), url])
-                record(f"{label} {mib} MiB upload", size / MiB / up_s, size / MiB / curl_up, "MiB/s",
+                curl_file = os.path.join(work, "curl-down.bin")
+                curl_down = run(["curl", "-s", "-f", *auth, "-o", curl_file, url])
+                curl_down_sync = curl_down + run(["sync", curl_file])
+                os.unlink(curl_file)
+                up_mibs, down_mibs = size / MiB / up_s, size / MiB / down_s
+                record(f"{label} {mib} MiB upload", up_mibs, size / MiB / curl_up, "MiB/s",
                        ">= 0.9x curl -T", note="ours: attachment_sync() incl. SHA-256 check by the store" if label == "S3" else "")
-                record(f"{label} {mib} MiB download", size / MiB / down_s, size / MiB / curl_down, "MiB/s",
-                       ">= 0.9x curl -o", note="ours: + SHA-256 + fsync before rename; curl: no fsync")
+                record(f"{label} {mib} MiB download", down_mibs, size / MiB / curl_down_sync, "MiB/s",
+                       ">= 0.9x curl -o + fsync", note=f"ours: + SHA-256 + fsync before rename; raw curl (no fsync) "
+                       f"{size / MiB / curl_down:,.0f} MiB/s, ours {curl_down / down_s:.2f}x")
+                big_peers(label, work, src, size, mib, up_mibs, down_mibs, nginx, s3_port)
             shutil.rmtree(work)
+
+
+def big_peers(label, work, src, size, mib, up_mibs, down_mibs, nginx, s3_port):
+    """The same big file with rclone (and, on S3, the AWS CLI), against our figures of the same run."""
+    if RCLONE:
+        remote = rclone_webdav(nginx.url) if label == "HTTP" else rclone_s3(s3_port, servers.BUCKET + "/")
+        up = rclone("copyto", src, remote + "rclone-big.bin")
+        down = rclone("copyto", remote + "rclone-big.bin", os.path.join(work, "rclone-down.bin"))
+        os.unlink(os.path.join(work, "rclone-down.bin"))
+        record(f"{label} {mib} MiB upload vs rclone", up_mibs, size / MiB / up, "MiB/s", ">= 1.0x rclone copyto")
+        record(f"{label} {mib} MiB download vs rclone", down_mibs, size / MiB / down, "MiB/s", ">= 1.0x rclone copyto",
+               note="rclone: no fsync")
+    else:
+        not_measured(f"{label} {mib} MiB vs rclone", "rclone is not installed (bench/install-peers.sh)")
+    if label != "S3":
+        return
+    if not os.path.exists(AWS):
+        return not_measured(f"S3 {mib} MiB vs aws s3 cp", f"no AWS CLI at {AWS} (bench/install-peers.sh)")
+    up = aws("cp", src, f"s3://{servers.BUCKET}/aws-big.bin", port=s3_port)
+    down = aws("cp", f"s3://{servers.BUCKET}/aws-big.bin", os.path.join(work, "aws-down.bin"), port=s3_port)
+    os.unlink(os.path.join(work, "aws-down.bin"))
+    record(f"S3 {mib} MiB upload vs aws s3 cp", up_mibs, size / MiB / up, "MiB/s", ">= 1.0x aws s3 cp",
+           note="aws: multipart, 10 threads (its default)")
+    record(f"S3 {mib} MiB download vs aws s3 cp", down_mibs, size / MiB / down, "MiB/s", ">= 1.0x aws s3 cp",
+           note="aws: ranged GETs on 10 threads, no fsync")
 
 
 def saves():
     """10,000 x 4 KiB attachment_save in one transaction against a direct Rust program."""
     baseline_bin = os.path.join(HERE, "baseline-save", "target", "release", "baseline-save")
+    if not os.path.exists(baseline_bin):
+        return not_measured(f"{SAVE_N:,} x 4 KiB attachment_save", "bench/baseline-save is not built (make bench builds it)")
     mine, base = [], []
     for _ in range(REPEAT):
         work = tempfile.mkdtemp(prefix="bench-save-")
@@ -275,6 +457,171 @@ def reconcile():
            statistics.median(base) * 1000, "ms", "<= 1 s and <= 3x INSERT ... SELECT", better="lower")
     record(f"reconcile after one changed reference ({RECONCILE_N:,} ids)", figures["reconcile_change_ms"], None, "ms",
            "<= 10 ms", better="lower")
+
+
+class LatencyProxy(servers.Server):
+    """bench/latency_proxy.py in front of 127.0.0.1:upstream_port: delay_ms each way."""
+
+    def __init__(self, upstream_port, delay_ms, mbit=LINK_MBIT):
+        port = servers.free_port()
+        env = dict(os.environ, UPSTREAM_PORT=str(upstream_port), PORT=str(port), DELAY_MS=str(delay_ms), MBIT=str(mbit))
+        super().__init__([sys.executable, os.path.join(HERE, "latency_proxy.py")], port, env=env)
+
+
+def ours_big(work, src, remote, tag):
+    """One file up by attachment_sync() in database a and down by attachment_sync() in database b: seconds each."""
+    cfg_a = json.dumps({"local_dir": f"a-{tag}", **remote})
+    cfg_b = json.dumps({"local_dir": f"b-{tag}", **remote})
+    out, up_s, _ = cli(work, f"a-{tag}.db", f"""
+        SELECT attachment_init('{cfg_a}') IS NOT NULL;
+        CREATE TABLE items(id INTEGER PRIMARY KEY, file_id TEXT);
+        INSERT INTO items VALUES (1, attachment_save_file('{src}', 'bin'));
+        .timer on
+        SELECT attachment_sync();
+        .timer off
+        SELECT 'ID ' || file_id FROM items;""")
+    assert '"uploaded":1' in out, out
+    file_id = re.search(r"ID (\S+)", out).group(1)
+    out, down_s, _ = cli(work, f"b-{tag}.db", f"""
+        SELECT attachment_init('{cfg_b}') IS NOT NULL;
+        CREATE TABLE items(id INTEGER PRIMARY KEY, file_id TEXT);
+        SELECT attachment_watch('w', 'SELECT file_id AS id, ''bin'' AS file_extension FROM items');
+        INSERT INTO items VALUES (1, '{file_id}');
+        .timer on
+        SELECT attachment_sync();
+        .timer off""")
+    assert '"downloaded":1' in out, out
+    return up_s, down_s
+
+
+def links(nginx):
+    """Real links: nginx behind bench/latency_proxy.py at each RTT. LINK_N x 16 KiB and one LINK_MIB file,
+    ours against curl and rclone at 4/16/32 at once, the default worker against the best of them, and PowerSync."""
+    import powersync_baseline  # noqa: E402
+    size = 16 * 1024
+    for rtt in RTTS:
+        proxy = LatencyProxy(nginx.port, rtt / 2)
+        url = proxy.url
+        link = f"RTT {rtt} ms" + (f", {LINK_MBIT} Mbit/s" if LINK_MBIT not in ("", "0") else "")
+        try:
+            best = {"curl": {"up": 0, "down": 0}, "rclone": {"up": 0, "down": 0}}
+            ours_default = None
+            for n in list(LINK_NS) + [None]:
+                work = tempfile.mkdtemp(prefix="bench-link-")
+                tag = f"l{rtt}-{n or 'default'}"
+                mine = ours_small(work, LINK_N, size, f"{url}/ours-{tag}/", n)
+                if n is None:
+                    ours_default = mine
+                    shutil.rmtree(work)
+                    continue
+                c = curl_small(work, mine["files"], url, n, f"curl-{tag}")
+                peers_here = [("curl", c, f"curl --parallel-max {n}")]
+                if RCLONE:
+                    peers_here.append(("rclone", rclone_small(work, mine["files"], rclone_webdav(url) + f"rclone-{tag}", n, tag),
+                                       f"rclone --transfers {n}"))
+                for name, theirs, what in peers_here:
+                    best[name] = {k: max(best[name][k], theirs[k]) for k in ("up", "down")}
+                    for way, word in (("up", "uploads"), ("down", "downloads")):
+                        record(f"{link}: {LINK_N} x 16 KiB {word}, max_concurrency {n}, vs {name}", mine[way], theirs[way],
+                               "files/s", f">= 1.0x {what}" if name == "rclone" else f">= 0.9x {what}")
+                shutil.rmtree(work)
+            for name in ("curl", "rclone") if RCLONE else ("curl",):
+                for way, word in (("up", "uploads"), ("down", "downloads")):
+                    record(f"{link}: {LINK_N} x 16 KiB {word}, default config, vs best {name}", ours_default[way],
+                           best[name][way], "files/s", f">= 0.8x best {name} of {'/'.join(map(str, LINK_NS))}")
+            figures[f"link{rtt}"] = ours_default
+            # One big file.
+            work = tempfile.mkdtemp(prefix="bench-link-big-", dir=os.environ.get("BENCH_TMP"))
+            src = os.path.join(work, "src.bin")
+            with open(src, "wb") as f:
+                for _ in range(LINK_MIB):
+                    f.write(os.urandom(MiB))
+            up_s, down_s = ours_big(work, src, {"remote": f"{url}/big-{rtt}/"}, "big")
+            theirs = [("curl", run(["curl", "-s", "-f", "-T", src, f"{url}/curl-big-{rtt}.bin"]),
+                       run(["curl", "-s", "-f", "-o", os.path.join(work, "c.bin"), f"{url}/curl-big-{rtt}.bin"]))]
+            if RCLONE:
+                theirs.append(("rclone", rclone("copyto", src, rclone_webdav(url) + f"rclone-big-{rtt}.bin"),
+                               rclone("copyto", rclone_webdav(url) + f"rclone-big-{rtt}.bin", os.path.join(work, "r.bin"))))
+            for name, t_up, t_down in theirs:
+                record(f"{link}: {LINK_MIB} MiB upload vs {name}", LINK_MIB / up_s, LINK_MIB / t_up, "MiB/s", ">= 0.9x")
+                record(f"{link}: {LINK_MIB} MiB download vs {name}", LINK_MIB / down_s, LINK_MIB / t_down, "MiB/s", ">= 0.9x",
+                       note="ours: + SHA-256 + fsync; theirs: no fsync")
+            shutil.rmtree(work)
+            # A smoke run tries PowerSync on the first link only (it moves one file at a time).
+            ps, why = (None, "BENCH_QUICK: first RTT only") if QUICK and rtt != RTTS[0] else \
+                powersync_baseline.transfers(url, LINK_N)
+            if why:
+                not_measured(f"{link}: PowerSync queue", why)
+            else:
+                record(f"{link}: {LINK_N} x 16 KiB uploads vs PowerSync queue", ours_default["up"], ps["upload_files_per_s"],
+                       "files/s", ">= 10x PowerSync", note="ours: default config")
+                record(f"{link}: {LINK_N} x 16 KiB downloads vs PowerSync queue", ours_default["down"],
+                       ps["download_files_per_s"], "files/s", ">= 10x PowerSync", note="ours: default config")
+        finally:
+            proxy.stop()
+
+
+APP_WRITER = r"""
+import json, sqlite3, sys, threading, time
+c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)
+c.execute("PRAGMA journal_mode=WAL")
+c.execute("CREATE TABLE IF NOT EXISTS app_log(id INTEGER PRIMARY KEY, at REAL, note TEXT)")
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+print("ready", flush=True)
+lat = []
+nxt = time.perf_counter()
+while not stop.is_set():
+    t0 = time.perf_counter()
+    c.execute("BEGIN IMMEDIATE")
+    c.execute("INSERT INTO app_log(at, note) VALUES (?, 'tap')", (t0,))
+    c.execute("COMMIT")
+    lat.append(time.perf_counter() - t0)
+    nxt += 0.010
+    time.sleep(max(0, nxt - time.perf_counter()))
+print(json.dumps(lat))
+"""
+
+
+def app_writes(db, during):
+    """Latencies (ms) of an app's small write transactions, one every 10 ms, in another process, while during() runs."""
+    p = subprocess.Popen(["/usr/bin/python3", "-c", APP_WRITER, db], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    try:
+        during()
+    finally:
+        p.stdin.write("stop\n")
+        p.stdin.flush()
+    lat = sorted(x * 1000 for x in json.loads(p.stdout.readline()))
+    p.wait()
+    return lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))], len(lat)
+
+
+def responsive(nginx):
+    """13.6: an app connection doing one small write transaction every 10 ms, idle and while files download."""
+    work = tempfile.mkdtemp(prefix="bench-resp-")
+    remote = f"{nginx.url}/resp/"
+    a = device(os.path.join(work, "a.db"), "a", remote, None)
+    a.execute("BEGIN IMMEDIATE")
+    a.execute(f"INSERT INTO items SELECT value, attachment_save(randomblob({16 * 1024}), 'bin') FROM ({series(RESPONSIVE_N)})")
+    a.execute("COMMIT")
+    drain(a)
+    db = os.path.join(work, "b.db")
+    b = device(db, "b", remote, None)
+    b.execute("BEGIN IMMEDIATE")
+    b.executemany("INSERT INTO items VALUES (?, ?)", a.execute("SELECT id, file_id FROM items").fetchall())
+    b.execute("COMMIT")
+    secs = []
+    idle = app_writes(db, lambda: time.sleep(3 if QUICK else 10))
+    busy = app_writes(db, lambda: secs.append(drain(b)))
+    a.close()
+    b.close()
+    shutil.rmtree(work)
+    record(f"app write txn p50, while {RESPONSIVE_N:,} files download", busy[0], idle[0], "ms", "—", better="lower",
+           note=f"baseline: the same app, no sync ({idle[2]} txns); with sync: {busy[2]} txns over {secs[0]:.1f} s")
+    record(f"app write txn p99, while {RESPONSIVE_N:,} files download", busy[1], idle[1], "ms",
+           ">= 0.5x idle p99 (p99 <= 2x idle)", better="lower", note="one BEGIN IMMEDIATE/INSERT/COMMIT every 10 ms, "
+           "own process and connection (WAL, synchronous=FULL: SQLite's default), default worker config")
 
 
 def reconcile_one_change():
@@ -341,6 +688,74 @@ print((r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / (t1 - t0) * 100)
     out = subprocess.run(["/usr/bin/python3", "-c", script], capture_output=True, check=True).stdout.decode()
     record(f"idle worker, {IDLE_SECONDS} s", float(out), None, "% core", "<= 1% of a core", better="lower")
     shutil.rmtree(work)
+
+
+def up_down(work, remote, src, tag, encryption=None):
+    """Seconds of one attachment_sync() that uploads `src` and of one on a second database
+    that downloads it, each in a sqlite3 CLI process."""
+    extra = {"encryption": encryption} if encryption else {}
+    cfg_a = json.dumps({"local_dir": f"{tag}-a", **remote, **extra})
+    cfg_b = json.dumps({"local_dir": f"{tag}-b", **remote, **extra})
+    out, up_s, _ = cli(work, f"{tag}-a.db", f"""
+        SELECT attachment_init('{cfg_a}') IS NOT NULL;
+        CREATE TABLE items(id INTEGER PRIMARY KEY, file_id TEXT);
+        INSERT INTO items VALUES (1, attachment_save_file('{src}', 'bin'));
+        .timer on
+        SELECT attachment_sync();
+        .timer off
+        SELECT 'ID ' || file_id FROM items;""")
+    assert '"uploaded":1' in out, out
+    file_id = re.search(r"ID (\S+)", out).group(1)
+    out, down_s, _ = cli(work, f"{tag}-b.db", f"""
+        SELECT attachment_init('{cfg_b}') IS NOT NULL;
+        CREATE TABLE items(id INTEGER PRIMARY KEY, file_id TEXT);
+        SELECT attachment_watch('w', 'SELECT file_id AS id, ''bin'' AS file_extension FROM items');
+        INSERT INTO items VALUES (1, '{file_id}');
+        .timer on
+        SELECT attachment_sync();
+        .timer off
+        SELECT 'SHA ' || sha256 FROM attachments;""")
+    assert '"downloaded":1' in out, out
+    # Both databases are removed so the next pair starts with the same free page cache.
+    for name in os.listdir(work):
+        if name.startswith(tag):
+            path = os.path.join(work, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    return up_s, down_s
+
+
+def encryption(nginx, s3_port):
+    """The same big file up and down with and without end-to-end encryption, in one run."""
+    mib = int(os.environ.get("BENCH_ENCRYPTION_MIB", "16" if QUICK else "1024"))
+    os.environ.update(AWS_ACCESS_KEY_ID=servers.ACCESS_KEY, AWS_SECRET_ACCESS_KEY=servers.SECRET_KEY)
+    c = sqlite3.connect(":memory:")
+    c.enable_load_extension(True)
+    c.load_extension(LIB)
+    os.environ["BENCH_ENCRYPTION_KEY"] = one(c, "SELECT attachment_generate_key()")
+    remotes = {
+        "HTTP": {"remote": f"{nginx.url}/enc/"},
+        "S3": {"remote": f"s3://{servers.BUCKET}/enc", "s3_endpoint": f"http://127.0.0.1:{s3_port}"},
+    }
+    for label, remote in remotes.items():
+        work = tempfile.mkdtemp(prefix="bench-enc-", dir=os.environ.get("BENCH_TMP"))
+        src = os.path.join(work, "src.bin")
+        with open(src, "wb") as f:
+            chunk = os.urandom(MiB)
+            for _ in range(mib):
+                f.write(chunk)
+        # Interleaved, the order alternating, so drift on a busy machine hits both alike.
+        runs = {"plain": [], "enc": []}
+        for i in range(REPEAT):
+            for tag in (["plain", "enc"] if i % 2 == 0 else ["enc", "plain"]):
+                enc = {"key_env": "BENCH_ENCRYPTION_KEY"} if tag == "enc" else None
+                runs[tag].append(up_down(work, remote, src, tag, enc))
+        plain_up, plain_down = (statistics.median(x) for x in zip(*runs["plain"]))
+        enc_up, enc_down = (statistics.median(x) for x in zip(*runs["enc"]))
+        record(f"{label} {mib} MiB encrypted upload", mib / enc_up, mib / plain_up, "MiB/s",
+               ">= 0.8x unencrypted", note=f"median of {REPEAT}, interleaved; XChaCha20-Poly1305 STREAM, 64 KiB chunks; baseline: the same upload unencrypted")
+        record(f"{label} {mib} MiB encrypted download", mib / enc_down, mib / plain_down, "MiB/s",
+               ">= 0.8x unencrypted", note=f"median of {REPEAT}, interleaved; opened while streaming; baseline: the same download unencrypted")
+        shutil.rmtree(work)
 
 
 CAP_SECONDS = int(os.environ.get("BENCH_CAP_SECONDS", "5" if QUICK else "30"))
@@ -467,13 +882,24 @@ def met(r):
     return None
 
 
-def write_results(machine, started):
+def wanted_links():
+    return not ONLY or "links" in ONLY
+
+
+def write_results(machine, started, tools):
     lines = [
         "# Benchmark results",
         "",
         f"One run of `make bench` on {started}: {machine}. Each figure is the median of {REPEAT} runs "
         "(big files: one run per size). Ratio > 1 means sqlite-attachments did better than the baseline measured "
-        "in the same run. Servers: nginx WebDAV and s3s-fs on 127.0.0.1.",
+        "in the same run. Servers: nginx WebDAV and s3s-fs on 127.0.0.1"
+        + (f"; real-link rows through bench/latency_proxy.py (RTT as stated, 4 MiB window per connection"
+           + (f", {LINK_MBIT} Mbit/s" if LINK_MBIT not in ("", "0") else ", no bandwidth cap") + ")" if wanted_links() else "")
+        + ".",
+        "",
+        "Peers: " + "; ".join(f"{k} {v}" for k, v in tools.items()) + "."
+        + (f" Row groups: {', '.join(ONLY)} (BENCH_ONLY)." if ONLY else "")
+        + (" BENCH_QUICK=1: small sizes, a smoke run, not figures to quote." if QUICK else ""),
         "",
         "| case | sqlite-attachments | baseline | ratio | target | met | note |",
         "| --- | ---: | ---: | ---: | --- | --- | --- |",
@@ -513,40 +939,83 @@ def write_svg(rows):
         f.write("\n".join(parts))
 
 
+def version(args, pattern=r"(.*)"):
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, env=PEER_ENV, timeout=30)
+        m = re.search(pattern, (out.stdout + out.stderr).strip())
+        return m.group(1).strip() if m else "?"
+    except (OSError, subprocess.TimeoutExpired):
+        return "not installed"
+
+
+def versions():
+    import powersync_baseline  # noqa: E402
+    return {
+        "curl": version(["curl", "--version"], r"curl (\S+)"),
+        "rclone": version([RCLONE or "rclone", "version"], r"rclone (\S+)"),
+        "AWS CLI": version([AWS, "--version"], r"aws-cli/(\S+)"),
+        "PowerSync": powersync_baseline.version() + ", Node " + version(["node", "--version"]),
+        "nginx": version([servers.NGINX, "-v"], r"nginx/(\S+)"),
+        "s3s-fs": os.path.basename(os.path.dirname(os.path.dirname(servers.S3S_FS))),
+        "SQLite": sqlite3.sqlite_version,
+    }
+
+
 def main():
-    # BENCH_ONLY=name[,name]: run only these cases and print them (results.md is left alone).
-    only = [n for n in os.environ.get("BENCH_ONLY", "").split(",") if n]
-    serverless = [n for n in only if n != "steering"]
-    for name in serverless:
-        globals()[name]()
-    if only and not set(only) - set(serverless):
-        return
+    unknown = [g for g in ONLY if g not in GROUPS]
+    if unknown:
+        sys.exit(f"BENCH_ONLY: unknown row group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
+    wanted = lambda g: not ONLY or g in ONLY  # noqa: E731
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
     machine = f"{platform.system()} {platform.release()}, {os.cpu_count()} x {cpu}, {int(mem) // 1024 // 1024} GiB RAM, SQLite {sqlite3.sqlite_version}"
-    print(f"sqlite-attachments benchmarks, {started}\n{machine}\n")
+    tools = versions()
+    print(f"sqlite-attachments benchmarks, {started}\n{machine}")
+    print("peers: " + "; ".join(f"{k} {v}" for k, v in tools.items()))
+    print(f"row groups: {', '.join(g for g in GROUPS if wanted(g))}{' (BENCH_QUICK)' if QUICK else ''}\n")
     www, s3root = tempfile.mkdtemp(prefix="bench-www-"), tempfile.mkdtemp(prefix="bench-s3-")
-    nginx, s3 = servers.Nginx(www), servers.S3(s3root)
+    nginx, s3 = servers.Nginx(www, propfind=os.path.exists(servers.DAV_EXT)), servers.S3(s3root)
+    os.environ.update(AWS_ACCESS_KEY_ID=servers.ACCESS_KEY, AWS_SECRET_ACCESS_KEY=servers.SECRET_KEY)
     try:
-        if "steering" in only:
+        if wanted("small"):
+            small_files(nginx)
+        if wanted("saves"):
+            saves()
+        if wanted("reconcile"):
+            reconcile()
+        if wanted("reconcile_one_change"):
+            reconcile_one_change()
+        if wanted("big"):
+            big_files(nginx, s3.port)
+        if wanted("encryption"):
+            encryption(nginx, s3.port)
+        if wanted("idle"):
+            idle_worker()
+        if wanted("steering"):
             steering(nginx, s3.port)
-            return
-        small_files(nginx)
-        saves()
-        reconcile()
-        reconcile_one_change()
-        big_files(nginx, s3.port)
-        idle_worker()
-        steering(nginx, s3.port)
-        import powersync_baseline  # noqa: E402
-        powersync_baseline.run(record, figures, nginx, SMALL_N, RECONCILE_N)
+        if wanted("peers"):
+            peers(nginx, s3.port, s3root)
+        if wanted("links"):
+            links(nginx)
+        if wanted("responsive"):
+            responsive(nginx)
+        if wanted("powersync"):
+            if "small_up" not in figures:
+                small_files(nginx)
+            if "reconcile_ms" not in figures:
+                reconcile()
+            import powersync_baseline  # noqa: E402
+            powersync_baseline.run(record, figures, nginx, SMALL_N, RECONCILE_N)
     finally:
         nginx.stop()
         s3.stop()
         shutil.rmtree(www, ignore_errors=True)
         shutil.rmtree(s3root, ignore_errors=True)
-    write_results(machine, started)
+    if ONLY:
+        print("\nBENCH_ONLY: results.md left alone")
+        return
+    write_results(machine, started, tools)
     print(f"\nwrote {os.path.join(HERE, 'results.md')} and ratios.svg")
 
 

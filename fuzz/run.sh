@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-600}
-targets=${FUZZ_TARGETS:-names config watch_analysis watch_query retry_after s3_response}
+targets=${FUZZ_TARGETS:-names config watch_analysis watch_query retry_after s3_response encrypted_object}
 
 if ! cargo +nightly --version >/dev/null 2>&1; then
   echo "fuzz: the nightly toolchain is needed: rustup toolchain install nightly" >&2

@@ -37,6 +37,70 @@ pub struct Config {
     pub max_attempts: i64,
     pub s3_endpoint: Option<String>,
     pub s3_region: String,
+    /// End-to-end encryption: the names of the variables holding the keys, never a key.
+    pub encryption: Option<Encryption>,
+}
+
+/// The `encryption` key: where the keys are (environment variable names), not the keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encryption {
+    pub key_env: String,
+    pub old_key_envs: Vec<String>,
+    pub accept_plaintext: bool,
+}
+
+impl Encryption {
+    fn parse(value: &Value) -> Result<Encryption> {
+        let bad = |why: String| Error::config("encryption", why);
+        let Value::Object(obj) = value else {
+            return Err(bad(r#"expected an object like {"key_env": "ATTACHMENTS_KEY"}"#.into()));
+        };
+        const KEYS: [&str; 3] = ["key_env", "old_key_envs", "accept_plaintext"];
+        // Not repeated either: it could be a key pasted in the wrong place.
+        if obj.keys().any(|k| !KEYS.contains(&k.as_str())) {
+            return Err(bad(format!("has an unknown member; known ones are {}", KEYS.join(", "))));
+        }
+        // The value is never repeated: a key pasted where its variable's name belongs must not
+        // reach an error message (nor, being refused, the database).
+        let name = |v: &Value, what: &str| -> Result<String> {
+            match v.as_str() {
+                Some(s) if env_name_ok(s) => Ok(s.to_string()),
+                Some(_) => Err(bad(format!(
+                    "{what} must be the name of an environment variable (letters, digits and '_', not starting with a digit, at most 128), \
+                     not the key itself; the variable holds the key"
+                ))),
+                None => Err(bad(format!("{what} must be a string, the name of an environment variable"))),
+            }
+        };
+        let key_env = match obj.get("key_env") {
+            None | Some(Value::Null) => return Err(bad("key_env is required: the name of the environment variable holding the key".into())),
+            Some(v) => name(v, "key_env")?,
+        };
+        let old_key_envs = match obj.get("old_key_envs") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items.iter().map(|v| name(v, "each of old_key_envs")).collect::<Result<Vec<_>>>()?,
+            Some(_) => return Err(bad("old_key_envs must be an array of environment variable names".into())),
+        };
+        if let Some(dup) = old_key_envs.iter().enumerate().find(|(i, n)| **n == key_env || old_key_envs[..*i].contains(n)) {
+            return Err(bad(format!("old_key_envs names {} twice (or as key_env too)", dup.1)));
+        }
+        let accept_plaintext = match obj.get("accept_plaintext") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(bad("accept_plaintext must be true or false".into())),
+        };
+        Ok(Encryption { key_env, old_key_envs, accept_plaintext })
+    }
+
+    fn to_json(&self) -> Value {
+        json!({"key_env": self.key_env, "old_key_envs": self.old_key_envs, "accept_plaintext": self.accept_plaintext})
+    }
+}
+
+fn env_name_ok(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// Where files are stored, parsed from the `remote` URL.
@@ -224,9 +288,10 @@ impl Config {
         if let Some(key) = duplicate_key(text) {
             return Err(Error::config(&key, "is given more than once; give each key once"));
         }
-        const KEYS: [&str; 12] = [
+        const KEYS: [&str; 13] = [
             "local_dir", "remote", "table", "download_attachments", "archived_cache_limit", "archived_cache_bytes",
             "sync_interval_ms", "max_concurrency", "max_bytes_per_second", "max_attempts", "s3_endpoint", "s3_region",
+            "encryption",
         ];
         if let Some(k) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
             return Err(Error::config(k, format!("unknown key; known keys are {}", KEYS.join(", "))));
@@ -272,6 +337,10 @@ impl Config {
             max_attempts: optional_int(&obj, "max_attempts", 1, 1_000_000)?.unwrap_or(DEFAULT_MAX_ATTEMPTS),
             s3_endpoint,
             s3_region,
+            encryption: match obj.get("encryption") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(Encryption::parse(v)?),
+            },
         })
     }
 
@@ -290,6 +359,7 @@ impl Config {
             "max_attempts": self.max_attempts,
             "s3_endpoint": self.s3_endpoint,
             "s3_region": self.s3_region,
+            "encryption": self.encryption.as_ref().map(Encryption::to_json),
         })
     }
 
@@ -461,6 +531,31 @@ mod tests {
         }
         assert_eq!(redacted("https://u:p@h:1/x/?a=b#c"), "https://***@h:1/x/?***");
         assert_eq!(redacted("http://h/x"), "http://h/x");
+    }
+
+    #[test]
+    fn encryption_names_variables_and_never_repeats_a_key() {
+        let with = |enc: &str| Config::parse(&format!(r#"{{"local_dir":"a","remote":"file:///x","encryption":{enc}}}"#));
+        let c = with(r#"{"key_env":"K1","old_key_envs":["K0"],"accept_plaintext":true}"#).unwrap();
+        let e = c.encryption.clone().unwrap();
+        assert_eq!((e.key_env.as_str(), e.old_key_envs, e.accept_plaintext), ("K1", vec!["K0".to_string()], true));
+        assert_eq!(Config::parse(&c.to_json().to_string()).unwrap(), c);
+        assert!(!with(r#"{"key_env":"K1"}"#).unwrap().encryption.unwrap().accept_plaintext);
+        let key = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
+        for enc in [
+            format!(r#"{{"key_env":"{key}"}}"#),
+            format!(r#"{{"key_env":"K","old_key_envs":["{key}"]}}"#),
+            "{}".to_string(),
+            r#"{"key_env":"K","colour":1}"#.to_string(),
+            r#"{"key_env":"K","old_key_envs":"K0"}"#.to_string(),
+            r#"{"key_env":"K","old_key_envs":["K"]}"#.to_string(),
+            r#"{"key_env":"K","accept_plaintext":"yes"}"#.to_string(),
+            r#""K""#.to_string(),
+            r#"{"key_env":"1K"}"#.to_string(),
+        ] {
+            let err = with(&enc).unwrap_err().to_string();
+            assert!(err.contains("'encryption'") && !err.contains(key), "{enc}: {err}");
+        }
     }
 
     #[test]

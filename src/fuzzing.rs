@@ -39,3 +39,46 @@ pub unsafe fn watch_analyze(db: *mut rusqlite::ffi::sqlite3, query: &str) -> Res
 }
 
 pub use rusqlite::ffi::sqlite3 as Sqlite3;
+
+/// Seals `plain` as the object of attachment `id`, under `keys`' current key and `nonce`.
+pub fn seal_object(keys: &crate::crypt::Keys, nonce: &[u8; crate::crypt::NONCE_PREFIX], id: &str, plain: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    struct Mem<'a>(&'a [u8]);
+    impl crate::remote::Source for Mem<'_> {
+        fn len(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn reader(&self, start: u64, end: u64) -> Box<dyn Read + Send + '_> {
+            Box::new(&self.0[start as usize..end as usize])
+        }
+    }
+    let mem = Mem(plain);
+    let sealed = crate::crypt::SealedSource::new(&mem, &keys.current, nonce, id);
+    let mut out = Vec::new();
+    crate::remote::Source::reader(&sealed, 0, crate::remote::Source::len(&sealed))
+        .read_to_end(&mut out)
+        .expect("sealing from memory");
+    out
+}
+
+/// Opens `object` (attachment `id`) as a download does, fed in pieces of `step` bytes:
+/// what reached the sink, and whether the whole object was accepted.
+pub fn open_object(keys: &crate::crypt::Keys, id: &str, object: &[u8], step: usize) -> (Vec<u8>, Result<u64, RemoteError>) {
+    use std::io::Write;
+    let mut sink = Vec::new();
+    let mut opener = crate::crypt::Opener::new(&mut sink, keys, id);
+    let mut result = Ok(0);
+    for piece in object.chunks(step.max(1)) {
+        if opener.write_all(piece).is_err() {
+            result = Err(opener.failed.take().unwrap_or_else(|| RemoteError::integrity("refused")));
+            break;
+        }
+    }
+    if result.is_ok() {
+        result = opener.finish();
+    }
+    drop(opener);
+    (sink, result)
+}
+
+pub use crate::crypt::{Keys as EncryptionKeys, NONCE_PREFIX as ENCRYPTION_NONCE_PREFIX};

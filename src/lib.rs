@@ -8,6 +8,7 @@ mod cancel;
 mod concurrency;
 mod config;
 mod connection;
+mod crypt;
 mod error;
 mod fetch;
 mod logging;

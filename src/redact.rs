@@ -53,6 +53,45 @@ pub fn redact(text: &str) -> String {
     out
 }
 
+/// The credentials a request carries, to recognise them if a server sends one back
+/// (say, as an ETag that would be stored): the values of credential-bearing query
+/// parameters (as sent and decoded), and of credential headers (with and without their
+/// scheme, as in `Bearer TOKEN`). Values shorter than 4 characters are left out.
+pub fn request_secrets(url: &str, headers: &[(&str, String)]) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(parsed) = url::Url::parse(url) {
+        for (name, value) in parsed.query_pairs() {
+            if SECRET_NAMES.contains(&name.to_ascii_lowercase().as_str()) {
+                out.push(value.into_owned());
+            }
+        }
+        for pair in parsed.query().unwrap_or("").split('&') {
+            if let Some((name, value)) = pair.split_once('=') {
+                if SECRET_NAMES.contains(&name.to_ascii_lowercase().as_str()) {
+                    out.push(value.to_string());
+                }
+            }
+        }
+    }
+    for (name, value) in headers {
+        let lower = name.to_ascii_lowercase();
+        if SECRET_HEADERS.contains(&lower.as_str()) || SECRET_NAMES.contains(&lower.as_str()) {
+            out.push(value.trim().to_string());
+            if let Some((_, rest)) = value.trim().split_once(' ') {
+                out.push(rest.trim().to_string());
+            }
+        }
+    }
+    out.retain(|s| s.len() >= 4);
+    out
+}
+
+/// True when `value` holds a credential: one of `known` (see [`request_secrets`]), one
+/// the process holds in its environment, or anything [`redact`] would take out.
+pub fn holds_secret(value: &str, known: &[String]) -> bool {
+    known.iter().any(|s| value.contains(s.as_str())) || redact(value) != value
+}
+
 /// Cuts `text` to at most `max` characters (on a character boundary), marking the cut.
 pub fn shorten(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {

@@ -288,6 +288,10 @@ impl LocalStore {
         let dest = self.path(filename)?;
         let path = self.dir.join(format!(".{filename}{PARTIAL_MARK}"));
         let meta = self.dir.join(format!(".{filename}{PARTIAL_META_MARK}"));
+        // The partial file's names are ours: anything else found there (a symlink, a
+        // folder, a FIFO) is cleared away first, or every attempt would fail on it.
+        clear_planted(&path)?;
+        clear_planted(&meta)?;
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -299,9 +303,11 @@ impl LocalStore {
         if !file.metadata().map_err(|e| Error::io(&path, e))?.is_file() {
             return Err(Error::Argument(format!("{} is not a regular file", path.display())));
         }
-        // One writer at a time; verify never removes a locked partial file.
+        // One writer at a time; verify never removes a locked partial file. Another holder
+        // is a transfer of this file still running (one a stopped pass left behind): busy,
+        // not a failure of this attempt.
         if !try_flock(&file, libc::LOCK_EX).map_err(|e| Error::io(&path, e))? {
-            return Err(RemoteError::local(format!("another download of {filename} holds its partial file")).into());
+            return Err(RemoteError::busy(format!("another download of {filename} holds its partial file")).into());
         }
         let lock = file.try_clone().map_err(|e| Error::io(&path, e))?;
         let mut sink = PartialSink { out: None, hasher: Sha256::new(), size: 0, held: None, meta: meta.clone() };
@@ -508,12 +514,62 @@ fn keeps_partial(e: &Error) -> bool {
 }
 
 /// The validator an interrupted download saw first, if its file is there and readable.
+/// Never through a symlink, and at most 64 KiB (it is a few hundred bytes).
 fn read_validator(meta: &Path) -> Option<Validator> {
-    let text = fs::read_to_string(meta).ok()?;
+    let file = open_nofollow(meta).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(64 * 1024).read_to_string(&mut text).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
-    let validator = Validator { etag: field("etag"), last_modified: field("last_modified") };
+    let validator = Validator { etag: field("etag"), last_modified: field("last_modified"), length: v.get("length").and_then(|x| x.as_u64()) };
     (!validator.is_empty()).then_some(validator)
+}
+
+/// Writes a partial download's validator file: to a temp name created new (never through
+/// a symlink), fsynced, then renamed over the old one (a rename replaces a symlink, it
+/// does not follow it).
+fn write_validator(meta: &Path, validator: &Validator) -> io::Result<()> {
+    let text = serde_json::json!({"etag": validator.etag, "last_modified": validator.last_modified, "length": validator.length}).to_string();
+    // A temp name of the attachment's own (`.{filename}.tmp-{random}`): verify removes one a crash left.
+    let filename = meta.file_name().and_then(|n| n.to_str()).and_then(partial_of).ok_or_else(|| io::Error::other("bad validator file name"))?;
+    let tmp = meta.with_file_name(format!(".{filename}{TEMP_MARK}{}", uuid::Uuid::new_v4().simple()));
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, meta)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Clears what is not a regular file from one of a partial download's names (they are
+/// ours): a symlink (never its target), a FIFO or socket is removed; a folder is removed
+/// when empty, moved aside (`{name}.moved-{random}`) otherwise, never deleted with its content.
+fn clear_planted(path: &Path) -> Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    if meta.is_file() {
+        return Ok(());
+    }
+    log::warn!("{} is not a regular file: cleared away so the download can proceed", path.display());
+    let result = if meta.is_dir() {
+        fs::remove_dir(path).or_else(|_| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("partial");
+            fs::rename(path, path.with_file_name(format!("{name}.moved-{}", uuid::Uuid::new_v4().simple())))
+        })
+    } else {
+        fs::remove_file(path)
+    };
+    result.map_err(|e| Error::io(path, e))
 }
 
 /// Writes a partial download's bytes, hashing them (the prefix from disk included).
@@ -572,8 +628,7 @@ impl Sink for PartialSink {
                 _ => {}
             }
         } else {
-            let text = serde_json::json!({"etag": validator.etag, "last_modified": validator.last_modified}).to_string();
-            fs::write(&self.meta, text)?;
+            write_validator(&self.meta, validator)?;
         }
         Ok(())
     }
@@ -738,6 +793,66 @@ mod tests {
         for bad in ["../x", "/etc/passwd", "a/b", "..", ".hidden", "x\0y"] {
             assert!(s.path(bad).is_err(), "{bad:?}");
             assert!(s.write_from(bad, &mut &b"x"[..]).is_err(), "{bad:?}");
+        }
+    }
+
+    /// A download cut after `n` bytes that announced `validator` (as a backend does).
+    fn cut_download(s: &LocalStore, n: usize) -> Result<(Staged, Written)> {
+        s.stage_resumable("o.bin", |out| {
+            out.begin(0, &Validator { etag: Some("\"E1\"".into()), last_modified: None, length: Some(1000) }).unwrap();
+            out.write_all(&vec![1u8; n]).unwrap();
+            Err(RemoteError::truncated("cut").into())
+        })
+    }
+
+    #[test]
+    fn a_planted_validator_symlink_is_replaced_not_followed() {
+        let s = temp_store();
+        let outside = std::env::temp_dir().join(format!("att-canary-{}", uuid::Uuid::new_v4().simple()));
+        fs::write(&outside, b"canary").unwrap();
+        std::os::unix::fs::symlink(&outside, s.dir().join(".o.bin.partial-meta")).unwrap();
+        assert!(cut_download(&s, 500).is_err());
+        assert_eq!(fs::read(&outside).unwrap(), b"canary", "the file outside is untouched");
+        let meta = fs::symlink_metadata(s.dir().join(".o.bin.partial-meta")).unwrap();
+        assert!(meta.is_file(), "the validator is a file of ours now");
+        // And it is read back, with the length first announced.
+        let v = read_validator(&s.dir().join(".o.bin.partial-meta")).unwrap();
+        assert_eq!(v.length, Some(1000));
+        assert!(s.entries().unwrap().iter().all(|e| is_temp_name(&e.name)), "only names verify knows");
+        let _ = fs::remove_file(outside);
+    }
+
+    #[test]
+    fn a_planted_partial_symlink_or_folder_is_cleared_and_the_download_proceeds() {
+        let s = temp_store();
+        let outside = std::env::temp_dir().join(format!("att-canary-{}", uuid::Uuid::new_v4().simple()));
+        fs::write(&outside, b"canary").unwrap();
+        let partial = s.dir().join(".o.bin.partial");
+        std::os::unix::fs::symlink(&outside, &partial).unwrap();
+        assert!(cut_download(&s, 300).is_err());
+        assert_eq!(fs::read(&outside).unwrap(), b"canary");
+        assert_eq!(fs::symlink_metadata(&partial).unwrap().len(), 300, "the partial file is ours and holds the bytes");
+        fs::remove_file(&partial).unwrap();
+        fs::create_dir(&partial).unwrap();
+        fs::write(partial.join("inside"), b"x").unwrap();
+        assert!(cut_download(&s, 200).is_err());
+        assert_eq!(fs::symlink_metadata(&partial).unwrap().len(), 200);
+        assert!(fs::symlink_metadata(&partial).unwrap().is_file());
+        // A folder with content is moved aside, never deleted.
+        let moved: Vec<_> = fs::read_dir(s.dir()).unwrap().flatten().filter(|e| e.path().join("inside").exists()).collect();
+        assert_eq!(moved.len(), 1);
+        let _ = fs::remove_file(outside);
+    }
+
+    #[test]
+    fn a_partial_file_held_by_another_transfer_is_busy() {
+        let s = temp_store();
+        assert!(cut_download(&s, 10).is_err());
+        let held = File::open(s.dir().join(".o.bin.partial")).unwrap();
+        assert!(try_flock(&held, libc::LOCK_EX).unwrap());
+        match cut_download(&s, 10) {
+            Err(Error::Remote(e)) => assert!(e.is_busy(), "{e}"),
+            other => panic!("expected busy, got {other:?}"),
         }
     }
 }

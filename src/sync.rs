@@ -52,6 +52,9 @@ const BUSY_SLICE: Duration = Duration::from_millis(200);
 /// Writes the pass cannot do without (reconcile, verify, expiry) wait at most this long in all.
 const BUSY_LIMIT: Duration = Duration::from_secs(60);
 
+/// A transfer whose local file another transfer still holds is tried again after this long.
+const BUSY_RETRY: Duration = Duration::from_secs(2);
+
 /// Transfers in flight in this process, by (database file, id): bytes moved so far, and
 /// when the transfer started (ms since the epoch).
 static PROGRESS: LazyLock<Mutex<HashMap<(String, String), (u64, i64)>>> = LazyLock::new(Default::default);
@@ -657,7 +660,7 @@ impl Syncer {
             Err(e) => return Err(crate::store::upload_refusal(e)),
         };
         let (file, len, watch) = checked.split();
-        self.remote.upload(obj, file, len, progress)?;
+        self.remote.upload(obj, &crate::crypt::FileSource { file, len }, progress)?;
         match watch.unchanged() {
             Ok(true) => Ok(Outcome::Uploaded),
             Ok(false) => Err(crate::store::upload_refusal(Error::Argument(format!(
@@ -712,6 +715,12 @@ impl Syncer {
         match outcome {
             // Stopped or paused: released without an attempt, keeping what a multipart upload stored.
             Outcome::Failed(e) if cancelled => queue.release_keeping(&job.id, e.resume.as_deref())?,
+            // Another transfer of this file (one a stopped pass left running) still holds it:
+            // tried again soon, without counting an attempt.
+            Outcome::Failed(e) if e.is_busy() => {
+                log::info!("{} is busy: {e}; tried again in {} ms", job.id, BUSY_RETRY.as_millis());
+                queue.failed(job, job.attempts, now_ms() + BUSY_RETRY.as_millis() as i64, &e.to_string(), e.resume.as_deref())?;
+            }
             Outcome::Uploaded => {
                 if queue.uploaded(&job.id)? {
                     summary.uploaded += 1;

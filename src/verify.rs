@@ -75,7 +75,11 @@ pub fn run_if_due_locked(own_conn: &Connection, db_file: &str, config: &Config, 
 
 /// Verifies now, taking the write lock on `own_conn` (for `attachment_verify()`).
 pub fn run_now(own_conn: &Connection, db_file: &str, config: &Config, store: &LocalStore) -> Result<Verified> {
-    let v = immediate(own_conn, || verify(own_conn, config, store))?;
+    // A database last initialised by an earlier build gets the newer columns first.
+    let v = immediate(own_conn, || {
+        crate::schema::ensure(own_conn, &config.table)?;
+        verify(own_conn, config, store)
+    })?;
     mark_run(db_file);
     Ok(v)
 }

@@ -25,6 +25,7 @@ step "Hostile servers: redirects, truncation, trickles, secrets (nginx, s3s-fs, 
 step "Queue state machine: one test per transition" tests/py/run.sh test_queue_states
 step "Fetch now, progress feed, errors people can act on (nginx, s3s-fs, signing backend)" tests/py/run.sh test_fetch_progress
 step "Archived cache: limits by rows and bytes, LRU, pinning, attachment_cache()" tests/py/run.sh test_cache
+step "End-to-end encryption on every remote: ciphertext only, tampering, keys, rotation" tests/py/run.sh test_encryption
 step "Upgrades: the 0.1.0 fixture migrated, a newer schema refused" tests/py/run.sh test_upgrade
 step "Docs match the library (functions, config defaults, columns); README and docs links resolve in the repository and the packages" tests/py/run.sh test_docs
 step "Hostile input catalogue (SQL, synced data, hand-edited tables, hostile servers)" tests/py/run.sh test_hostile_input

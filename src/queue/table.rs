@@ -217,10 +217,13 @@ impl<'c> QueueTable<'c> {
     }
 
     /// ARCHIVED rows (`q`) the cache may evict, and so count toward its limits: not pinned,
-    /// and not a given-up download something still references.
+    /// not a given-up download something still references, and not a local copy the
+    /// remote does not have (`has_synced = 0`: saved here and never uploaded, or uploaded
+    /// only to a remote that was replaced): that copy may be the only one anywhere.
     fn evictable() -> String {
         format!(
             "state = {ARCHIVED} AND pinned = 0
+             AND NOT (local_uri IS NOT NULL AND has_synced = 0)
              AND NOT (given_up = 1 AND EXISTS (SELECT 1 FROM main._attachments_ref AS r WHERE r.id = q.id))"
         )
     }
@@ -278,7 +281,10 @@ impl<'c> QueueTable<'c> {
     /// ARCHIVED → gone (cache expiry; its local file was removed first). Never a pinned row.
     pub fn expire(&self, id: &str) -> Result<bool> {
         let t = &self.t;
-        Ok(self.conn.execute(&format!("DELETE FROM main.{t} WHERE id = ?1 AND state = {ARCHIVED} AND pinned = 0"), [id])? > 0)
+        Ok(self.conn.execute(
+            &format!("DELETE FROM main.{t} WHERE id = ?1 AND state = {ARCHIVED} AND pinned = 0 AND NOT (local_uri IS NOT NULL AND has_synced = 0)"),
+            [id],
+        )? > 0)
     }
 
     /// Records that `id` was used (read or saved) at `at`; an earlier time never

@@ -13,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{copy_with_progress, ErrorClass, ErrorKind, Fetched, Object, Progress, RemoteError, RemoteStorage, Sink, Validator};
+use super::{copy_with_progress, ErrorClass, ErrorKind, Fetched, Object, Progress, RemoteError, RemoteStorage, Sink, Source, Validator};
 use crate::store::sync_dir;
 
 pub struct DirRemote {
@@ -62,12 +62,12 @@ fn io_err(what: &str, e: std::io::Error) -> RemoteError {
 }
 
 impl RemoteStorage for DirRemote {
-    fn upload(&self, obj: &Object, mut file: File, _len: u64, progress: Progress) -> Result<(), RemoteError> {
+    fn upload(&self, obj: &Object, source: &dyn Source, progress: Progress) -> Result<(), RemoteError> {
         self.check_root()?;
         let tmp = self.root.join(format!(".{}.tmp-{}", obj.filename, uuid::Uuid::new_v4().simple()));
         let result = (|| {
             let mut out = File::create_new(&tmp)?;
-            copy_with_progress(&mut file, &mut out, progress)?;
+            copy_with_progress(&mut source.reader(0, source.len()), &mut out, progress)?;
             out.sync_all()?;
             fs::rename(&tmp, self.root.join(obj.filename))?;
             sync_dir(&self.root)
@@ -109,9 +109,10 @@ impl RemoteStorage for DirRemote {
         let validator = Validator {
             etag: Some(format!("\"{:x}-{:x}-{:x}\"", meta.ino(), length, meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128)),
             last_modified: None,
+            length: Some(length),
         };
         let offset = match out.held() {
-            Some(h) if h.offset <= length && h.validator.same_object(&validator) => h.offset,
+            Some(h) if h.offset <= length && h.validator.same_object(&validator) && h.validator.same_length(Some(length)) => h.offset,
             _ => 0,
         };
         let mut file = file;

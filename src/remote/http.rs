@@ -2,9 +2,8 @@
 //! (nginx WebDAV, or any presigning proxy). Optional bearer token from
 //! `ATTACHMENTS_HTTP_TOKEN`, read from the environment, never stored.
 
-use std::fs::File;
 use super::transport::{Conditional, Transport};
-use super::{Fetched, Object, Progress, RemoteError, RemoteStorage, Sink};
+use super::{Fetched, Object, Progress, RemoteError, RemoteStorage, Sink, Source};
 
 pub struct HttpRemote {
     base: String,
@@ -32,10 +31,10 @@ pub fn bearer_from_env() -> Vec<(&'static str, String)> {
 }
 
 impl RemoteStorage for HttpRemote {
-    fn upload(&self, obj: &Object, file: File, len: u64, progress: Progress) -> Result<(), RemoteError> {
+    fn upload(&self, obj: &Object, source: &dyn Source, progress: Progress) -> Result<(), RemoteError> {
         let mut headers = self.auth.clone();
         headers.push(("Content-Type", obj.media_type.to_string()));
-        self.transport.put_file(&self.url(obj), &headers, file, len, progress).map(|_| ())
+        self.transport.put_file(&self.url(obj), &headers, source, progress).map(|_| ())
     }
 
     fn download(&self, obj: &Object, out: &mut dyn Sink, progress: Progress) -> Result<Fetched, RemoteError> {

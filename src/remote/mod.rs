@@ -2,6 +2,7 @@
 //! backend per URL scheme; `open` picks it from the config.
 
 mod dir;
+mod encrypted;
 mod http;
 mod limits;
 mod retry_after;
@@ -13,7 +14,7 @@ mod transport;
 #[doc(hidden)]
 pub mod fuzzing;
 
-use std::{fmt, fs::File, io, io::Read, io::Write, time::Duration};
+use std::{fmt, io, io::Read, io::Write, time::Duration};
 
 use crate::config::{Config, Remote as RemoteUrl};
 use crate::error::Result;
@@ -46,11 +47,22 @@ pub struct Validator {
     /// A strong ETag, quotes included (weak ones cannot validate a range).
     pub etag: Option<String>,
     pub last_modified: Option<String>,
+    /// The whole object's length as first announced (not a validator the server checks:
+    /// a resumed answer announcing another total is another object, or a lying server).
+    pub length: Option<u64>,
 }
 
 impl Validator {
     pub fn is_empty(&self) -> bool {
         self.etag.is_none() && self.last_modified.is_none()
+    }
+
+    /// False when this object's length was known and `total` is another one.
+    pub fn same_length(&self, total: Option<u64>) -> bool {
+        match (self.length, total) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
     }
 
     /// True when `answer` names the same object (every validator both sides have agrees,
@@ -106,19 +118,38 @@ impl Sink for Vec<u8> {
 /// (the worker is stopping).
 pub type Progress<'a> = &'a (dyn Fn(u64) -> io::Result<()> + Sync);
 
+/// The bytes an upload sends: `len()` bytes that can be read from any offset, so the
+/// parts of one upload can be read at once (the local file, or its encrypted form).
+pub trait Source: Send + Sync {
+    fn len(&self) -> u64;
+    /// Reads bytes `start..end` in order.
+    fn reader(&self, start: u64, end: u64) -> Box<dyn Read + Send + '_>;
+}
+
 pub trait RemoteStorage: Send + Sync {
-    /// Stores `file` (`len` bytes) as `obj.filename`, streaming it.
-    fn upload(&self, obj: &Object, file: File, len: u64, progress: Progress) -> Result<(), RemoteError>;
+    /// Stores `source` as `obj.filename`, streaming it.
+    fn upload(&self, obj: &Object, source: &dyn Source, progress: Progress) -> Result<(), RemoteError>;
     /// Streams `obj.filename` into `out`: only the rest, when `out` holds the start of the
     /// same object and the remote can send a range (see [`Sink`]). `progress` counts the
     /// bytes of this answer.
     fn download(&self, obj: &Object, out: &mut dyn Sink, progress: Progress) -> Result<Fetched, RemoteError>;
     /// Removes `obj.filename`; an object that is already gone counts as done.
     fn delete(&self, obj: &Object) -> Result<(), RemoteError>;
+    /// Drops what `obj.resume` holds of an earlier attempt that will not be resumed
+    /// (S3 aborts the multipart upload); best effort.
+    fn abandon(&self, _obj: &Object) {}
 }
 
 /// The backend for a config's `remote`.
 pub fn open(config: &Config) -> Result<Box<dyn RemoteStorage>> {
+    let plain = open_plain(config)?;
+    Ok(match &config.encryption {
+        Some(enc) => Box::new(encrypted::EncryptedRemote::new(plain, enc.clone())),
+        None => plain,
+    })
+}
+
+fn open_plain(config: &Config) -> Result<Box<dyn RemoteStorage>> {
     match &config.remote {
         RemoteUrl::Dir(path) => Ok(Box::new(dir::DirRemote::new(path.clone()))),
         RemoteUrl::Http(base) => Ok(Box::new(http::HttpRemote::new(base.clone()))),
@@ -214,6 +245,8 @@ impl ErrorClass {
     }
 }
 
+/// How [`RemoteError::busy`] messages start.
+const BUSY: &str = "busy: ";
 /// How a cut body's error begins (see [`RemoteError::truncated`]).
 const TRUNCATED: &str = "incomplete transfer: ";
 
@@ -261,6 +294,17 @@ impl RemoteError {
     /// A body cut short: what did arrive is the object's start, and can be resumed.
     pub fn truncated(message: impl Into<String>) -> RemoteError {
         RemoteError::integrity(format!("{TRUNCATED}{}", message.into()))
+    }
+
+    /// The local file is held by another transfer of the same file (one a stopped pass left
+    /// running): not a failure of this attempt, tried again soon without counting one.
+    pub fn busy(message: impl Into<String>) -> RemoteError {
+        RemoteError::local(format!("{BUSY}{}", message.into()))
+    }
+
+    /// True for [`RemoteError::busy`].
+    pub fn is_busy(&self) -> bool {
+        self.class == ErrorClass::Local && self.message.starts_with(BUSY)
     }
 
     /// True for [`RemoteError::truncated`].

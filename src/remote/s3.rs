@@ -10,9 +10,6 @@
 //! upload, the part size changed, the file now goes up in one PUT) the upload
 //! is aborted, so no stored parts are left behind to be billed.
 
-use std::fs::File;
-use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -22,7 +19,7 @@ use rusty_s3::actions::{CreateMultipartUpload, S3Action};
 use rusty_s3::{Bucket, Credentials, UrlStyle};
 
 use super::transport::{Conditional, Transport};
-use super::{ErrorClass, ErrorKind, Fetched, Object, Progress, RemoteError, RemoteStorage, Sink};
+use super::{ErrorClass, ErrorKind, Fetched, Object, Progress, RemoteError, RemoteStorage, Sink, Source};
 use crate::error::{Error, Result};
 
 /// Presigned URLs are made just before use; this only bounds clock skew and slow starts.
@@ -36,25 +33,6 @@ type PartsSent = (Vec<(u64, String)>, Option<RemoteError>);
 
 /// Parts in flight at once for one file.
 const PARALLEL_PARTS: usize = 4;
-
-/// Reads `file` from `pos` to `end` with positioned reads, so parts can be read concurrently.
-struct PartReader<'a> {
-    file: &'a File,
-    pos: u64,
-    end: u64,
-}
-
-impl Read for PartReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = buf.len().min((self.end - self.pos) as usize);
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = self.file.read_at(&mut buf[..want], self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
 
 pub struct S3Remote {
     bucket: Bucket,
@@ -88,7 +66,7 @@ impl S3Remote {
         })
     }
 
-    fn put_single(&self, obj: &Object, file: File, len: u64, progress: Progress) -> Result<(), RemoteError> {
+    fn put_single(&self, obj: &Object, source: &dyn Source, progress: Progress) -> Result<(), RemoteError> {
         let key = self.key(obj);
         let mut action = self.bucket.put_object(Some(self.credentials()?), &key);
         let mut headers = vec![("Content-Type", obj.media_type.to_string())];
@@ -98,10 +76,11 @@ impl S3Remote {
             headers.push(("x-amz-checksum-sha256", b64));
         }
         let url = action.sign(URL_LIFETIME);
-        self.transport.put_file(url.as_str(), &headers, file, len, progress).map(|_| ())
+        self.transport.put_file(url.as_str(), &headers, source, progress).map(|_| ())
     }
 
-    fn put_multipart(&self, obj: &Object, file: File, len: u64, progress: Progress) -> Result<(), RemoteError> {
+    fn put_multipart(&self, obj: &Object, source: &dyn Source, progress: Progress) -> Result<(), RemoteError> {
+        let len = source.len();
         let creds = self.credentials()?;
         let key = self.key(obj);
         let part_size = PART_SIZE.max(len.div_ceil(10_000));
@@ -148,7 +127,7 @@ impl S3Remote {
                     // A part is big: let the store refuse it (an upload id it no longer knows)
                     // before the body goes, so its answer is read instead of a cut connection.
                     let expect = [("Expect", "100-continue".to_string())];
-                    let mut part = PartReader { file: &file, pos: offset, end: offset + part_len(n) };
+                    let mut part = source.reader(offset, offset + part_len(n));
                     let result = self
                         .transport
                         .put_reader(url.as_str(), &expect, &mut part, part_len(n), &part_progress)
@@ -278,15 +257,21 @@ pub(super) fn hex_to_base64(hex_digest: &str) -> Option<String> {
 }
 
 impl RemoteStorage for S3Remote {
-    fn upload(&self, obj: &Object, file: File, len: u64, progress: Progress) -> Result<(), RemoteError> {
-        if len > MULTIPART_THRESHOLD {
-            self.put_multipart(obj, file, len, progress)
+    fn upload(&self, obj: &Object, source: &dyn Source, progress: Progress) -> Result<(), RemoteError> {
+        if source.len() > MULTIPART_THRESHOLD {
+            self.put_multipart(obj, source, progress)
         } else {
             // The file shrank below the threshold since an interrupted multipart attempt.
             if let Some(old) = obj.resume.and_then(Multipart::parse) {
                 self.abort_quietly(&self.key(obj), &old.upload_id);
             }
-            self.put_single(obj, file, len, progress)
+            self.put_single(obj, source, progress)
+        }
+    }
+
+    fn abandon(&self, obj: &Object) {
+        if let Some(old) = obj.resume.and_then(Multipart::parse) {
+            self.abort_quietly(&self.key(obj), &old.upload_id);
         }
     }
 

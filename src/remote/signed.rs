@@ -5,12 +5,11 @@
 //!   DELETE {base}/{id}
 //! The bearer token (ATTACHMENTS_HTTP_TOKEN) goes to the backend only, never to storage.
 
-use std::fs::File;
 use serde_json::json;
 
 use super::http::bearer_from_env;
 use super::transport::{Conditional, Transport};
-use super::{ErrorClass, ErrorKind, Fetched, Object, Progress, RemoteError, RemoteStorage, Sink};
+use super::{ErrorClass, ErrorKind, Fetched, Object, Progress, RemoteError, RemoteStorage, Sink, Source};
 
 pub struct SignedRemote {
     base: String,
@@ -32,11 +31,11 @@ fn url_field(answer: &serde_json::Value, field: &str) -> Result<String, RemoteEr
 }
 
 impl RemoteStorage for SignedRemote {
-    fn upload(&self, obj: &Object, file: File, len: u64, progress: Progress) -> Result<(), RemoteError> {
+    fn upload(&self, obj: &Object, source: &dyn Source, progress: Progress) -> Result<(), RemoteError> {
         let body = json!({"id": obj.id, "filename": obj.filename, "contentType": obj.media_type});
         let answer = self.transport.post_json(&format!("{}/upload-url", self.base), &self.auth, &body)?;
         let url = url_field(&answer, "uploadUrl")?;
-        self.transport.put_file(&url, &[("Content-Type", obj.media_type.to_string())], file, len, progress).map(|_| ())
+        self.transport.put_file(&url, &[("Content-Type", obj.media_type.to_string())], source, progress).map(|_| ())
     }
 
     fn download(&self, obj: &Object, out: &mut dyn Sink, progress: Progress) -> Result<Fetched, RemoteError> {

@@ -18,7 +18,6 @@
 //! cut connection (Content-Length or chunked), that many bytes, and no
 //! Content-Encoding (we never ask for one, so a gzip body is not the file).
 
-use std::fs::File;
 use std::io::Read;
 use std::time::SystemTime;
 
@@ -26,7 +25,7 @@ use ureq::http::{HeaderMap, Response, StatusCode};
 use ureq::{Agent, Body, SendBody};
 
 use super::limits::{Limits, Pace, RateReader};
-use super::{copy_with_progress, retry_after, ErrorClass, ErrorKind, Fetched, Held, Progress, ProgressReader, RemoteError, Sink, Validator};
+use super::{copy_with_progress, retry_after, ErrorClass, ErrorKind, Fetched, Held, Progress, ProgressReader, RemoteError, Sink, Source, Validator};
 
 /// How a resumed download makes sure the rest belongs to the same object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,11 +44,22 @@ enum Ranged {
 }
 
 /// The validators an answer carries: a strong ETag (a weak one cannot validate a range)
-/// and Last-Modified.
-fn validator_of(h: &HeaderMap) -> Validator {
-    let etag = header(h, "etag").map(str::trim).filter(|e| e.starts_with('"') && e.len() <= 200).map(str::to_string);
-    let last_modified = header(h, "last-modified").map(str::trim).filter(|d| !d.is_empty() && d.len() <= 100).map(str::to_string);
-    Validator { etag, last_modified }
+/// and Last-Modified. A value holding one of the request's credentials (`secrets`, see
+/// [`crate::redact::request_secrets`]) or the process's is dropped: validators are
+/// stored in `local_dir` for the next attempt, and a server echoing a token there would
+/// leave it on disk in plaintext. Without a validator the download cannot resume.
+fn validator_of(h: &HeaderMap, secrets: &[String]) -> Validator {
+    let clean = |v: &str| {
+        let bad = crate::redact::holds_secret(v, secrets);
+        if bad {
+            log::warn!("download: the server sent a validator holding a credential; it is not kept (no resume)");
+        }
+        !bad
+    };
+    let etag = header(h, "etag").map(str::trim).filter(|e| e.starts_with('"') && e.len() <= 200).filter(|e| clean(e)).map(str::to_string);
+    let last_modified =
+        header(h, "last-modified").map(str::trim).filter(|d| !d.is_empty() && d.len() <= 100).filter(|d| clean(d)).map(str::to_string);
+    Validator { etag, last_modified, length: None }
 }
 
 /// `bytes START-END/TOTAL` (TOTAL may be `*`): the start and, if given, the total.
@@ -101,16 +111,16 @@ impl Transport {
         Transport { agent: config.into(), limits }
     }
 
-    /// `PUT`s `len` bytes of `file`, streaming. Returns the response headers.
+    /// `PUT`s all of `source`, streaming. Returns the response headers.
     pub fn put_file(
         &self,
         url: &str,
         headers: &[(&str, String)],
-        file: File,
-        len: u64,
+        source: &dyn Source,
         progress: Progress,
     ) -> Result<HeaderMap, RemoteError> {
-        self.put_reader(url, headers, &mut std::io::BufReader::with_capacity(256 * 1024, file), len, progress)
+        let len = source.len();
+        self.put_reader(url, headers, &mut std::io::BufReader::with_capacity(256 * 1024, source.reader(0, len)), len, progress)
     }
 
     /// `PUT`s exactly `len` bytes from `body`, streaming. A body the server takes
@@ -214,21 +224,29 @@ impl Transport {
                 "download refused: the answer has neither Content-Length nor chunked encoding, so a cut connection could not be told from the end of the file",
             ));
         }
-        let validator = validator_of(h);
+        let mut validator = validator_of(h, &crate::redact::request_secrets(url, &headers));
         // Where this body starts in the object, and the object's whole length if known.
         let (offset, total) = match held.filter(|_| partial) {
             Some(held) => {
                 let range = header(h, "content-range").and_then(parse_content_range);
+                // The whole length this answer claims; it must be the one first announced
+                // (a server lying about it would otherwise get a short file published).
+                let whole = range.and_then(|(start, total)| total.or(length.map(|l| l + start)));
                 match range {
-                    Some((start, total)) if start == held.offset && held.validator.same_object(&validator) => (start, total),
+                    Some((start, _))
+                        if start == held.offset && held.validator.same_object(&validator) && held.validator.same_length(whole) =>
+                    {
+                        (start, whole.or(held.validator.length))
+                    }
                     _ => {
-                        log::debug!("download: a 206 for another range or another object: starting over");
+                        log::debug!("download: a 206 for another range, another object or another length: starting over");
                         return Ok(Ranged::StartOver);
                     }
                 }
             }
             None => (0, length),
         };
+        validator.length = total;
         // S3 returns the SHA-256 it stored, base64-encoded, when asked for it: the whole object's.
         let sha256 = header(h, "x-amz-checksum-sha256").and_then(base64_to_hex);
         out.begin(offset, &validator).map_err(|e| RemoteError::local(format!("preparing the local file: {e}")))?;
@@ -458,6 +476,7 @@ fn transport_error(what: &str, e: ureq::Error) -> RemoteError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn s3_error_codes_are_kept_and_urls_dropped() {
@@ -480,7 +499,7 @@ mod tests {
 
     #[test]
     fn validators_must_agree() {
-        let v = |e: Option<&str>, d: Option<&str>| Validator { etag: e.map(Into::into), last_modified: d.map(Into::into) };
+        let v = |e: Option<&str>, d: Option<&str>| Validator { etag: e.map(Into::into), last_modified: d.map(Into::into), length: None };
         assert!(v(Some("\"a\""), None).same_object(&v(Some("\"a\""), Some("x"))));
         assert!(!v(Some("\"a\""), None).same_object(&v(Some("\"b\""), None)));
         assert!(!v(Some("\"a\""), Some("d1")).same_object(&v(Some("\"a\""), Some("d2"))));
@@ -517,5 +536,107 @@ mod tests {
         let e = failure(400, "<Code>Slow\nDown</Code>");
         assert_eq!(e.message, "upload failed: Bad Request (Slow Down)");
         assert_eq!(failure(403, "<Error><Code>SignatureDoesNotMatch</Code></Error>").message, "upload failed: Forbidden (SignatureDoesNotMatch)");
+    }
+
+    /// A server answering each connection with the next scripted answer (then closing);
+    /// returns its address and the requests it saw.
+    fn scripted(answers: Vec<Vec<u8>>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for answer in answers {
+                let Ok((mut conn, _)) = listener.accept() else { return };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut request = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    request.push_str(&line);
+                }
+                log.lock().unwrap().push(request);
+                let _ = conn.write_all(&answer);
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+            }
+        });
+        (addr, seen)
+    }
+
+    fn answer(status: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
+        let mut out = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        out.push_str("\r\n");
+        let mut out = out.into_bytes();
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn temp_store() -> crate::store::LocalStore {
+        let dir = std::env::temp_dir().join(format!("att-transport-{}", uuid::Uuid::new_v4().simple()));
+        crate::store::LocalStore::create(dir).unwrap()
+    }
+
+    /// One resumable download attempt of `o.bin` into `store`.
+    fn attempt(store: &crate::store::LocalStore, url: &str, headers: &[(&str, String)]) -> crate::error::Result<u64> {
+        let t = Transport::new();
+        let progress = |_: u64| Ok(());
+        store
+            .stage_resumable("o.bin", |out| Ok(t.get_to(url, headers, "application/octet-stream", out, &progress, Conditional::IfRange)?))
+            .map(|(staged, w)| {
+                store.publish_refs(&[&staged]).unwrap();
+                w.size
+            })
+    }
+
+    #[test]
+    fn a_resumed_answer_announcing_another_total_starts_over() {
+        let body: Vec<u8> = (0..200u32).map(|i| i as u8).collect();
+        let etag = ("ETag", "\"E1\"".to_string());
+        let (url, seen) = scripted(vec![
+            // Announces 200 bytes, sends 50, closes.
+            answer("200 OK", &[etag.clone(), ("Content-Length", "200".into())], &body[..50]),
+            // Lies that the object is 60 bytes long and these 10 bytes are its end.
+            answer("206 Partial Content", &[etag.clone(), ("Content-Range", "bytes 50-59/60".into()), ("Content-Length", "10".into())], &body[50..60]),
+            answer("200 OK", &[etag.clone(), ("Content-Length", "200".into())], &body),
+        ]);
+        let store = temp_store();
+        let url = format!("{url}/o.bin");
+        assert!(attempt(&store, &url, &[]).is_err(), "the first answer is cut");
+        assert_eq!(fs::metadata(store.dir().join(".o.bin.partial")).unwrap().len(), 50);
+        assert_eq!(attempt(&store, &url, &[]).unwrap(), 200, "a short total is never published");
+        assert_eq!(fs::read(store.dir().join("o.bin")).unwrap(), body);
+        let seen = seen.lock().unwrap();
+        assert!(seen[1].to_ascii_lowercase().contains("range: bytes=50-"), "{}", seen[1]);
+        assert!(!seen[2].to_ascii_lowercase().contains("range:"), "started over: {}", seen[2]);
+    }
+
+    #[test]
+    fn a_validator_echoing_a_credential_is_never_stored() {
+        let token = "tok-4f1c9e2a7b";
+        let session = "sess/4f1c+9e2a7b";
+        let (url, _) = scripted(vec![
+            answer(
+                "200 OK",
+                &[("ETag", format!("\"{token}\"")), ("Last-Modified", format!("x {session} y")), ("Content-Length", "100".into())],
+                &[7u8; 20],
+            ),
+            answer("200 OK", &[("ETag", format!("\"a-{session}\"")), ("Content-Length", "100".into())], &[7u8; 20]),
+        ]);
+        let store = temp_store();
+        let meta = store.dir().join(".o.bin.partial-meta");
+        let auth = [("Authorization", format!("Bearer {token}"))];
+        let presigned = format!("{url}/o.bin?X-Amz-Security-Token={}&X-Amz-Signature=abcd1234", "sess%2F4f1c%2B9e2a7b");
+        assert!(attempt(&store, &presigned, &auth).is_err());
+        let kept = fs::read_to_string(&meta).unwrap_or_default();
+        assert!(!kept.contains(token) && !kept.contains(session), "{kept}");
+        assert!(attempt(&store, &presigned, &[]).is_err());
+        let kept = fs::read_to_string(&meta).unwrap_or_default();
+        assert!(!kept.contains(session), "{kept}");
     }
 }

@@ -29,6 +29,8 @@ fn pin(ctx: &Context) -> Result<Option<i64>> {
     let Some(id) = id_arg(ctx)? else { return Ok(None) };
     let conn = caller(ctx)?;
     let config = Config::load(&conn)?;
+    // A database last initialised by an earlier build gets the cache's columns first.
+    crate::schema::ensure(&conn, &config.table)?;
     Ok(Some(crate::cache::pin(&conn, &config, &id)? as i64))
 }
 
@@ -37,11 +39,15 @@ fn unpin(ctx: &Context) -> Result<Option<i64>> {
     let Some(id) = id_arg(ctx)? else { return Ok(None) };
     let conn = caller(ctx)?;
     let config = Config::load(&conn)?;
+    // A database last initialised by an earlier build gets the cache's columns first.
+    crate::schema::ensure(&conn, &config.table)?;
     Ok(Some(crate::cache::unpin(&conn, &config, &id)? as i64))
 }
 
 fn report(ctx: &Context) -> Result<String> {
     let conn = caller(ctx)?;
     let config = Config::load(&conn)?;
+    // A database last initialised by an earlier build gets the cache's columns first.
+    crate::schema::ensure(&conn, &config.table)?;
     Ok(crate::cache::report(&conn, &config, conn.path().unwrap_or(""))?.to_string())
 }

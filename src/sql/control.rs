@@ -165,6 +165,8 @@ fn expire_cache(ctx: &Context) -> Result<i64> {
     // Uses noted by reads in this process are written first: they decide what goes.
     let expired = crate::cache::with_uses(db_file, |uses| {
         crate::connection::immediate(&own, || {
+            // A database last initialised by an earlier build gets the cache's columns first.
+            schema::ensure(&own, &config.table)?;
             crate::cache::record_uses(&own, &config.table, uses)?;
             crate::cache::expire(&own, &config, &store)
         })

@@ -36,7 +36,10 @@ fn fetch(ctx: &Context) -> Result<String> {
     no_write_transaction(&conn)?;
     let config = Config::load(&conn)?;
     let target = DbTarget::of(&conn, "attachment_fetch()")?;
-    crate::fetch::fetch(&target, config, &id, timeout, &|| host_interrupted(&conn))
+    let path = crate::fetch::fetch(&target, config, &id, timeout, &|| host_interrupted(&conn))?;
+    // A fetch is a use: the archived cache keeps what was fetched last longest.
+    crate::cache::touch(&target.path, &id);
+    Ok(path)
 }
 
 /// The fetch commits on its own connection: never inside the caller's write transaction

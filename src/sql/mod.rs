@@ -4,6 +4,7 @@
 mod cache;
 mod control;
 mod fetch;
+mod keys;
 mod queue_vtab;
 mod read;
 mod retry;
@@ -35,6 +36,7 @@ pub fn register(db: &Connection) -> rusqlite::Result<()> {
     fetch::register(db)?;
     watches_vtab::register(db)?;
     cache::register(db)?;
+    keys::register(db)?;
     Ok(())
 }
 

@@ -106,20 +106,25 @@ impl QueueCursor<'_> {
         let config = Config::load(&conn)?;
         self.db_file = conn.path().unwrap_or("").to_string();
         let filter = if id.is_some() { "WHERE id = ?1" } else { "" };
-        // Columns of later layouts read as NULL until the database is migrated (its first
-        // attachment_init or sync pass under this build).
-        let present: Vec<String> = conn
-            .prepare("SELECT name FROM main.pragma_table_info(?1) WHERE name IN ('given_up', 'started_at')")?
+        // Columns of later layouts read as their defaults until the database is migrated
+        // (its first attachment_init, sync pass, or a function that writes them): a read cannot.
+        let present: std::collections::HashSet<String> = conn
+            .prepare("SELECT name FROM main.pragma_table_info(?1)")?
             .query_map([&config.table], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        let column = |name: &str| if present.iter().any(|p| p == name) { name.to_string() } else { "NULL".to_string() };
-        let (given_up, started_at) = (column("given_up"), column("started_at"));
+        let column = |name: &str, default: &str| if present.contains(name) { name.to_string() } else { default.to_string() };
+        let (given_up, started_at) = (column("given_up", "NULL"), column("started_at", "NULL"));
         // language=SQLite
         let sql = format!(
             "SELECT id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data,
-                    NULL, bytes_done, attempts, next_attempt_at, last_error, sha256, NULL, pinned, last_used, priority,
+                    NULL, {}, attempts, next_attempt_at, last_error, {}, NULL, {}, {}, {},
                     {given_up}, {started_at}
              FROM main.{} {filter} ORDER BY rowid",
+            column("bytes_done", "NULL"),
+            column("sha256", "NULL"),
+            column("pinned", "0"),
+            column("last_used", "NULL"),
+            column("priority", "0"),
             quote_ident(&config.table)
         );
         let mut stmt = conn.prepare(&sql)?;

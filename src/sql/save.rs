@@ -58,6 +58,9 @@ fn save_from(ctx: &Context, data: &mut dyn Read) -> Result<String> {
     let meta_data = opt_text_arg(ctx, 3, "meta_data")?;
     let conn = caller(ctx)?;
     let config = Config::load(&conn)?;
+    // A database last initialised by an earlier build gets the newer columns first (in the
+    // caller's transaction, like the INSERT below).
+    crate::schema::ensure(&conn, &config.table)?;
     let store = LocalStore::open(config.local_dir_for(conn.path())?)?;
     crate::ownership::check_save(&conn, conn.path(), store.dir(), &config.table)?; // not another database's folder, nor the original's
     let id = uuid::Uuid::new_v4().to_string();

@@ -26,6 +26,12 @@ misbehave on demand. It forwards each request to 127.0.0.1:$UPSTREAM_PORT
                   body repeating the request line, every header and the query string
   cut             the first $CUT_TIMES (default 1) GET answers with a body (200 or 206) send their
                   headers and $CUT_BYTES bytes of the body, then close; later ones pass
+  lying_206       GET 200 answers are cut as in `cut` (the first $CUT_TIMES); a 206 answer to
+                  `Range: bytes=N-` claims the object ends 100 bytes later
+                  (`Content-Range: bytes N-(N+99)/(N+100)`) and sends those 100 bytes
+  echo_validator  GET 200 answers carry the request's credential (the bearer token, or the
+                  presigned URL's X-Amz-Security-Token) as their ETag and Last-Modified, and are
+                  cut as in `cut`, so a client would keep them to resume
 Each request line is appended to $LOG with the number of requests in flight, the
 Host header, whether an Authorization header came along and the Range header (or -).
 Each answer is appended to $LOG.sent as `METHOD STATUS BODY_BYTES_SENT range=RANGE`.
@@ -150,13 +156,34 @@ class Proxy(BaseHTTPRequestHandler):
         if os.environ.get("LOG_BODIES"):
             with lock, open(LOG + ".bodies", "a") as f:
                 f.write(f"{self.command} {resp.status} {data[:2000]!r}\n")
-        if MODE == "cut" and self.command == "GET" and resp.status in (200, 206) and len(data) > 1 \
-                and next(cut_counter) <= int(os.environ.get("CUT_TIMES", "1")):
+        if MODE == "lying_206" and self.command == "GET" and resp.status == 206:
+            start = int(self.headers["Range"].split("=")[1].split("-")[0])
+            lie = data[:100]
+            self.send_response(206)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("connection", "transfer-encoding", "content-length", "content-range"):
+                    self.send_header(k, v)
+            self.send_header("Content-Range", f"bytes {start}-{start + len(lie) - 1}/{start + len(lie)}")
+            self.send_header("Content-Length", str(len(lie)))
+            self.end_headers()
+            self.wfile.write(lie)
+            self.log_sent(206, len(lie))
+            return
+        echoed = {}
+        if MODE == "echo_validator" and self.command == "GET" and resp.status == 200:
+            import urllib.parse
+            query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+            secret = query.get("X-Amz-Security-Token", [""])[0] or self.headers.get("Authorization", "").split(" ")[-1]
+            echoed = {"etag": f'"{secret}"', "last-modified": secret}
+        if MODE in ("cut", "lying_206", "echo_validator") and self.command == "GET" and resp.status in (200, 206) \
+                and len(data) > 1 and next(cut_counter) <= int(os.environ.get("CUT_TIMES", "1")):
             sent = data[: int(os.environ["CUT_BYTES"])]
             self.send_response(resp.status)
             for k, v in resp.getheaders():
-                if k.lower() not in ("connection", "transfer-encoding", "content-length"):
+                if k.lower() not in ("connection", "transfer-encoding", "content-length", *echoed):
                     self.send_header(k, v)
+            for k, v in echoed.items():
+                self.send_header(k, v)
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Connection", "close")
             self.end_headers()

@@ -17,6 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 S3S_FS = os.environ.get(
     "S3S_FS", os.path.expanduser("~/.cache/sqlite-attachments/s3s-fs-0.14.1/bin/s3s-fs"))
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+DAV_EXT = "/usr/lib/nginx/modules/ngx_http_dav_ext_module.so"
 ACCESS_KEY = "AKTESTACCESSKEY"
 SECRET_KEY = "test-secret-key-never-stored"
 BUCKET = "attachments-test"
@@ -67,13 +68,17 @@ class Server:
 class Nginx(Server):
     """nginx serving WebDAV from `root`; PUT/DELETE need `Authorization: Bearer <token>` when token is set."""
 
-    def __init__(self, root, token=None):
+    def __init__(self, root, token=None, propfind=False):
         self.dir = tempfile.mkdtemp(prefix="att-nginx-")
         port = free_port()
         auth = f'if ($http_authorization != "Bearer {token}") {{ return 401; }}' if token else ""
+        # PROPFIND (Debian's libnginx-mod-http-dav-ext): only the benchmarks' rclone rows need it.
+        load = f"load_module {DAV_EXT};" if propfind else ""
+        propfind_methods = "dav_ext_methods PROPFIND OPTIONS;" if propfind else ""
         conf = os.path.join(self.dir, "nginx.conf")
         with open(conf, "w") as f:
             f.write(f"""
+{load}
 daemon off;
 master_process off;
 worker_processes 1;
@@ -94,6 +99,7 @@ http {{
     location / {{
       {auth}
       dav_methods PUT DELETE MKCOL;
+      {propfind_methods}
       create_full_put_path on;
     }}
   }}

@@ -149,6 +149,20 @@ class LeastRecentlyUsed(CacheCase):
         self.assertEqual(self.archived(a), {old})
         self.assertIsNotNone(one(a, "SELECT attachment_local_uri(?)", old))
 
+    def test_a_fetch_is_a_use(self):
+        a = self.app()
+        old = self.save(a, "old", 100)
+        newer = self.save(a, "newer", 100)
+        self.sync(a)
+        self.archive(a, "old")
+        time.sleep(0.01)
+        self.archive(a, "newer")
+        # The local copy is complete: the fetch returns at once, and counts as a read.
+        self.assertTrue(one(a, "SELECT attachment_fetch(?)", old).endswith(".bin"))
+        self.limits(a, archived_cache_limit=1)
+        self.assertEqual(self.sync(a)["expired"], 1)
+        self.assertEqual(self.archived(a), {old})
+
     def test_reads_are_not_written_one_by_one_but_with_the_next_pass(self):
         a = self.app()
         first = self.save(a, "first", 100)
@@ -346,6 +360,28 @@ class NeverBeyondArchived(CacheCase):
         self.assertEqual(self.states(a), before)
         for f in (synced, deleting, upload, unreferenced_upload):
             self.assertTrue(os.path.exists(os.path.join(self.dir, "files-a", f + ".bin")), f)
+
+    def test_a_local_copy_the_remote_lacks_is_never_evicted(self):
+        a = self.app()
+        kept = self.save(a, "kept", 700)
+        self.sync(a)
+        self.archive(a, "kept")
+        self.assertEqual(self.states(a), {kept: "ARCHIVED"})
+        # Another remote: it has none of the files, so this copy may be the only one left.
+        other = os.path.join(self.dir, "remote2")
+        os.makedirs(other)
+        cfg = {"local_dir": "files-a", "remote": f"file://{other}", "archived_cache_limit": 0, "archived_cache_bytes": 0}
+        a.execute("SELECT attachment_init(?)", (json.dumps(cfg),))
+        self.assertEqual(one(a, "SELECT attachment_expire_cache()"), 0)
+        self.sync(a)
+        self.assertEqual(self.states(a), {kept: "ARCHIVED"})
+        self.assertTrue(os.path.exists(os.path.join(self.dir, "files-a", kept + ".bin")))
+        self.assertEqual(json.loads(one(a, "SELECT attachment_cache()"))["next_expiry"]["count"], 0)
+        # Referenced again, it goes up to the new remote.
+        a.execute("INSERT INTO docs VALUES ('kept', ?)", (kept,))
+        self.sync(a)
+        self.assertEqual(self.states(a), {kept: "SYNCED"})
+        self.assertEqual(os.listdir(other), [kept + ".bin"])
 
 
 class Report(CacheCase):

@@ -146,6 +146,7 @@ class Surface(Case):
             "attachment_expire_cache", "attachment_filename", "attachment_media_type", "attachment_reconcile",
             "attachment_retry", "attachment_version", "attachment_pin", "attachment_unpin", "attachment_cache",
             "attachment_pause", "attachment_resume", "attachment_fetch", "attachment_progress",
+            "attachment_generate_key",
         })
 
     def test_reconcile_alone_queues_and_archives_without_transfers(self):

@@ -134,6 +134,7 @@ FUNCTIONS = {
     "attachment_unpin": (1, 1, ["id"], ["abc"]),
     "attachment_cache": (0, 0, [], []),
     "attachment_version": (0, 0, [], []),
+    "attachment_generate_key": (0, 0, [], []),
 }
 # The reconciliation's pure helpers answer NULL for anything unsafe (documented: such
 # references are skipped), so for them a NULL is the clean refusal.

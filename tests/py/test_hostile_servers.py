@@ -291,6 +291,42 @@ class HttpServer(Hostile):
         self.assert_failed_cleanly(b, "QUEUED_DOWNLOAD", "network", "timed out|interrupted")
         self.assertEqual(self.local_files("stall"), [])
 
+    def test_a_download_a_stopped_worker_still_holds_is_busy_not_a_failed_attempt(self):
+        _, photo = self.uploaded(os.urandom(100_000))
+        p = self.proxy("stall_body")
+        b = self.downloader("busy", p.port, photo)
+        b.execute("SELECT attachment_start_sync()")
+        self.started.append(b)
+        deadline = time.monotonic() + 10
+        while not any(r.startswith("GET") for r in p.requests()):
+            self.assertLess(time.monotonic(), deadline, "the worker's GET never came")
+            time.sleep(0.02)
+        b.execute("SELECT attachment_stop_sync()")
+        # The stopped worker's transfer is still blocked on the silent server (until the
+        # stall timeout) and holds the partial file: this pass must wait, not fail.
+        self.sync(b)
+        attempts, next_at, error = b.execute("SELECT attempts, next_attempt_at, last_error FROM attachment_queue").fetchone()
+        self.assertEqual(attempts, 0, error)
+        self.assertIn("busy", error)
+        self.assertLess(next_at - now_ms(), 5000, "tried again soon")
+
+    def test_a_resumed_answer_lying_about_the_total_length_is_never_published(self):
+        data = os.urandom(200_000)
+        _, photo = self.uploaded(data)
+        p = self.proxy("lying_206", cut_bytes=50_000)
+        b = self.downloader("lying", p.port, photo)
+        self.sync(b)
+        self.assertEqual(len(self.partial_download("lying")), 50_000)
+        one(b, "SELECT attachment_retry(NULL)")
+        self.sync(b)
+        # The 206 claimed the object ends at 50,100 bytes: a different total than the 200,000
+        # announced first, so the download started over instead of publishing 50,100 bytes.
+        with open(p.log + ".sent") as f:
+            self.assertIn("GET 206 100 range=bytes=50000-", f.read())
+        self.assertEqual(self.row(b)[0], "SYNCED", self.row(b))
+        with open(one(b, "SELECT attachment_local_uri(?)", photo), "rb") as f:
+            self.assertEqual(f.read(), data)
+
     def test_trickling_downloads_are_cut_and_free_their_slots(self):
         a = self.device("a")
         photos = []
@@ -439,6 +475,41 @@ class Secrets(Hostile):
         self.assertGreaterEqual(len(errors), 2, (errors, err))
         self.assertTrue(err.strip(), "trace logging wrote something")
         return [out, err, *errors]
+
+    def echoed_validator(self, name, direct, proxied):
+        """A download cut after its server sent the request's credential as the ETag and
+        Last-Modified: what the extension keeps to resume must not hold it."""
+        self.config = direct
+        a = self.device(name + "-up")
+        a.execute("INSERT INTO users VALUES (1, attachment_save(?, 'bin'))", (os.urandom(50_000),))
+        self.assertEqual(self.sync(a)["uploaded"], 1)
+        photo = one(a, "SELECT photo_id FROM users")
+        self.config = proxied
+        b = self.device(name)
+        b.execute("INSERT INTO users VALUES (1, ?)", (photo,))
+        self.sync(b)
+        folder = os.path.join(self.dir, f"files-{name}")
+        names = os.listdir(folder)
+        # The cut kept its bytes, so a validator would have been stored beside them.
+        self.assertTrue(any(n.endswith(".partial") for n in names), names)
+        blobs = []
+        for n in names:
+            with open(os.path.join(folder, n), "rb") as f:
+                blobs.append(f.read())
+        self.check_clean(name, blobs + [self.row(b)[3]])
+
+    def test_a_validator_echoing_the_bearer_token_is_not_kept(self):
+        self.storage_port = self.nginx.port
+        p = self.proxy("echo_validator", cut_bytes=20_000)
+        self.echoed_validator("http-v", {"remote": f"http://127.0.0.1:{self.nginx.port}/files/"},
+                              {"remote": f"http://127.0.0.1:{p.port}/files/"})
+        self.assertTrue(any(r.startswith("GET") and "auth=yes" in r for r in p.requests()))
+
+    def test_a_validator_echoing_the_session_token_is_not_kept(self):
+        self.storage_port = self.s3.port
+        p = self.proxy("echo_validator", cut_bytes=20_000)
+        self.echoed_validator("s3-v", {"remote": f"s3://{servers.BUCKET}/app", "s3_endpoint": self.s3.url},
+                              {"remote": f"s3://{servers.BUCKET}/app", "s3_endpoint": f"http://127.0.0.1:{p.port}"})
 
     def run_clean(self, name, config):
         """A successful upload with trace logging; returns what it printed."""

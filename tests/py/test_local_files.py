@@ -61,6 +61,39 @@ class Integrity(Case):
         self.assert_refused(a, att)
 
 
+class PlantedPartialFiles(Case):
+    """A download's partial file names (`.{filename}.partial`, `-meta`) are the extension's:
+    whatever else is found there is cleared, never followed, and never blocks the download."""
+
+    def test_a_planted_symlink_or_folder_never_blocks_a_download_nor_touches_a_file_outside(self):
+        a = self.device("a")
+        a.execute("CREATE TABLE t(f TEXT)")
+        a.execute("INSERT INTO t VALUES (attachment_save(?, 'bin'))", (b"the file" * 1000,))
+        self.assertEqual(self.sync(a)["uploaded"], 1)
+        att = one(a, "SELECT f FROM t")
+        b = self.device("b")
+        files = os.path.join(self.dir, "files-b")
+        canary = os.path.join(self.dir, "canary")
+        with open(canary, "wb") as f:
+            f.write(b"IMPORTANT")
+        os.makedirs(os.path.join(files, f".{att}.bin.partial", "inside"))
+        os.symlink(canary, os.path.join(files, f".{att}.bin.partial-meta"))
+        b.execute("CREATE TABLE t(f TEXT)")
+        b.execute("INSERT INTO t VALUES (?)", (att,))
+        b.execute("SELECT attachment_watch('w', 'SELECT f AS id, ''bin'' AS file_extension FROM t')")
+        summary = self.sync(b)
+        row = b.execute("SELECT state_name, last_error FROM attachment_queue").fetchone()
+        self.assertEqual((summary["downloaded"], row[0]), (1, "SYNCED"), row)
+        with open(canary, "rb") as f:
+            self.assertEqual(f.read(), b"IMPORTANT")
+        with open(os.path.join(files, f"{att}.bin"), "rb") as f:
+            self.assertEqual(f.read(), b"the file" * 1000)
+        # The folder had something in it: moved aside, not deleted.
+        moved = [n for n in os.listdir(files) if n.startswith(f".{att}.bin.partial.moved-")]
+        self.assertEqual(len(moved), 1, os.listdir(files))
+        self.assertTrue(os.path.isdir(os.path.join(files, moved[0], "inside")))
+
+
 class VanishedFolder(Case):
     def test_a_pass_without_local_dir_archives_nothing_and_recreates_nothing(self):
         a = self.device("a")

@@ -129,6 +129,29 @@ class Upgrade(Case):
         self.assertEqual((summary["uploaded"], summary["downloaded"], summary["deleted"]), (1, 1, 1), summary)
         self.assertEqual(one(conn, "SELECT count(*) FROM attachments"), 4)
 
+    def test_e_cache_functions_and_the_queue_work_before_any_migration(self):
+        # A database of an earlier build, opened by this one: no init, no pass yet.
+        ids = [r[0] for r in self.plain("SELECT id FROM attachments ORDER BY id")]
+        conn = connect(self.db)
+        rows = conn.execute("SELECT id, pinned, last_used FROM attachment_queue ORDER BY id").fetchall()
+        self.assertEqual([r[0] for r in rows], ids)
+        self.assertEqual({r[1] for r in rows}, {0})
+        self.assertEqual(self.schema_version(), 1, "a read does not migrate")
+        report = json.loads(one(conn, "SELECT attachment_cache()"))
+        self.assertIn("next_expiry", report)
+        self.check_migrated(conn)
+        self.assertEqual(one(conn, "SELECT attachment_pin(?)", ids[0]), 1)
+        self.assertEqual(one(conn, "SELECT attachment_unpin(?)", ids[0]), 1)
+        for fn in ("attachment_cache()", "attachment_pin(?)", "attachment_unpin(?)", "attachment_expire_cache()",
+                   "attachment_save(x'01', 'bin')", "attachment_verify()"):
+            with self.subTest(fn=fn):
+                fresh = os.path.join(self.dir, "fresh.db")
+                shutil.copy(os.path.join(FIXTURES, "schema-v1.db"), fresh)
+                c = connect(fresh)
+                c.execute(f"SELECT {fn}", (ids[0],) if "?" in fn else ())
+                c.close()
+                os.remove(fresh)
+
     def test_d_a_newer_schema_is_refused(self):
         self.plain("UPDATE _attachments_config SET schema_version = 999")
         before = self.plain("SELECT * FROM attachments ORDER BY id")
