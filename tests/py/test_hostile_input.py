@@ -910,7 +910,7 @@ class HostileServers(Catalogue):
                         for s in secrets_:
                             self.escape(s.encode() not in blob, f"a credential leaked: {blob[:500]!r}")
                     local = os.path.join(self.root, f"files-{dev}")
-                    if direction == "down":
+                    if direction == "down" and not resumed:
                         kept = [x for x in os.listdir(local) if x != ".attachments-owner"]
                         # Only what arrived of the file itself may stay, for the next attempt to
                         # resume from: never a login page, a temp file or anything at the file's name.
