@@ -34,6 +34,8 @@ use crate::remote::{RemoteError, Source};
 
 /// The first bytes of every encrypted object (format version 1).
 pub const MAGIC: &[u8; 8] = b"SQLATTE\x01";
+/// SHA-256 of the empty file.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 /// Plaintext bytes per chunk.
 pub const CHUNK: usize = 64 * 1024;
 /// Poly1305 tag after each chunk.
@@ -274,6 +276,8 @@ pub struct Opener<'w, 'k> {
     position: u32,
     work: Vec<u8>,
     written: u64,
+    /// The row's SHA-256 is that of the empty file: an empty object may be that file.
+    empty_expected: bool,
     /// Why the stream was refused, told apart from failures of `inner` or of the network.
     pub failed: Option<RemoteError>,
 }
@@ -289,8 +293,16 @@ impl<'w, 'k> Opener<'w, 'k> {
             position: 0,
             work: Vec::with_capacity(SEALED_CHUNK),
             written: 0,
+            empty_expected: false,
             failed: None,
         }
+    }
+
+    /// The plaintext's SHA-256 the row already knows, if any (the store checks the bytes
+    /// against it; here it only tells whether an empty object may be a plaintext file).
+    pub fn expecting(mut self, sha256: Option<&str>) -> Self {
+        self.empty_expected = sha256.is_some_and(|s| s.eq_ignore_ascii_case(EMPTY_SHA256));
+        self
     }
 
     fn fail(&mut self, e: RemoteError) -> io::Error {
@@ -308,30 +320,55 @@ impl<'w, 'k> Opener<'w, 'k> {
     }
 
     /// Reads the header once enough bytes are buffered; `true` when decided.
+    ///
+    /// Only an object that does not start like the magic is plaintext (with
+    /// `accept_plaintext`). One whose first bytes are the magic's with at most a quarter of
+    /// them changed is a damaged header, and one that is a strict prefix of the magic was cut
+    /// inside it: both are refused (`integrity`), never taken for plaintext, or a flipped bit
+    /// would publish the ciphertext (or a stub) as the file. An empty object is an empty
+    /// plaintext file only when the row's SHA-256 says the file is empty.
     fn take_header(&mut self, at_end: bool) -> io::Result<bool> {
-        let magic_seen = self.buf.len().min(MAGIC.len());
-        let has_magic = self.buf[..magic_seen] == MAGIC[..magic_seen];
-        if has_magic && at_end && magic_seen == MAGIC.len() && self.buf.len() < HEADER_LEN {
+        let seen = self.buf.len().min(MAGIC.len());
+        if seen < MAGIC.len() && !at_end {
+            return Ok(false);
+        }
+        let differing = self.buf[..seen].iter().zip(MAGIC).filter(|(a, b)| a != b).count();
+        let intact = seen == MAGIC.len() && differing == 0;
+        if intact && self.buf.len() < HEADER_LEN {
+            if !at_end {
+                return Ok(false);
+            }
             return Err(self.fail(RemoteError::integrity("the remote object is cut short inside its encryption header")));
         }
-        // Shorter than the magic itself: a few bytes that happen to start like it are plaintext.
-        if !has_magic || (at_end && self.buf.len() < HEADER_LEN) {
+        if !intact {
+            if seen > 0 && differing <= seen / 4 {
+                let why = if differing == 0 {
+                    format!("the remote object ({seen} bytes) is cut short inside its encryption header")
+                } else {
+                    format!(
+                        "the remote object's encryption header is damaged ({differing} of its first {seen} bytes differ from the format's); it is not taken for plaintext"
+                    )
+                };
+                return Err(self.fail(RemoteError::integrity(why)));
+            }
             if !self.keys.accept_plaintext {
                 return Err(self.refuse_plaintext());
+            }
+            if seen == 0 && !self.empty_expected {
+                return Err(self.fail(RemoteError::integrity(
+                    "the remote object is empty: an encrypted object never is, and an empty plaintext object is accepted only when this device knows the file is empty (its SHA-256)",
+                )));
             }
             self.state = OpenState::Plain;
             let data = std::mem::take(&mut self.buf);
             self.emit(&data)?;
             return Ok(true);
         }
-        if self.buf.len() < HEADER_LEN {
-            return Ok(false);
-        }
         let header: [u8; HEADER_LEN] = self.buf[..HEADER_LEN].try_into().expect("header length");
         let key_id = &header[8..16];
         let Some(key) = self.keys.find(key_id) else {
             let e = RemoteError::config(format!(
-                "encryption key: the object was encrypted with key id {}, which none of {} holds; set the variable of that key (old_key_envs) in the syncing process",
+                "encryption key: the object was encrypted with key id {}, which none of {} holds; set the variable of that key (old_key_envs) in the syncing process (or, if no such key was ever used, the object's header was damaged)",
                 hex::encode(key_id),
                 self.keys.names
             ));
@@ -607,12 +644,62 @@ mod tests {
         let e = open(&object, &keys(&b, false), "x", 3).unwrap_err();
         assert_eq!(e.class, crate::remote::ErrorClass::Config);
         assert!(e.to_string().contains(&hex::encode(Key::parse(&a).unwrap().id)) && !e.to_string().contains(&a), "{e}");
-        for plain in [&b"plain text"[..], b"", b"SQL"] {
+        for plain in [&b"plain text"[..], b"SQL-dump", b"SQ\nxyz", b"hello, world"] {
             assert_eq!(open(plain, &keys(&a, true), "x", 2).unwrap(), plain);
             assert_eq!(open(plain, &keys(&a, false), "x", 2).unwrap_err().class, crate::remote::ErrorClass::Integrity);
         }
         // The magic and then too little for a header: a cut object, not plaintext.
         assert_eq!(open(b"SQLATTE\x01abc", &keys(&a, true), "x", 2).unwrap_err().class, crate::remote::ErrorClass::Integrity);
+    }
+
+    /// accept_plaintext takes objects without a header as they are, but never one whose
+    /// header was damaged or cut: those would publish ciphertext or a stub as the file.
+    #[test]
+    fn a_damaged_or_cut_header_is_never_taken_for_plaintext() {
+        let a = Key::generate().unwrap();
+        let lenient = keys(&a, true);
+        let object = seal(&[7u8; 3000], &lenient, "x");
+        let integrity = |o: &[u8], what: &str| {
+            let mut got = Vec::new();
+            let mut op = Opener::new(&mut got, &lenient, "x");
+            let r = op.write_all(o).map_err(|_| op.failed.take().unwrap()).and_then(|()| op.finish().map(|_| ()));
+            let e = r.expect_err(what);
+            assert_eq!(e.class, crate::remote::ErrorClass::Integrity, "{what}: {e}");
+            assert!(got.is_empty(), "{what}: bytes written");
+        };
+        // One or two bytes of the magic changed (the version byte too): a damaged header.
+        for at in 0..MAGIC.len() {
+            let mut bad = object.clone();
+            bad[at] ^= 1;
+            integrity(&bad, &format!("flip {at}"));
+            bad[(at + 3) % MAGIC.len()] ^= 0x80;
+            integrity(&bad, &format!("flip {at} and {}", (at + 3) % MAGIC.len()));
+        }
+        // Cut inside the magic, or to nothing: an encrypted object is never that short.
+        for len in 0..MAGIC.len() {
+            integrity(&object[..len], &format!("cut to {len}"));
+        }
+        // An empty object is an empty plaintext file only when the row says the file is empty.
+        let empty_sha = hex::encode(Sha256::digest(b""));
+        let mut got = Vec::new();
+        let mut op = Opener::new(&mut got, &lenient, "x").expecting(Some(&empty_sha));
+        assert_eq!(op.finish().unwrap(), 0);
+        // Without accept_plaintext the same objects are refused too.
+        let mut bad = object.clone();
+        bad[0] ^= 1;
+        assert_eq!(open(&bad, &keys(&a, false), "x", 5).unwrap_err().class, crate::remote::ErrorClass::Integrity);
+    }
+
+    /// A key id nobody here holds is `config` (what a device lacking the key sees); the
+    /// message says a damaged header is the other cause.
+    #[test]
+    fn an_unknown_key_id_is_config_and_says_the_header_may_be_damaged() {
+        let lenient = keys(&Key::generate().unwrap(), true);
+        let mut object = seal(b"some bytes", &lenient, "x");
+        object[MAGIC.len() + 2] ^= 1;
+        let e = open(&object, &lenient, "x", 7).unwrap_err();
+        assert_eq!(e.class, crate::remote::ErrorClass::Config, "{e}");
+        assert!(e.to_string().contains("damaged"), "{e}");
     }
 
     #[test]

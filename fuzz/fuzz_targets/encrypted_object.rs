@@ -34,7 +34,7 @@ fuzz_target!(|input: (Vec<u8>, Vec<(u8, u32, u8)>, u16, bool, u8)| {
     if bad == object {
         assert_eq!(result.as_ref().ok(), Some(&(plain.len() as u64)), "an intact object was refused");
         assert_eq!(written, plain, "an intact object opened to other bytes");
-    } else if bad.starts_with(b"SQLATTE\x01") || !accept_plaintext {
+    } else if looks_like_a_header(&bad) || !accept_plaintext {
         assert!(result.is_err(), "a damaged object was accepted");
         assert!(written.len() <= plain.len() && written[..] == plain[..written.len()], "unauthenticated bytes were written");
     } else {
@@ -42,3 +42,11 @@ fuzz_target!(|input: (Vec<u8>, Vec<(u8, u32, u8)>, u16, bool, u8)| {
         assert_eq!(written, bad);
     }
 });
+
+/// Starts with the magic with at most a quarter of its bytes changed, is cut inside it, or
+/// is empty: never plaintext, even with accept_plaintext.
+fn looks_like_a_header(object: &[u8]) -> bool {
+    let seen = object.len().min(8);
+    let differing = object[..seen].iter().zip(b"SQLATTE\x01").filter(|(a, b)| a != b).count();
+    differing <= seen / 4
+}

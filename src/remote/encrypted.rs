@@ -132,7 +132,7 @@ impl RemoteStorage for EncryptedRemote {
         let keys = Keys::from_env(&self.settings)?;
         out.begin(0, &Validator::default())
             .map_err(|e| RemoteError::local(format!("writing the download to the local folder: {e}")))?;
-        let mut opener = Opener::new(out, &keys, obj.id);
+        let mut opener = Opener::new(out, &keys, obj.id).expecting(obj.sha256);
         let inner_obj = inner_object(obj, None);
         let fetched = std::thread::scope(|scope| {
             let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(PIPELINE);

@@ -236,6 +236,66 @@ class Dir(EncryptedRemote, Case):
         self.sync(lenient)
         self.assertEqual(self.stored(mine)[:8], MAGIC)
 
+    def test_accept_plaintext_never_publishes_a_damaged_or_cut_encrypted_object(self):
+        a = self.device("a")
+        datas = [os.urandom(100_000 + i) for i in range(5)]
+        photos = [self.save(a, d, user=i) for i, d in enumerate(datas)]
+        self.assertEqual(self.sync(a)["uploaded"], 5, self.row(a))
+        sealed = self.stored(photos[0])
+
+        def put(photo, data):
+            with open(self.stored_path(photo + ".bin"), "wb") as f:
+                f.write(data)
+
+        flipped = bytearray(self.stored(photos[0]))
+        flipped[0] ^= 1  # the magic damaged: not plaintext
+        put(photos[0], bytes(flipped))
+        version = bytearray(self.stored(photos[1]))
+        version[7] ^= 2  # another format version byte
+        put(photos[1], bytes(version))
+        put(photos[2], self.stored(photos[2])[:7])  # cut inside the magic
+        put(photos[3], b"")  # emptied
+        keyid = bytearray(self.stored(photos[4]))
+        keyid[10] ^= 1  # the key id damaged: reads as a key nobody here holds
+        put(photos[4], bytes(keyid))
+        lenient = self.device("lenient", accept_plaintext=True)
+        for i, p in enumerate(photos):
+            lenient.execute("INSERT INTO users VALUES (?, ?)", (i, p))
+        self.assertEqual(self.sync(lenient)["downloaded"], 0)
+        rows = {r[0]: r[1:] for r in lenient.execute("SELECT id, state_name, error_class, last_error FROM attachment_queue")}
+        for p in photos[:4]:
+            self.assertEqual(rows[p][:2], ("QUEUED_DOWNLOAD", "integrity"), rows[p])
+        self.assertEqual(rows[photos[4]][:2], ("QUEUED_DOWNLOAD", "config"), rows[photos[4]])
+        self.assertIn("damaged", rows[photos[4]][2])
+        self.assertEqual(files_in(os.path.join(self.dir, "files-lenient")), [], "nothing published")
+        # attachment_fetch says the same, at once.
+        with self.assertRaises(Exception) as raised:
+            lenient.execute("SELECT attachment_fetch(?, 5000)", (photos[0],)).fetchone()
+        self.assertIn("encryption header is damaged", str(raised.exception))
+        # Restored, the same object opens: only its header decided.
+        put(photos[0], sealed)
+        self.assertIsNotNone(one(lenient, "SELECT attachment_fetch(?, 5000)", photos[0]))
+        self.assertEqual(one(lenient, "SELECT attachment_data(?)", photos[0]), datas[0])
+
+    def test_an_empty_object_is_an_empty_plaintext_file_only_when_the_row_says_so(self):
+        plain = self.plain_device("plain")
+        empty = self.save(plain, b"")
+        self.sync(plain)
+        self.assertEqual(self.stored(empty), b"")
+        lenient = self.device("lenient", accept_plaintext=True)
+        lenient.execute("INSERT INTO users VALUES (1, ?)", (empty,))
+        self.assertEqual(self.sync(lenient)["downloaded"], 0)
+        state, error_class, error = self.row(lenient)
+        self.assertEqual((state, error_class), ("QUEUED_DOWNLOAD", "integrity"), error)
+        self.assertIn("empty", error)
+        # The device that saved it knows its SHA-256: it reads the empty object back.
+        plain.execute("SELECT attachment_init(?)", (json.dumps({
+            "local_dir": "files-plain", **self.remote_config(None),
+            "encryption": {"key_env": "ATT_TEST_KEY", "accept_plaintext": True}}),))
+        os.remove(one(plain, "SELECT attachment_local_uri(?)", empty))
+        self.assertIsNotNone(one(plain, "SELECT attachment_fetch(?, 5000)", empty))
+        self.assertEqual(one(plain, "SELECT attachment_data(?)", empty), b"")
+
     def test_the_key_never_reaches_the_config_or_the_database(self):
         a = self.device("a", old_key_envs=["ATT_TEST_OLD"])
         effective = json.loads(one(a, "SELECT config FROM _attachments_config"))
