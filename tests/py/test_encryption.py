@@ -296,6 +296,18 @@ class Dir(EncryptedRemote, Case):
         self.assertIsNotNone(one(plain, "SELECT attachment_fetch(?, 5000)", empty))
         self.assertEqual(one(plain, "SELECT attachment_data(?)", empty), b"")
 
+    def test_a_plaintext_object_must_hash_to_the_sha256_the_row_knows(self):
+        a = self.device("a", accept_plaintext=True)
+        photo = self.save(a, b"the real contents")
+        self.assertEqual(self.sync(a)["uploaded"], 1, self.row(a))
+        with open(self.stored_path(photo + ".bin"), "wb") as f:
+            f.write(b"written in its place")
+        os.remove(one(a, "SELECT attachment_local_uri(?)", photo))
+        with self.assertRaises(Exception) as raised:
+            a.execute("SELECT attachment_fetch(?, 5000)", (photo,)).fetchone()
+        self.assertIn("checksum mismatch", str(raised.exception))
+        self.assertEqual(files_in(os.path.join(self.dir, "files-a")), [], "nothing published")
+
     def test_the_key_never_reaches_the_config_or_the_database(self):
         a = self.device("a", old_key_envs=["ATT_TEST_OLD"])
         effective = json.loads(one(a, "SELECT config FROM _attachments_config"))
