@@ -43,6 +43,8 @@ struct Seen {
     claimed_by: Option<String>,
     claimed_until: Option<i64>,
     resume: Option<String>,
+    /// The size the row records for its file (a synced or archived copy's).
+    size: Option<i64>,
 }
 
 /// Downloads `id` now unless its local copy is complete, and returns the local copy's
@@ -113,10 +115,15 @@ pub fn fetch(target: &DbTarget, config: Config, id: &str, timeout: Duration, int
             )));
         };
         let state = State::from_code(row.state);
-        // A complete local copy: at once (an upload's own file, a synced or cached one).
+        // A complete local copy: at once (an upload's own file, a synced or cached one). A
+        // synced or cached copy whose size is not the row's was damaged (truncated, grown):
+        // it is downloaded again.
         if let (Some(name), Some(State::QueuedUpload | State::Synced | State::Archived)) = (&row.local_uri, state) {
             if let Some(path) = syncer.store.existing(name)? {
-                return Ok(path.to_string_lossy().into_owned());
+                let whole = state == Some(State::QueuedUpload) || size_matches(&path, row.size);
+                if whole {
+                    return Ok(path.to_string_lossy().into_owned());
+                }
             }
         }
         match state {
@@ -182,12 +189,20 @@ fn claim_is_live(db_file: &str, owner: &str, id: &str, row: &Seen) -> bool {
     }
 }
 
+/// Whether the file at `path` has the size the row records (true when the row records none).
+pub(crate) fn size_matches(path: &std::path::Path, size: Option<i64>) -> bool {
+    match size {
+        Some(n) if n >= 0 => std::fs::metadata(path).map(|m| m.len() == n as u64).unwrap_or(false),
+        _ => true,
+    }
+}
+
 fn read_row(conn: &Connection, table: &str, id: &str) -> Result<Option<Seen>> {
     let t = quote_ident(table);
     Ok(conn
         .query_row(
             &format!(
-                "SELECT state, filename, local_uri, media_type, sha256, attempts, claimed_by, claimed_until, upload_resume
+                "SELECT state, filename, local_uri, media_type, sha256, attempts, claimed_by, claimed_until, upload_resume, size
                  FROM main.{t} WHERE id = ?1 AND typeof(state) = 'integer' AND typeof(filename) = 'text'"
             ),
             [id],
@@ -202,6 +217,7 @@ fn read_row(conn: &Connection, table: &str, id: &str) -> Result<Option<Seen>> {
                     claimed_by: r.get(6)?,
                     claimed_until: r.get(7)?,
                     resume: r.get(8)?,
+                    size: r.get::<_, Option<i64>>(9).ok().flatten(),
                 })
             },
         )

@@ -368,6 +368,19 @@ class FetchArguments(Case):
             self.assertEqual(f.read(), b"\x01\x02")
 
 
+    def test_a_synced_row_whose_file_was_truncated_is_downloaded_again(self):
+        data = os.urandom(50_000)
+        file_id = one(self.a, "SELECT attachment_save(?, 'bin')", data)
+        self.a.execute("INSERT INTO users VALUES (1, ?)", (file_id,))
+        self.sync(self.a)
+        path = one(self.a, "SELECT attachment_local_uri(?)", file_id)
+        with open(path, "r+b") as f:
+            f.truncate(10)
+        self.assertEqual(one(self.a, "SELECT attachment_fetch(?)", file_id), path)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), data)
+
+
 class FetchAheadOfTheQueue(Case):
     """2,000 downloads queued, the worker busy with them: a fetch takes about one transfer."""
 
