@@ -380,6 +380,44 @@ class FetchArguments(Case):
         with open(path, "rb") as f:
             self.assertEqual(f.read(), data)
 
+    def hold_write_lock(self, seconds):
+        """Another connection holds the write lock for `seconds` (BEGIN IMMEDIATE, then sleeps)."""
+        other = sqlite3.connect(os.path.join(self.dir, "a.db"), isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        timer = threading.Timer(seconds, lambda: other.execute("COMMIT"))
+        timer.start()
+        self.addCleanup(timer.join)
+        self.addCleanup(timer.cancel)
+
+    def test_a_fetch_waiting_for_the_write_lock_keeps_its_timeout(self):
+        self.assertEqual(one(self.a, "PRAGMA journal_mode = WAL"), "wal")
+        with open(os.path.join(self.remote, "locked-out.bin"), "wb") as f:
+            f.write(b"x")
+        file_id = one(self.a, "SELECT attachment_save(x'0102', 'bin')")
+        self.a.execute("INSERT INTO users VALUES (1, ?)", (file_id,))
+        self.sync(self.a)
+        os.remove(one(self.a, "SELECT attachment_local_uri(?)", file_id))
+        self.a.execute("INSERT INTO users VALUES (2, 'locked-out')")  # a reference not reconciled yet
+        self.hold_write_lock(6)
+        for fid in (file_id, "locked-out"):
+            started = time.monotonic()
+            message, _ = self.error("SELECT attachment_fetch(?, 500)", fid)
+            self.assertIn("timeout", message)
+            self.assertLess(time.monotonic() - started, 1.5, message)
+
+    def test_a_fetch_waiting_for_the_write_lock_can_be_interrupted(self):
+        self.assertEqual(one(self.a, "PRAGMA journal_mode = WAL"), "wal")
+        file_id = one(self.a, "SELECT attachment_save(x'0102', 'bin')")
+        self.a.execute("INSERT INTO users VALUES (1, ?)", (file_id,))
+        self.sync(self.a)
+        os.remove(one(self.a, "SELECT attachment_local_uri(?)", file_id))
+        self.hold_write_lock(6)
+        threading.Timer(0.5, self.a.interrupt).start()
+        started = time.monotonic()
+        message, code = self.error("SELECT attachment_fetch(?)", file_id)
+        self.assertEqual(code, "SQLITE_INTERRUPT", message)
+        self.assertLess(time.monotonic() - started, 1.5)
+
 
 class FetchAheadOfTheQueue(Case):
     """2,000 downloads queued, the worker busy with them: a fetch takes about one transfer."""
