@@ -240,6 +240,38 @@ class HttpWebDav(FetchContract, Case):
     def stored_path(self, filename):
         return os.path.join(self.root, "files", filename)
 
+    def test_a_fetch_after_one_that_timed_out_waits_for_the_partial_file_and_records_nothing(self):
+        proxy = servers.FaultProxy(self.storage_port, "stall_body")
+        try:
+            file_id = self.uploaded(os.urandom(20_000))
+            b = self.app("b", port=proxy.port)
+            b.execute("INSERT INTO users VALUES (1, ?)", (file_id,))
+            with self.assertRaisesRegex(sqlite3.OperationalError, "timeout"):
+                b.execute("SELECT attachment_fetch(?, 300)", (file_id,))
+            # The first transfer still holds its partial file (the server is silent).
+            started = time.monotonic()
+            with self.assertRaisesRegex(sqlite3.OperationalError, "timeout"):
+                b.execute("SELECT attachment_fetch(?, 700)", (file_id,))
+            self.assertGreater(time.monotonic() - started, 0.6)
+            self.assertEqual(b.execute("SELECT attempts, last_error FROM attachments").fetchone(), (0, None))
+        finally:
+            proxy.stop()
+
+    def test_a_pause_during_a_fetch_counts_no_attempt(self):
+        proxy = servers.FaultProxy(self.storage_port, "trickle", trickle_bytes=1000, trickle_delay=0.1)
+        try:
+            file_id = self.uploaded(os.urandom(30_000))
+            b = self.app("b", port=proxy.port)
+            b.execute("INSERT INTO users VALUES (1, ?)", (file_id,))
+            pause = lambda: one(connect(os.path.join(self.dir, "b.db")), "SELECT attachment_pause()")
+            threading.Timer(0.7, pause).start()
+            with self.assertRaisesRegex(sqlite3.OperationalError, "paused"):
+                b.execute("SELECT attachment_fetch(?)", (file_id,))
+        finally:
+            proxy.stop()
+        self.assertEqual(b.execute("SELECT attempts, last_error FROM attachments").fetchone(), (0, None))
+        self.assertEqual(progress(b)["files_failing"], 0)
+
 
 class S3SigV4(FetchContract, Case):
     env = {"AWS_ACCESS_KEY_ID": servers.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": servers.SECRET_KEY}
@@ -417,6 +449,17 @@ class FetchArguments(Case):
         message, code = self.error("SELECT attachment_fetch(?)", file_id)
         self.assertEqual(code, "SQLITE_INTERRUPT", message)
         self.assertLess(time.monotonic() - started, 1.5)
+
+    def test_while_paused_a_complete_local_copy_is_returned_and_only_a_download_is_refused(self):
+        file_id = one(self.a, "SELECT attachment_save(x'0102', 'bin')")
+        self.a.execute("INSERT INTO users VALUES (1, ?)", (file_id,))
+        self.sync(self.a)
+        path = one(self.a, "SELECT attachment_local_uri(?)", file_id)
+        one(self.a, "SELECT attachment_pause()")
+        self.assertEqual(one(self.a, "SELECT attachment_fetch(?)", file_id), path)
+        os.remove(path)
+        message, _ = self.error("SELECT attachment_fetch(?)", file_id)
+        self.assertIn("paused", message)
 
 
 class FetchAheadOfTheQueue(Case):
