@@ -210,10 +210,13 @@ pub fn feed(conn: &Connection, db_file: &str, table: &str) -> Result<Value> {
     // Rows that still need a transfer: few columns, read through the (state, ...) index.
     // language=SQLite
     let mut stmt = conn.prepare(&format!(
-        "SELECT id, state, size, claimed_by IS NOT NULL AND claimed_until >= ?1, bytes_done, attempts
+        "SELECT id, state, size, claimed_by IS NOT NULL AND claimed_until >= ?1, bytes_done, attempts, claimed_by
          FROM main.{t} WHERE state IN (0, 1, 2)"
     ))?;
     let mut rows = stmt.query([now])?;
+    // Whether each claim's owner is known to be dead (looked up once per owner): its
+    // transfer is not in flight, whatever its lease says.
+    let mut dead: std::collections::HashMap<String, bool> = Default::default();
     while let Some(r) = rows.next()? {
         let state: i64 = r.get(1)?;
         if r.get::<_, i64>(5)? > 0 {
@@ -225,7 +228,12 @@ pub fn feed(conn: &Connection, db_file: &str, table: &str) -> Result<Value> {
         }
         let p = if state == 0 { &mut up } else { &mut down };
         let size: Option<i64> = r.get(2)?;
-        let claimed: bool = r.get::<_, Option<bool>>(3)?.unwrap_or(false);
+        let mut claimed: bool = r.get::<_, Option<bool>>(3)?.unwrap_or(false);
+        if claimed {
+            if let Ok(Some(by)) = r.get_ref(6)?.as_str_or_null() {
+                claimed = !*dead.entry(by.to_string()).or_insert_with(|| crate::owner::is_dead(db_file, by));
+            }
+        }
         let published: Option<i64> = r.get(4)?;
         // A claim is in flight once its transfer started moving bytes (claims taken ahead
         // of the transfer threads wait like any queued row).

@@ -634,6 +634,20 @@ class Progress(Case):
         self.assertRegex(err["error"], "^not_found: HTTP 404")
 
 
+class ProgressOfDeadOwners(Case):
+    def test_a_claim_of_a_process_that_died_is_not_in_flight(self):
+        os.makedirs(self.remote)
+        a = self.device("a")
+        self.sync(a)  # this process takes its owner slot: the lock file exists
+        file_id = one(a, "SELECT attachment_save(x'010203', 'bin')")
+        # A claim of a process that died mid-transfer, its lease not yet over.
+        a.execute("UPDATE attachments SET claimed_by = 'pid:1:0123456789ab:slot:4000', claimed_until = ?, bytes_done = 2 "
+                  "WHERE id = ?", (now_ms() + 60_000, file_id))
+        p = progress(a)
+        self.assertEqual((p["upload"]["files_in_flight"], p["upload"]["files_queued"], p["concurrency"]), (0, 1, 0), p)
+        self.assertEqual(p["upload"]["bytes_in_flight_done"], 0)
+
+
 class ErrorsPeopleCanActOn(Case):
     """Every row that is not moving says why, when it will be tried again, and comes back at once on retry."""
 
