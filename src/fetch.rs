@@ -165,6 +165,15 @@ pub fn fetch(target: &DbTarget, config: Config, id: &str, timeout: Duration, int
                 reconciled = true;
                 continue;
             }
+            // A reference reconciliation refused (its id or extension would leave local_dir).
+            if let Some((watch, ext)) = wait.run(|| rejected(&conn, id))? {
+                let ext = ext.map_or_else(|| "none".to_string(), |e| format!("'{}'", e.escape_debug()));
+                return Err(Error::Unavailable(format!(
+                    "'{id}': watch '{}' references it, but the reference was rejected: its id or file_extension ({ext}) is unsafe \
+                     (a file name must stay inside local_dir), so it is never downloaded",
+                    watch.escape_debug()
+                )));
+            }
             return Err(Error::Unavailable(format!(
                 "unknown id '{id}': no row has it and no watch references it, so its file name is unknown; \
                  reference it from a watched table first (or save it on the device that has the file)"
@@ -300,6 +309,17 @@ fn referenced(conn: &Connection, id: &str) -> Result<Option<(String, Option<Stri
              WHERE id = ?1 AND filename IS NOT NULL ORDER BY watch LIMIT 1",
             [id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?)
+}
+
+/// The watch and extension of a reference of `id` whose file name was refused, if any.
+fn rejected(conn: &Connection, id: &str) -> Result<Option<(String, Option<String>)>> {
+    Ok(conn
+        .query_row(
+            "SELECT watch, CAST(file_extension AS TEXT) FROM main._attachments_ref WHERE id = ?1 AND filename IS NULL ORDER BY watch LIMIT 1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?)
 }

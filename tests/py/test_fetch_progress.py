@@ -461,6 +461,14 @@ class FetchArguments(Case):
         message, _ = self.error("SELECT attachment_fetch(?)", file_id)
         self.assertIn("paused", message)
 
+    def test_a_reference_with_an_unsafe_extension_says_it_was_rejected(self):
+        self.a.execute("CREATE TABLE docs(id TEXT, ext TEXT)")
+        self.a.execute("INSERT INTO docs VALUES ('hostile-ext', '../x')")
+        self.a.execute("SELECT attachment_watch('docs', 'SELECT id, ext AS file_extension FROM docs')")
+        message, _ = self.error("SELECT attachment_fetch('hostile-ext')")
+        self.assertIn("rejected", message)
+        self.assertIn("'../x'", message)
+
 
 class FetchAheadOfTheQueue(Case):
     """2,000 downloads queued, the worker busy with them: a fetch takes about one transfer."""
