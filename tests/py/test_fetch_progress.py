@@ -643,6 +643,12 @@ class Progress(Case):
 
 
 class ProgressOfDeadOwners(Case):
+    def test_an_empty_queue_has_no_rate(self):
+        os.makedirs(self.remote)
+        a = self.device("a")
+        p = progress(a)
+        self.assertEqual((p["rate"], p["upload"]["rate"], p["download"]["rate"], p["eta_seconds"]), (None, None, None, 0.0), p)
+
     def test_a_claim_of_a_process_that_died_is_not_in_flight(self):
         os.makedirs(self.remote)
         a = self.device("a")
