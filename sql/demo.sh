@@ -75,7 +75,7 @@ SQL
 { echo ".open a.db"; echo ".load $lib"; echo "SELECT attachment_sync();"; } | sqlite3 -batch >/dev/null &
 sync_pid=$!
 progress_line() {
-  sqlite3 -batch a.db -cmd ".load $lib" "
+  sqlite3 -batch a.db -cmd ".timeout 2000" -cmd ".load $lib" "
     WITH p(j) AS (SELECT attachment_progress()),
          v AS (SELECT j, json_extract(j, '\$.upload.bytes_moved') AS moved, json_extract(j, '\$.upload.bytes_total') AS total FROM p)
     SELECT printf('[%-30s] %3d%%  %6.1f / %.1f MB  %s  %s',
