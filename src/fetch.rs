@@ -31,6 +31,50 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_millis(20);
 /// Claims of the fetch's own transfer are renewed (and its progress published) this often.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
+/// A wait for the write lock lasts this long at a time; between slices a fetch looks at
+/// its deadline and at the caller's interrupt.
+const BUSY_SLICE: Duration = Duration::from_millis(50);
+/// A fetch whose partial file another transfer still holds tries again this often.
+const HELD_RETRY: Duration = Duration::from_millis(100);
+/// After a timeout, the row's release waits at most this long for the write lock (else
+/// the claim's lease ends it).
+const RELEASE_GRACE: Duration = Duration::from_millis(200);
+
+/// A fetch's deadline and interrupt, kept by every wait for the write lock.
+struct Patience<'a> {
+    id: &'a str,
+    deadline: Instant,
+    timeout: Duration,
+    interrupted: &'a dyn Fn() -> bool,
+}
+
+impl Patience<'_> {
+    /// Runs `f` (one statement or one short transaction) until it is not busy, slice by
+    /// slice; gives up when the deadline passes or the caller interrupts.
+    fn run<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        loop {
+            match f() {
+                Err(e) if e.is_busy() => {
+                    if (self.interrupted)() {
+                        return Err(interrupted_error());
+                    }
+                    if Instant::now() >= self.deadline {
+                        return Err(Error::Unavailable(format!(
+                            "timeout: '{}' was not downloaded within {} ms: the database stayed locked by another connection",
+                            self.id,
+                            self.timeout.as_millis()
+                        )));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn over(&self) -> bool {
+        (self.interrupted)() || Instant::now() >= self.deadline
+    }
+}
 
 /// The row as a fetch sees it.
 struct Seen {
@@ -43,6 +87,8 @@ struct Seen {
     claimed_by: Option<String>,
     claimed_until: Option<i64>,
     resume: Option<String>,
+    /// The size the row records for its file (a synced or archived copy's).
+    size: Option<i64>,
 }
 
 /// Downloads `id` now unless its local copy is complete, and returns the local copy's
@@ -54,13 +100,15 @@ pub fn fetch(target: &DbTarget, config: Config, id: &str, timeout: Duration, int
     let db_file = target.path.as_str();
     let syncer = Arc::new(Syncer::new(db_file, config)?);
     let conn = open_connection(target)?;
-    let never = || false;
-    sync::ensure_schema(&conn, db_file, &syncer.config.table, &never)?;
-    // A pause holds every transfer, a fetch's too (its first read would fail): say so now.
-    let paused: bool = conn.query_row("SELECT paused FROM main._attachments_config WHERE id = 1", [], |r| r.get(0))?;
-    if paused {
-        return Err(Error::Unavailable("paused: transfers are paused (attachment_pause()); call attachment_resume() first".into()));
-    }
+    // Every wait for the lock is sliced, so the deadline and the interrupt are kept.
+    conn.busy_timeout(BUSY_SLICE)?;
+    let wait = Patience { id, deadline, timeout, interrupted };
+    let always = || true;
+    wait.run(|| sync::ensure_schema(&conn, db_file, &syncer.config.table, &always))?;
+    // A pause holds every transfer, a fetch's too (its first read would fail): said when
+    // the fetch needs the network (a complete local copy is returned all the same).
+    let paused: bool = wait.run(|| Ok(conn.query_row("SELECT paused FROM main._attachments_config WHERE id = 1", [], |r| r.get(0))?))?;
+    let refuse_paused = || Error::Unavailable("paused: transfers are paused (attachment_pause()); call attachment_resume() first".into());
     let owner = owner::current(db_file);
     let queue = QueueTable::new(&conn, &syncer.config.table, &owner);
     let mut reconciled = false;
@@ -72,15 +120,18 @@ pub fn fetch(target: &DbTarget, config: Config, id: &str, timeout: Duration, int
         if Instant::now() >= deadline {
             return Err(timed_out(id, timeout, waited_for.as_deref()));
         }
-        let Some(row) = read_row(&conn, &syncer.config.table, id)? else {
+        let Some(row) = wait.run(|| read_row(&conn, &syncer.config.table, id))? else {
             // No row: the watches may reference it (a policy that does not download it, or a
             // reference reconciliation has not seen yet), which gives its file name.
-            if let Some((filename, media_type, meta_data)) = referenced(&conn, id)? {
+            if let Some((filename, media_type, meta_data)) = wait.run(|| referenced(&conn, id))? {
+                if paused {
+                    return Err(refuse_paused());
+                }
                 let until = now_ms() + sync::claim_lease().as_millis() as i64;
                 let mut held = InFlight::new(db_file);
                 let claimed = {
                     let _claiming = CLAIMING.lock().unwrap_or_else(|e| e.into_inner());
-                    let ok = immediate(&conn, || queue.insert_fetched(id, &filename, media_type.as_deref(), meta_data.as_deref(), until))?;
+                    let ok = wait.run(|| immediate(&conn, || queue.insert_fetched(id, &filename, media_type.as_deref(), meta_data.as_deref(), until)))?;
                     if ok {
                         held.insert(id.to_string());
                     }
@@ -97,15 +148,31 @@ pub fn fetch(target: &DbTarget, config: Config, id: &str, timeout: Duration, int
                         attempts: 0,
                         resume: None,
                     };
-                    return transfer(&syncer, &conn, &queue, job, held, deadline, timeout, interrupted);
+                    match transfer(&syncer, &conn, &queue, job, held, &wait)? {
+                        Some(path) => return Ok(path),
+                        None => {
+                            waited_for = Some(String::new());
+                            std::thread::sleep(HELD_RETRY);
+                            continue;
+                        }
+                    }
                 }
                 continue; // a row appeared meanwhile: look again
             }
-            if !reconciled && reconcile::needed(&conn, false)? {
-                reconciled = true;
+            if !reconciled && wait.run(|| reconcile::needed(&conn, false))? {
                 let now = now_ms();
-                immediate(&conn, || reconcile::reconcile(&conn, &syncer.config, now, false))?;
+                wait.run(|| immediate(&conn, || reconcile::reconcile(&conn, &syncer.config, now, false)))?;
+                reconciled = true;
                 continue;
+            }
+            // A reference reconciliation refused (its id or extension would leave local_dir).
+            if let Some((watch, ext)) = wait.run(|| rejected(&conn, id))? {
+                let ext = ext.map_or_else(|| "none".to_string(), |e| format!("'{}'", e.escape_debug()));
+                return Err(Error::Unavailable(format!(
+                    "'{id}': watch '{}' references it, but the reference was rejected: its id or file_extension ({ext}) is unsafe \
+                     (a file name must stay inside local_dir), so it is never downloaded",
+                    watch.escape_debug()
+                )));
             }
             return Err(Error::Unavailable(format!(
                 "unknown id '{id}': no row has it and no watch references it, so its file name is unknown; \
@@ -113,10 +180,15 @@ pub fn fetch(target: &DbTarget, config: Config, id: &str, timeout: Duration, int
             )));
         };
         let state = State::from_code(row.state);
-        // A complete local copy: at once (an upload's own file, a synced or cached one).
+        // A complete local copy: at once (an upload's own file, a synced or cached one). A
+        // synced or cached copy whose size is not the row's was damaged (truncated, grown):
+        // it is downloaded again.
         if let (Some(name), Some(State::QueuedUpload | State::Synced | State::Archived)) = (&row.local_uri, state) {
             if let Some(path) = syncer.store.existing(name)? {
-                return Ok(path.to_string_lossy().into_owned());
+                let whole = state == Some(State::QueuedUpload) || size_matches(&path, row.size);
+                if whole {
+                    return Ok(path.to_string_lossy().into_owned());
+                }
             }
         }
         match state {
@@ -130,6 +202,9 @@ pub fn fetch(target: &DbTarget, config: Config, id: &str, timeout: Duration, int
             }
             None => return Err(Error::Unavailable(format!("'{id}': the row was edited by hand (unknown state {}); it is left alone", row.state))),
             _ => {}
+        }
+        if paused {
+            return Err(refuse_paused());
         }
         // A transfer of it in flight elsewhere (another connection's fetch, a worker here or in
         // another process): wait for it, then look again.
@@ -146,7 +221,7 @@ pub fn fetch(target: &DbTarget, config: Config, id: &str, timeout: Duration, int
             if row.claimed_by.as_deref() == Some(owner.as_str()) && InFlight::is_held(db_file, id) {
                 false
             } else {
-                let ok = immediate(&conn, || queue.claim_for_fetch(id, row.state, row.claimed_by.as_deref(), until))?;
+                let ok = wait.run(|| immediate(&conn, || queue.claim_for_fetch(id, row.state, row.claimed_by.as_deref(), until)))?;
                 if ok {
                     held.insert(id.to_string());
                 }
@@ -168,7 +243,15 @@ pub fn fetch(target: &DbTarget, config: Config, id: &str, timeout: Duration, int
             // What the queue's claim would hand the transfer too.
             resume: row.resume,
         };
-        return transfer(&syncer, &conn, &queue, job, held, deadline, timeout, interrupted);
+        match transfer(&syncer, &conn, &queue, job, held, &wait)? {
+            Some(path) => return Ok(path),
+            // An earlier transfer of it (one a timed-out fetch left running) still holds its
+            // partial file: wait for it, up to the deadline, recording nothing.
+            None => {
+                waited_for = Some(String::new());
+                std::thread::sleep(HELD_RETRY);
+            }
+        }
     }
 }
 
@@ -182,12 +265,20 @@ fn claim_is_live(db_file: &str, owner: &str, id: &str, row: &Seen) -> bool {
     }
 }
 
+/// Whether the file at `path` has the size the row records (true when the row records none).
+pub(crate) fn size_matches(path: &std::path::Path, size: Option<i64>) -> bool {
+    match size {
+        Some(n) if n >= 0 => std::fs::metadata(path).map(|m| m.len() == n as u64).unwrap_or(false),
+        _ => true,
+    }
+}
+
 fn read_row(conn: &Connection, table: &str, id: &str) -> Result<Option<Seen>> {
     let t = quote_ident(table);
     Ok(conn
         .query_row(
             &format!(
-                "SELECT state, filename, local_uri, media_type, sha256, attempts, claimed_by, claimed_until, upload_resume
+                "SELECT state, filename, local_uri, media_type, sha256, attempts, claimed_by, claimed_until, upload_resume, size
                  FROM main.{t} WHERE id = ?1 AND typeof(state) = 'integer' AND typeof(filename) = 'text'"
             ),
             [id],
@@ -202,6 +293,7 @@ fn read_row(conn: &Connection, table: &str, id: &str) -> Result<Option<Seen>> {
                     claimed_by: r.get(6)?,
                     claimed_until: r.get(7)?,
                     resume: r.get(8)?,
+                    size: r.get::<_, Option<i64>>(9).ok().flatten(),
                 })
             },
         )
@@ -221,6 +313,17 @@ fn referenced(conn: &Connection, id: &str) -> Result<Option<(String, Option<Stri
         .optional()?)
 }
 
+/// The watch and extension of a reference of `id` whose file name was refused, if any.
+fn rejected(conn: &Connection, id: &str) -> Result<Option<(String, Option<String>)>> {
+    Ok(conn
+        .query_row(
+            "SELECT watch, CAST(file_extension AS TEXT) FROM main._attachments_ref WHERE id = ?1 AND filename IS NULL ORDER BY watch LIMIT 1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+}
+
 /// Moves the bytes of the claimed `job` on a thread of its own while this one renews the
 /// claim and watches the deadline; then records the outcome like a pass does.
 #[allow(clippy::too_many_arguments)]
@@ -230,10 +333,9 @@ fn transfer(
     queue: &QueueTable,
     job: Job,
     mut held: InFlight,
-    deadline: Instant,
-    timeout: Duration,
-    interrupted: &dyn Fn() -> bool,
-) -> Result<String> {
+    wait: &Patience,
+) -> Result<Option<String>> {
+    let (deadline, timeout, interrupted) = (wait.deadline, wait.timeout, wait.interrupted);
     let cancel = Arc::new(AtomicBool::new(false));
     let (done_tx, done_rx) = crossbeam_channel::bounded::<(Job, Outcome)>(1);
     {
@@ -256,7 +358,7 @@ fn transfer(
         match done_rx.recv_timeout(TICK) {
             Ok(result) => break result,
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                let _ = immediate(conn, || queue.release(&job.id));
+                let _ = sync::write(conn, &|| wait.over(), || queue.release(&job.id));
                 return Err(Error::Misuse("the transfer thread ended without a result (a bug: please report it)".into()));
             }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
@@ -266,7 +368,8 @@ fn transfer(
             // The transfer stops moving bytes; the row goes back to the queue untouched.
             cancel.store(true, Ordering::Relaxed);
             drop(done_rx);
-            let _ = sync::write(conn, &|| false, || queue.release(&job.id));
+            let grace = Instant::now() + RELEASE_GRACE;
+            let _ = sync::write(conn, &|| Instant::now() >= grace, || queue.release(&job.id));
             held.remove(&job.id);
             return Err(if stop { interrupted_error() } else { timed_out(&job.id, timeout, None) });
         }
@@ -281,30 +384,56 @@ fn transfer(
         Outcome::Failed(e) => Some(e.clone()),
         _ => None,
     };
-    let mut summary = Summary::default();
     let id = job.id.clone();
+    // Another transfer of this file (one a timed-out fetch left running) still holds its
+    // partial file: the row goes back untouched, no error recorded, and the caller waits.
+    if matches!(&outcome, Outcome::Failed(e) if e.is_busy()) {
+        let grace = Instant::now() + RELEASE_GRACE;
+        let _ = sync::write(conn, &|| Instant::now() >= grace, || queue.release(&id));
+        held.remove(&id);
+        return Ok(None);
+    }
+    // Paused meanwhile: released without counting an attempt, as a pass does.
+    let paused = failure.is_some()
+        && (crate::throttle::of(&syncer.db_file).paused()
+            || conn.query_row("SELECT paused FROM main._attachments_config WHERE id = 1", [], |r| r.get::<_, bool>(0)).unwrap_or(false));
+    let mut summary = Summary::default();
     let mut remove = None;
-    sync::write(conn, &|| false, || {
-        remove = syncer.record(queue, &job, &outcome, false, &mut summary)?;
+    let recorded = sync::write(conn, &|| wait.over(), || {
+        remove = syncer.record(queue, &job, &outcome, paused, &mut summary)?;
         if matches!(outcome, Outcome::Downloaded { .. }) {
             queue.archive_fetched_if_unreferenced(&id)?;
         }
         queue.note_if_drained()?;
         crate::progress::sample(conn, &syncer.config.table, now_ms())
-    })?;
+    });
+    if let Err(e) = recorded {
+        // Locked out past the deadline: the claim's lease ends and verify records a
+        // download that was published.
+        return Err(if !e.is_busy() {
+            e
+        } else if interrupted() {
+            interrupted_error()
+        } else {
+            timed_out(&id, timeout, None)
+        });
+    }
     held.remove(&id);
     if let Some(file) = remove {
         if let Err(e) = syncer.store.remove(&file) {
             log::warn!("could not remove {file}: {e}");
         }
     }
+    if paused {
+        return Err(Error::Unavailable(format!("paused: transfers were paused (attachment_pause()) during the download of '{id}'; it stays queued")));
+    }
     if let Some(e) = failure {
         return Err(Error::Remote(e));
     }
     // Recorded: the row names its local copy now (unless the app deleted it meanwhile).
-    let local: Option<String> = read_row(conn, &syncer.config.table, &id)?.and_then(|r| r.local_uri);
+    let local: Option<String> = wait.run(|| read_row(conn, &syncer.config.table, &id))?.and_then(|r| r.local_uri);
     match local.map(|name| syncer.store.existing(&name)).transpose()?.flatten() {
-        Some(path) => Ok(path.to_string_lossy().into_owned()),
+        Some(path) => Ok(Some(path.to_string_lossy().into_owned())),
         None => Err(Error::Unavailable(format!("'{id}' was downloaded, but its row changed meanwhile (deleted?)"))),
     }
 }

@@ -20,8 +20,6 @@ use crate::schema::quote_ident;
 const SAMPLES: usize = 10;
 /// The rate is measured over about this long.
 const WINDOW_MS: i64 = 5_000;
-/// Samples older than this say nothing about the current rate.
-const STALE_MS: i64 = 30_000;
 
 /// Moved so far (done plus in flight), at one instant.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -210,10 +208,13 @@ pub fn feed(conn: &Connection, db_file: &str, table: &str) -> Result<Value> {
     // Rows that still need a transfer: few columns, read through the (state, ...) index.
     // language=SQLite
     let mut stmt = conn.prepare(&format!(
-        "SELECT id, state, size, claimed_by IS NOT NULL AND claimed_until >= ?1, bytes_done, attempts
+        "SELECT id, state, size, claimed_by IS NOT NULL AND claimed_until >= ?1, bytes_done, attempts, claimed_by
          FROM main.{t} WHERE state IN (0, 1, 2)"
     ))?;
     let mut rows = stmt.query([now])?;
+    // Whether each claim's owner is known to be dead (looked up once per owner): its
+    // transfer is not in flight, whatever its lease says.
+    let mut dead: std::collections::HashMap<String, bool> = Default::default();
     while let Some(r) = rows.next()? {
         let state: i64 = r.get(1)?;
         if r.get::<_, i64>(5)? > 0 {
@@ -225,7 +226,12 @@ pub fn feed(conn: &Connection, db_file: &str, table: &str) -> Result<Value> {
         }
         let p = if state == 0 { &mut up } else { &mut down };
         let size: Option<i64> = r.get(2)?;
-        let claimed: bool = r.get::<_, Option<bool>>(3)?.unwrap_or(false);
+        let mut claimed: bool = r.get::<_, Option<bool>>(3)?.unwrap_or(false);
+        if claimed {
+            if let Ok(Some(by)) = r.get_ref(6)?.as_str_or_null() {
+                claimed = !*dead.entry(by.to_string()).or_insert_with(|| crate::owner::is_dead(db_file, by));
+            }
+        }
         let published: Option<i64> = r.get(4)?;
         // A claim is in flight once its transfer started moving bytes (claims taken ahead
         // of the transfer threads wait like any queued row).
@@ -269,11 +275,16 @@ pub fn feed(conn: &Connection, db_file: &str, table: &str) -> Result<Value> {
         files: up_done_files + down_done_files,
     };
     let samples: &[Moved] = if fresh { &[] } else { c.as_ref().map(|c| &c.samples[..]).unwrap_or(&[]) };
-    let rate = rate(samples, moved_now);
+    // Nothing queued and nothing moved within the window: no rate (null), not 0.0.
+    let rate = rate(samples, moved_now).filter(|r| active || r.upload + r.download + r.files > 0.0);
     let in_flight = up.in_flight_files + down.in_flight_files;
-    let direction = |p: &Pending, done_files: i64, done_bytes: i64, rate: Option<f64>| {
+    // The files rate counts both directions: a direction's estimate by files uses it when
+    // the other direction has nothing left (then it is that direction's), like the total's.
+    let files_rate = rate.map(|r| r.files);
+    let direction = |p: &Pending, other: &Pending, done_files: i64, done_bytes: i64, rate: Option<f64>| {
         let remaining = p.queued_bytes + (p.in_flight_bytes - p.in_flight_done);
-        let eta = eta(remaining, p.queued_files + p.in_flight_files, p.unknown_size, rate, None);
+        let alone = other.queued_files + other.in_flight_files == 0;
+        let eta = eta(remaining, p.queued_files + p.in_flight_files, p.unknown_size, rate, files_rate.filter(|_| alone));
         json!({
             "files_queued": p.queued_files,
             "bytes_queued": p.queued_bytes,
@@ -290,13 +301,9 @@ pub fn feed(conn: &Connection, db_file: &str, table: &str) -> Result<Value> {
             "eta_seconds": eta.map(round1),
         })
     };
-    let (up_rate, down_rate, files_rate) = match rate {
-        Some(r) => (Some(r.upload), Some(r.download), Some(r.files)),
-        None if !active => (Some(0.0), Some(0.0), Some(0.0)),
-        None => (None, None, None),
-    };
-    let upload = direction(&up, up_done_files, up_done_bytes, up_rate);
-    let download = direction(&down, down_done_files, down_done_bytes, down_rate);
+    let (up_rate, down_rate) = (rate.map(|r| r.upload), rate.map(|r| r.download));
+    let upload = direction(&up, &down, up_done_files, up_done_bytes, up_rate);
+    let download = direction(&down, &up, down_done_files, down_done_bytes, down_rate);
     let total_rate = up_rate.zip(down_rate).map(|(a, b)| a + b);
     let remaining_bytes = up.queued_bytes + up.in_flight_bytes - up.in_flight_done + down.queued_bytes + down.in_flight_bytes
         - down.in_flight_done;
@@ -369,15 +376,11 @@ struct Rate {
     files: f64,
 }
 
-/// The rate between the oldest sample of the last few seconds (at least half a second old)
-/// and `now`; None when no sample is recent enough to tell.
+/// The rate between the oldest sample of the last few seconds ([`WINDOW_MS`], at least half
+/// a second old) and `now`; None when no sample is recent enough to tell (samples are taken
+/// while transfers run, so a queue that went quiet has none).
 fn rate(samples: &[Moved], now: Moved) -> Option<Rate> {
-    let usable = |s: &&Moved| now.at - s.at >= 500 && now.at - s.at <= STALE_MS;
-    let base = samples
-        .iter()
-        .filter(usable)
-        .find(|s| now.at - s.at <= WINDOW_MS)
-        .or_else(|| samples.iter().rev().find(usable))?;
+    let base = samples.iter().find(|s| now.at - s.at >= 500 && now.at - s.at <= WINDOW_MS)?;
     let secs = (now.at - base.at) as f64 / 1000.0;
     // Bytes of a transfer that failed leave the in-flight sum: never a negative rate.
     let per_sec = |a: i64, b: i64| ((a - b).max(0) as f64) / secs;
@@ -418,8 +421,10 @@ mod tests {
         // Nothing usable: all too fresh or too old.
         assert_eq!(rate(&[m(10_900, 0, 0, 0)], m(11_000, 1, 1, 1)), None);
         assert_eq!(rate(&[m(1_000, 0, 0, 0)], m(100_000, 1, 1, 1)), None);
-        // A sample older than the window still tells, when it is the newest there is.
-        assert!(rate(&[m(1_000, 0, 0, 0)], m(11_000, 1000, 0, 0)).is_some());
+        // A sample older than the window says nothing about the last few seconds: the rate
+        // of a queue that went quiet is unknown, not a slowly decaying average.
+        assert_eq!(rate(&[m(1_000, 0, 0, 0)], m(11_000, 1000, 0, 0)), None);
+        assert_eq!(rate(&[m(1_000, 0, 0, 0)], m(6_001, 1000, 0, 0)), None);
         // Bytes that went away (a failed transfer) never make it negative.
         assert_eq!(rate(&[m(0, 500, 0, 0)], m(1_000, 100, 0, 0)).unwrap().upload, 0.0);
     }

@@ -113,6 +113,8 @@ struct Row {
     filename: String,
     local_uri: Option<String>,
     state: i64,
+    /// The size the row records (NULL, or not an integer: unknown).
+    size: Option<i64>,
 }
 
 /// The clean-up itself. `conn` must be the extension's own connection holding
@@ -125,11 +127,11 @@ pub fn verify(conn: &Connection, config: &Config, store: &LocalStore) -> Result<
     let rows: Vec<Row> = conn
         // Rows edited by hand with wrong types are left alone rather than failing every pass.
         .prepare(&format!(
-            "SELECT id, filename, local_uri, state FROM main.{t}
+            "SELECT id, filename, local_uri, state, CASE WHEN typeof(size) = 'integer' THEN size END FROM main.{t}
              WHERE typeof(id) = 'text' AND typeof(filename) = 'text' AND typeof(state) = 'integer'
                AND typeof(local_uri) IN ('text', 'null')"
         ))?
-        .query_map([], |r| Ok(Row { id: r.get(0)?, filename: r.get(1)?, local_uri: r.get(2)?, state: r.get(3)? }))?
+        .query_map([], |r| Ok(Row { id: r.get(0)?, filename: r.get(1)?, local_uri: r.get(2)?, state: r.get(3)?, size: r.get(4)? }))?
         .collect::<rusqlite::Result<_>>()?;
     let entries = store.entries()?;
     let on_disk: HashSet<&str> = entries.iter().filter(|e| !e.is_temp).map(|e| e.name.as_str()).collect();
@@ -145,8 +147,19 @@ pub fn verify(conn: &Connection, config: &Config, store: &LocalStore) -> Result<
         }
         // Something under the name that is not a plain file (a symlink) is not "missing":
         // nothing is archived or re-downloaded for it; the upload refuses it instead.
-        let present = on_disk.contains(row.filename.as_str()) || store.name_taken(&row.filename)?;
+        let mut present = on_disk.contains(row.filename.as_str()) || store.name_taken(&row.filename)?;
         let state = State::from_code(row.state);
+        // A synced or cached copy whose size is not the row's was damaged (truncated,
+        // appended to): it counts as lost, and what the remote has is downloaded again.
+        if present && row.local_uri.as_deref() == Some(row.filename.as_str()) && matches!(state, Some(State::Synced | State::Archived)) {
+            if let Some(path) = store.existing(&row.filename)? {
+                if !crate::fetch::size_matches(&path, row.size) {
+                    log::warn!("{}: local copy has the wrong size (the row says {:?} bytes): downloading again", row.id, row.size);
+                    store.remove(&row.filename)?;
+                    present = false;
+                }
+            }
+        }
         match (present, &row.local_uri, state) {
             // A download renamed into place but not recorded before a crash: the
             // file is complete (only complete files are renamed), so record it.

@@ -240,6 +240,38 @@ class HttpWebDav(FetchContract, Case):
     def stored_path(self, filename):
         return os.path.join(self.root, "files", filename)
 
+    def test_a_fetch_after_one_that_timed_out_waits_for_the_partial_file_and_records_nothing(self):
+        proxy = servers.FaultProxy(self.storage_port, "stall_body")
+        try:
+            file_id = self.uploaded(os.urandom(20_000))
+            b = self.app("b", port=proxy.port)
+            b.execute("INSERT INTO users VALUES (1, ?)", (file_id,))
+            with self.assertRaisesRegex(sqlite3.OperationalError, "timeout"):
+                b.execute("SELECT attachment_fetch(?, 300)", (file_id,))
+            # The first transfer still holds its partial file (the server is silent).
+            started = time.monotonic()
+            with self.assertRaisesRegex(sqlite3.OperationalError, "timeout"):
+                b.execute("SELECT attachment_fetch(?, 700)", (file_id,))
+            self.assertGreater(time.monotonic() - started, 0.6)
+            self.assertEqual(b.execute("SELECT attempts, last_error FROM attachments").fetchone(), (0, None))
+        finally:
+            proxy.stop()
+
+    def test_a_pause_during_a_fetch_counts_no_attempt(self):
+        proxy = servers.FaultProxy(self.storage_port, "trickle", trickle_bytes=1000, trickle_delay=0.1)
+        try:
+            file_id = self.uploaded(os.urandom(30_000))
+            b = self.app("b", port=proxy.port)
+            b.execute("INSERT INTO users VALUES (1, ?)", (file_id,))
+            pause = lambda: one(connect(os.path.join(self.dir, "b.db")), "SELECT attachment_pause()")
+            threading.Timer(0.7, pause).start()
+            with self.assertRaisesRegex(sqlite3.OperationalError, "paused"):
+                b.execute("SELECT attachment_fetch(?)", (file_id,))
+        finally:
+            proxy.stop()
+        self.assertEqual(b.execute("SELECT attempts, last_error FROM attachments").fetchone(), (0, None))
+        self.assertEqual(progress(b)["files_failing"], 0)
+
 
 class S3SigV4(FetchContract, Case):
     env = {"AWS_ACCESS_KEY_ID": servers.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": servers.SECRET_KEY}
@@ -366,6 +398,76 @@ class FetchArguments(Case):
         self.assertEqual(one(self.a, "SELECT attachment_fetch(?)", file_id), path)
         with open(path, "rb") as f:
             self.assertEqual(f.read(), b"\x01\x02")
+
+
+    def test_a_synced_row_whose_file_was_truncated_is_downloaded_again(self):
+        data = os.urandom(50_000)
+        file_id = one(self.a, "SELECT attachment_save(?, 'bin')", data)
+        self.a.execute("INSERT INTO users VALUES (1, ?)", (file_id,))
+        self.sync(self.a)
+        path = one(self.a, "SELECT attachment_local_uri(?)", file_id)
+        with open(path, "r+b") as f:
+            f.truncate(10)
+        self.assertEqual(one(self.a, "SELECT attachment_fetch(?)", file_id), path)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), data)
+
+    def hold_write_lock(self, seconds):
+        """Another connection holds the write lock for `seconds` (BEGIN IMMEDIATE, then sleeps)."""
+        other = sqlite3.connect(os.path.join(self.dir, "a.db"), isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        timer = threading.Timer(seconds, lambda: other.execute("COMMIT"))
+        timer.start()
+        self.addCleanup(timer.join)
+        self.addCleanup(timer.cancel)
+
+    def test_a_fetch_waiting_for_the_write_lock_keeps_its_timeout(self):
+        self.assertEqual(one(self.a, "PRAGMA journal_mode = WAL"), "wal")
+        with open(os.path.join(self.remote, "locked-out.bin"), "wb") as f:
+            f.write(b"x")
+        file_id = one(self.a, "SELECT attachment_save(x'0102', 'bin')")
+        self.a.execute("INSERT INTO users VALUES (1, ?)", (file_id,))
+        self.sync(self.a)
+        os.remove(one(self.a, "SELECT attachment_local_uri(?)", file_id))
+        self.a.execute("INSERT INTO users VALUES (2, 'locked-out')")  # a reference not reconciled yet
+        self.hold_write_lock(6)
+        for fid in (file_id, "locked-out"):
+            started = time.monotonic()
+            message, _ = self.error("SELECT attachment_fetch(?, 500)", fid)
+            self.assertIn("timeout", message)
+            self.assertLess(time.monotonic() - started, 1.5, message)
+
+    def test_a_fetch_waiting_for_the_write_lock_can_be_interrupted(self):
+        self.assertEqual(one(self.a, "PRAGMA journal_mode = WAL"), "wal")
+        file_id = one(self.a, "SELECT attachment_save(x'0102', 'bin')")
+        self.a.execute("INSERT INTO users VALUES (1, ?)", (file_id,))
+        self.sync(self.a)
+        os.remove(one(self.a, "SELECT attachment_local_uri(?)", file_id))
+        self.hold_write_lock(6)
+        threading.Timer(0.5, self.a.interrupt).start()
+        started = time.monotonic()
+        message, code = self.error("SELECT attachment_fetch(?)", file_id)
+        self.assertEqual(code, "SQLITE_INTERRUPT", message)
+        self.assertLess(time.monotonic() - started, 1.5)
+
+    def test_while_paused_a_complete_local_copy_is_returned_and_only_a_download_is_refused(self):
+        file_id = one(self.a, "SELECT attachment_save(x'0102', 'bin')")
+        self.a.execute("INSERT INTO users VALUES (1, ?)", (file_id,))
+        self.sync(self.a)
+        path = one(self.a, "SELECT attachment_local_uri(?)", file_id)
+        one(self.a, "SELECT attachment_pause()")
+        self.assertEqual(one(self.a, "SELECT attachment_fetch(?)", file_id), path)
+        os.remove(path)
+        message, _ = self.error("SELECT attachment_fetch(?)", file_id)
+        self.assertIn("paused", message)
+
+    def test_a_reference_with_an_unsafe_extension_says_it_was_rejected(self):
+        self.a.execute("CREATE TABLE docs(id TEXT, ext TEXT)")
+        self.a.execute("INSERT INTO docs VALUES ('hostile-ext', '../x')")
+        self.a.execute("SELECT attachment_watch('docs', 'SELECT id, ext AS file_extension FROM docs')")
+        message, _ = self.error("SELECT attachment_fetch('hostile-ext')")
+        self.assertIn("rejected", message)
+        self.assertIn("'../x'", message)
 
 
 class FetchAheadOfTheQueue(Case):
@@ -538,6 +640,26 @@ class Progress(Case):
         self.assertEqual(err["class"], "not_found")
         self.assertTrue(before <= err["at"] <= now_ms())
         self.assertRegex(err["error"], "^not_found: HTTP 404")
+
+
+class ProgressOfDeadOwners(Case):
+    def test_an_empty_queue_has_no_rate(self):
+        os.makedirs(self.remote)
+        a = self.device("a")
+        p = progress(a)
+        self.assertEqual((p["rate"], p["upload"]["rate"], p["download"]["rate"], p["eta_seconds"]), (None, None, None, 0.0), p)
+
+    def test_a_claim_of_a_process_that_died_is_not_in_flight(self):
+        os.makedirs(self.remote)
+        a = self.device("a")
+        self.sync(a)  # this process takes its owner slot: the lock file exists
+        file_id = one(a, "SELECT attachment_save(x'010203', 'bin')")
+        # A claim of a process that died mid-transfer, its lease not yet over.
+        a.execute("UPDATE attachments SET claimed_by = 'pid:1:0123456789ab:slot:4000', claimed_until = ?, bytes_done = 2 "
+                  "WHERE id = ?", (now_ms() + 60_000, file_id))
+        p = progress(a)
+        self.assertEqual((p["upload"]["files_in_flight"], p["upload"]["files_queued"], p["concurrency"]), (0, 1, 0), p)
+        self.assertEqual(p["upload"]["bytes_in_flight_done"], 0)
 
 
 class ErrorsPeopleCanActOn(Case):

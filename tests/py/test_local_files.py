@@ -61,6 +61,26 @@ class Integrity(Case):
         self.assert_refused(a, att)
 
 
+class TruncatedCopies(Case):
+    def test_verify_downloads_again_a_synced_copy_whose_size_is_wrong(self):
+        data = os.urandom(50_000)
+        a = self.device("a")
+        att = one(a, "SELECT attachment_save(?, 'bin')", data)
+        a.execute("CREATE TABLE t(f TEXT)")
+        a.execute("INSERT INTO t VALUES (?)", (att,))
+        a.execute("SELECT attachment_watch('w', 'SELECT f AS id, ''bin'' AS file_extension FROM t')")
+        self.sync(a)
+        path = os.path.join(self.dir, "files-a", f"{att}.bin")
+        with open(path, "r+b") as f:
+            f.truncate(10)
+        self.assertEqual(one(a, "SELECT json_extract(attachment_verify(), '$.requeued')"), 1)
+        self.assertEqual(one(a, "SELECT state_name FROM attachment_queue WHERE id = ?", att), "QUEUED_DOWNLOAD")
+        self.sync(a)
+        self.assertEqual(one(a, "SELECT state_name FROM attachment_queue WHERE id = ?", att), "SYNCED")
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), data)
+
+
 class PlantedPartialFiles(Case):
     """A download's partial file names (`.{filename}.partial`, `-meta`) are the extension's:
     whatever else is found there is cleared, never followed, and never blocks the download."""
