@@ -306,8 +306,14 @@ impl LocalStore {
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        if !file.metadata().map_err(|e| Error::io(&path, e))?.is_file() {
+        let opened = file.metadata().map_err(|e| Error::io(&path, e))?;
+        if !opened.is_file() {
             return Err(Error::Argument(format!("{} is not a regular file", path.display())));
+        }
+        if opened.nlink() != 1 {
+            // Linked between the check above and the open: never written through; the next
+            // attempt's check unlinks the name.
+            return Err(Error::Argument(format!("{} has other hard links", path.display())));
         }
         // One writer at a time; verify never removes a locked partial file. Another holder
         // is a transfer of this file still running (one a stopped pass left behind): busy,
@@ -562,16 +568,23 @@ fn write_validator(meta: &Path, validator: &Validator) -> io::Result<()> {
 
 /// Clears what is not a regular file from one of a partial download's names (they are
 /// ours): a symlink (never its target), a FIFO or socket is removed; a folder is removed
-/// when empty, moved aside (`{name}.moved-{random}`) otherwise, never deleted with its content.
-/// Tells whether a regular file is there.
+/// when empty, moved aside (`{name}.moved-{random}`) otherwise, never deleted with its content;
+/// a regular file with other hard links loses this name only. Tells whether a regular file
+/// of our own is there.
 fn clear_planted(path: &Path) -> Result<bool> {
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(Error::io(path, e)),
     };
-    if meta.is_file() {
+    if meta.is_file() && meta.nlink() == 1 {
         return Ok(true);
+    }
+    if meta.is_file() {
+        // A hard link: its content is another name's too (perhaps outside local_dir).
+        // Only our name is removed; the download starts again in a file of its own.
+        log::warn!("{} has other hard links: unlinked (their content untouched), the download starts from zero", path.display());
+        return fs::remove_file(path).map(|()| false).map_err(|e| Error::io(path, e));
     }
     log::warn!("{} is not a regular file: cleared away so the download can proceed", path.display());
     let result = if meta.is_dir() {
@@ -909,6 +922,22 @@ mod tests {
         // A folder with content is moved aside, never deleted.
         let moved: Vec<_> = fs::read_dir(s.dir()).unwrap().flatten().filter(|e| e.path().join("inside").exists()).collect();
         assert_eq!(moved.len(), 1);
+        let _ = fs::remove_file(outside);
+    }
+
+    #[test]
+    fn a_hard_linked_partial_file_is_never_appended_to() {
+        let s = temp_store();
+        assert!(cut_download(&s, 300).is_err());
+        let partial = s.dir().join(".o.bin.partial");
+        let outside = std::env::temp_dir().join(format!("att-canary-{}", uuid::Uuid::new_v4().simple()));
+        fs::copy(&partial, &outside).unwrap();
+        fs::remove_file(&partial).unwrap();
+        fs::hard_link(&outside, &partial).unwrap();
+        assert!(cut_download(&s, 200).is_err());
+        assert_eq!(fs::read(&outside).unwrap(), vec![1u8; 300], "the other link's content is untouched");
+        let meta = fs::symlink_metadata(&partial).unwrap();
+        assert_eq!((meta.len(), meta.nlink()), (200, 1), "the download restarted in a file of its own");
         let _ = fs::remove_file(outside);
     }
 
