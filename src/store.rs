@@ -322,7 +322,7 @@ impl LocalStore {
             return Err(RemoteError::busy(format!("another download of {filename} holds its partial file")).into());
         }
         let lock = file.try_clone().map_err(|e| Error::io(&path, e))?;
-        let mut sink = PartialSink { out: None, hasher: Sha256::new(), size: 0, held: None, meta: meta.clone(), meta_on_disk, pending: None };
+        let mut sink = PartialSink { out: None, hasher: Sha256::new(), size: 0, held: None, meta: meta.clone(), meta_on_disk, pending: None, expect_len: None };
         if let Some(validator) = meta_on_disk.then(|| read_validator(&meta)).flatten() {
             // The prefix is hashed again from disk: the final check covers every byte.
             let mut hasher = Sha256::new();
@@ -366,7 +366,9 @@ impl LocalStore {
             }
         };
         let sha256 = hex::encode(sink.hasher.clone().finalize());
-        if let Err(e) = check_claims(&claimed, sink.size, &sha256) {
+        let announced = Fetched { length: sink.expect_len, sha256: None };
+        let checked = check_claims(&announced, sink.size, &sha256).and_then(|()| check_claims(&claimed, sink.size, &sha256));
+        if let Err(e) = checked {
             // The whole file is not the object: start over next time.
             let _ = fs::remove_file(&path);
             let _ = fs::remove_file(&meta);
@@ -609,6 +611,9 @@ struct PartialSink {
     meta_on_disk: bool,
     /// The validator of a download from zero, not written yet: see [`PARTIAL_META_THRESHOLD`].
     pending: Option<Validator>,
+    /// The length a whole answer must have: the one first announced for the held object,
+    /// when the server sends that object again from its start (it ignored the range).
+    expect_len: Option<u64>,
 }
 
 impl PartialSink {
@@ -650,7 +655,9 @@ impl Sink for PartialSink {
         if offset > 0 {
             return Err(io::Error::other(format!("asked to resume at {offset}, which is not what is held")));
         }
-        // The whole object follows: what was held goes.
+        // The whole object follows: what was held goes. Named by the validator the held bytes
+        // had, it must be as long as first announced (a shorter body is not that object).
+        self.expect_len = self.held.as_ref().filter(|h| h.validator.same_object(validator)).and_then(|h| h.validator.length);
         let out = self.out()?;
         out.flush()?;
         let file = out.get_mut();
@@ -939,6 +946,27 @@ mod tests {
         let meta = fs::symlink_metadata(&partial).unwrap();
         assert_eq!((meta.len(), meta.nlink()), (200, 1), "the download restarted in a file of its own");
         let _ = fs::remove_file(outside);
+    }
+
+    #[test]
+    fn a_whole_answer_naming_the_held_object_must_have_its_length() {
+        let s = temp_store();
+        assert!(cut_download(&s, 300).is_err());
+        // The server ignores the range: a 200 with the same ETag, but 600 bytes where the
+        // first answer with that ETag announced 1000.
+        let r = s.stage_resumable("o.bin", |out| {
+            let held = out.held().expect("the cut download's bytes are held");
+            assert_eq!(held.validator.length, Some(1000));
+            out.begin(0, &Validator { etag: Some("\"E1\"".into()), last_modified: None, length: None }).unwrap();
+            out.write_all(&[2u8; 600]).unwrap();
+            Ok(Fetched::default())
+        });
+        match r {
+            Err(Error::Remote(e)) => assert!(e.to_string().contains("600 of 1000"), "{e}"),
+            other => panic!("expected an integrity error, got {:?}", other.map(|(_, w)| w.size)),
+        }
+        assert!(!s.dir().join(".o.bin.partial").exists(), "the partial file is dropped");
+        assert!(!s.dir().join(".o.bin.partial-meta").exists());
     }
 
     #[test]
