@@ -148,6 +148,7 @@ pub fn verify(conn: &Connection, config: &Config, store: &LocalStore) -> Result<
         // Something under the name that is not a plain file (a symlink) is not "missing":
         // nothing is archived or re-downloaded for it; the upload refuses it instead.
         let mut present = on_disk.contains(row.filename.as_str()) || store.name_taken(&row.filename)?;
+        let mut wrong_size = false;
         let state = State::from_code(row.state);
         // A synced or cached copy whose size is not the row's was damaged (truncated,
         // appended to): it counts as lost, and what the remote has is downloaded again.
@@ -157,6 +158,7 @@ pub fn verify(conn: &Connection, config: &Config, store: &LocalStore) -> Result<
                     log::warn!("{}: local copy has the wrong size (the row says {:?} bytes): downloading again", row.id, row.size);
                     store.remove(&row.filename)?;
                     present = false;
+                    wrong_size = true;
                 }
             }
         }
@@ -176,7 +178,7 @@ pub fn verify(conn: &Connection, config: &Config, store: &LocalStore) -> Result<
                 out.repaired += 1;
             }
             (false, Some(_), Some(State::Synced)) => {
-                queue.requeue_lost_copy(&row.id)?;
+                queue.requeue_lost_copy(&row.id, wrong_size)?;
                 out.requeued += 1;
             }
             (false, _, Some(State::QueuedUpload)) => {

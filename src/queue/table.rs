@@ -335,15 +335,17 @@ impl<'c> QueueTable<'c> {
         )?)
     }
 
-    /// Verify: SYNCED whose local copy vanished → QUEUED_DOWNLOAD.
-    pub fn requeue_lost_copy(&self, id: &str) -> Result<()> {
+    /// Verify: SYNCED whose local copy vanished (or had the wrong size, and was removed)
+    /// → QUEUED_DOWNLOAD.
+    pub fn requeue_lost_copy(&self, id: &str, wrong_size: bool) -> Result<()> {
         let t = &self.t;
+        let why = if wrong_size { "local: local file has the wrong size: downloading again" } else { "local: local file missing: downloading again" };
         self.conn.execute(
             &format!(
                 "UPDATE main.{t} SET state = {DOWNLOAD}, local_uri = NULL, timestamp = ?2, attempts = 0, next_attempt_at = 0,
-                     last_error = 'local: local file missing: downloading again' WHERE id = ?1 AND state = {SYNCED}"
+                     last_error = ?3 WHERE id = ?1 AND state = {SYNCED}"
             ),
-            params![id, now_ms()],
+            params![id, now_ms(), why],
         )?;
         Ok(())
     }

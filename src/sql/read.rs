@@ -10,6 +10,7 @@ use super::{caller, opt_text_arg, scalar, EFFECTFUL, PURE};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::names;
+use crate::queue::State;
 use crate::schema::quote_ident;
 use crate::store::LocalStore;
 
@@ -21,42 +22,52 @@ pub fn register(db: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The store and the name of the local copy of `id`, if the row names one. Asking for
-/// it is a use of the file: noted in memory for the cache (see cache.rs), never written here.
-fn complete_local_path(ctx: &Context) -> Result<Option<(LocalStore, String)>> {
+/// The store, the name of the local copy of `id` (if the row names one) and the size that
+/// copy must have to be complete (None for an upload's own file, or when the row records
+/// none). Asking for it is a use of the file: noted in memory for the cache (see
+/// cache.rs), never written here.
+fn complete_local_path(ctx: &Context) -> Result<Option<(LocalStore, String, Option<u64>)>> {
     // NULL in, NULL out: `SELECT attachment_local_uri(photo_id) FROM users` works for users without a photo.
     let Some(id) = opt_text_arg(ctx, 0, "id")? else { return Ok(None) };
     let conn = caller(ctx)?;
     let config = Config::load(&conn)?;
-    let local_uri: Option<String> = conn
+    // A synced or cached copy whose size is not the row's was damaged (truncated, grown):
+    // not served, as attachment_fetch does not serve it (it downloads it again).
+    let row: Option<(Option<String>, Option<u64>)> = conn
         .query_row(
-            &format!("SELECT local_uri FROM main.{} WHERE id = ?1", quote_ident(&config.table)),
+            &format!(
+                "SELECT local_uri, CASE WHEN state <> {} AND typeof(size) = 'integer' AND size >= 0 THEN size END
+                 FROM main.{} WHERE id = ?1",
+                State::QueuedUpload as i64,
+                quote_ident(&config.table)
+            ),
             [&id],
-            |r| r.get::<_, Option<String>>(0),
+            |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<i64>>(1)?.map(|n| n as u64))),
         )
-        .optional()?
-        .flatten();
-    let Some(local_uri) = local_uri else { return Ok(None) };
+        .optional()?;
+    let Some((Some(local_uri), size)) = row else { return Ok(None) };
     crate::cache::touch(conn.path().unwrap_or(""), &id);
-    Ok(Some((LocalStore::open(config.local_dir_for(conn.path())?)?, local_uri)))
+    Ok(Some((LocalStore::open(config.local_dir_for(conn.path())?)?, local_uri, size)))
 }
 
-/// The path of the local copy; never a symlink (it could point anywhere).
+/// The path of the local copy; never a symlink (it could point anywhere), never a copy of
+/// the wrong size.
 fn local_uri(ctx: &Context) -> Result<Option<String>> {
-    let Some((store, name)) = complete_local_path(ctx)? else { return Ok(None) };
-    Ok(store.existing(&name)?.map(|p| p.to_string_lossy().into_owned()))
+    let Some((store, name, size)) = complete_local_path(ctx)? else { return Ok(None) };
+    let path = store.existing(&name)?.filter(|p| crate::fetch::size_matches(p, size.map(|n| n as i64)));
+    Ok(path.map(|p| p.to_string_lossy().into_owned()))
 }
 
 /// The local copy's bytes. Opened without following a symlink; a file above SQLite's
 /// blob limit is refused before a byte is read (it could not be returned anyway).
 fn data(ctx: &Context) -> Result<Option<Vec<u8>>> {
-    let Some((store, name)) = complete_local_path(ctx)? else { return Ok(None) };
+    let Some((store, name, size)) = complete_local_path(ctx)? else { return Ok(None) };
     let opened = match store.open_file(&name) {
         Ok(opened) => opened,
         Err(Error::Argument(_)) => None, // a symlink or special file: not ours to read
         Err(e) => return Err(e),
     };
-    let Some((file, len)) = opened else { return Ok(None) };
+    let Some((file, len)) = opened.filter(|(_, len)| size.is_none_or(|n| n == *len)) else { return Ok(None) };
     // Safety: the caller's open connection; with -1, sqlite3_limit only reads the limit.
     let limit = unsafe { rusqlite::ffi::sqlite3_limit(caller(ctx)?.handle(), rusqlite::ffi::SQLITE_LIMIT_LENGTH, -1) };
     let limit = limit.max(0) as u64;

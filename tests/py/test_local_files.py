@@ -81,6 +81,26 @@ class TruncatedCopies(Case):
             self.assertEqual(f.read(), data)
 
 
+    def test_a_grown_copy_is_never_served_and_verify_says_wrong_size(self):
+        data = os.urandom(20_000)
+        a = self.device("a")
+        att = one(a, "SELECT attachment_save(?, 'bin')", data)
+        a.execute("CREATE TABLE t(f TEXT)")
+        a.execute("INSERT INTO t VALUES (?)", (att,))
+        a.execute("SELECT attachment_watch('w', 'SELECT f AS id, ''bin'' AS file_extension FROM t')")
+        self.sync(a)
+        path = os.path.join(self.dir, "files-a", f"{att}.bin")
+        self.assertEqual(one(a, "SELECT attachment_local_uri(?)", att), path)
+        with open(path, "ab") as f:
+            f.write(b"EXTRA")
+        # The row says 20,000 bytes: a 20,005-byte file is not that attachment.
+        self.assertIsNone(one(a, "SELECT attachment_local_uri(?)", att))
+        self.assertIsNone(one(a, "SELECT attachment_data(?)", att))
+        self.assertEqual(one(a, "SELECT json_extract(attachment_verify(), '$.requeued')"), 1)
+        self.assertIn("wrong size", one(a, "SELECT last_error FROM attachment_queue WHERE id = ?", att))
+        self.sync(a)
+        self.assertEqual(one(a, "SELECT attachment_data(?)", att), data)
+
 class PlantedPartialFiles(Case):
     """A download's partial file names (`.{filename}.partial`, `-meta`) are the extension's:
     whatever else is found there is cleared, never followed, and never blocks the download."""
