@@ -118,13 +118,15 @@ impl QueueCursor<'_> {
         let sql = format!(
             "SELECT id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data,
                     NULL, {}, attempts, next_attempt_at, last_error, {}, NULL, {}, {}, {},
-                    {given_up}, {started_at}
+                    {given_up}, {started_at}, {}, {}
              FROM main.{} {filter} ORDER BY rowid",
             column("bytes_done", "NULL"),
             column("sha256", "NULL"),
             column("pinned", "0"),
             column("last_used", "NULL"),
             column("priority", "0"),
+            column("claimed_by", "NULL"),
+            column("claimed_until", "NULL"),
             quote_ident(&config.table)
         );
         let mut stmt = conn.prepare(&sql)?;
@@ -133,8 +135,21 @@ impl QueueCursor<'_> {
             None => stmt.query([])?,
         };
         self.rows.clear();
+        let now = crate::queue::now_ms();
+        // Whether each claim's owner is known to be dead (looked up once per owner).
+        let mut dead: std::collections::HashMap<String, bool> = Default::default();
         while let Some(r) = rows.next()? {
             let mut row: Vec<Value> = (0..COLUMNS.len()).map(|i| r.get(i)).collect::<rusqlite::Result<_>>()?;
+            // A claim whose lease is over or whose owner died (a killed worker) is not in
+            // flight: the bytes and start it published are not shown (as in attachment_progress).
+            let claimed_by = r.get::<_, Option<String>>(COLUMNS.len()).ok().flatten();
+            let claimed_until = r.get::<_, Option<i64>>(COLUMNS.len() + 1).ok().flatten();
+            let live_claim = match (claimed_by, claimed_until) {
+                (Some(by), Some(until)) if until >= now => {
+                    !*dead.entry(by.clone()).or_insert_with(|| crate::owner::is_dead(&self.db_file, &by))
+                }
+                _ => false,
+            };
             let state = match row[COL_STATE] {
                 Value::Integer(s) => State::from_code(s),
                 _ => None,
@@ -147,11 +162,11 @@ impl QueueCursor<'_> {
             // Progress of a transfer in this process is live; another process's is
             // published in the row about once a second.
             let stored = match row[COL_BYTES_DONE] {
-                Value::Integer(n) => n,
+                Value::Integer(n) if live_claim => n,
                 _ => 0,
             };
             let mut started = match row[COL_RATE] {
-                Value::Integer(at) => Some(at),
+                Value::Integer(at) if live_claim => Some(at),
                 _ => None,
             };
             let done = match (&row[0], state) {

@@ -662,6 +662,20 @@ class ProgressOfDeadOwners(Case):
         self.assertEqual(p["upload"]["bytes_in_flight_done"], 0)
 
 
+    def test_a_dead_or_expired_claim_shows_no_bytes_nor_rate_in_the_queue(self):
+        os.makedirs(self.remote)
+        a = self.device("a")
+        self.sync(a)  # this process takes its owner slot: the lock file exists
+        file_id = one(a, "SELECT attachment_save(randomblob(1000), 'bin')")
+        now = now_ms()
+        # A worker killed mid-transfer left its claim, its published bytes and its start.
+        for claimed_by, until in (("pid:1:0123456789ab:slot:4000", now + 60_000),  # its owner is gone
+                                  ("pid:1:0123456789ab", now - 1000)):  # its lease is over
+            a.execute("UPDATE attachments SET claimed_by = ?, claimed_until = ?, bytes_done = 600, started_at = ? WHERE id = ?",
+                      (claimed_by, until, now - 1000, file_id))
+            self.assertEqual(progress(a)["upload"]["files_in_flight"], 0)
+            self.assertEqual(a.execute("SELECT bytes_done, rate FROM attachment_queue").fetchone(), (0, None), claimed_by)
+
 class ErrorsPeopleCanActOn(Case):
     """Every row that is not moving says why, when it will be tried again, and comes back at once on retry."""
 
