@@ -606,6 +606,9 @@ impl Syncer {
 
     /// Moves the bytes of one job. No transaction is open here.
     pub fn perform(&self, job: &Job, stop: &AtomicBool) -> Outcome {
+        // A read waiting for the server looks at `stop` too (the progress callback below
+        // only runs when bytes arrive).
+        let _stop_reads = crate::remote::stoppable::Scope::enter(stop);
         let key = (self.db_file.clone(), job.id.clone());
         let started = now_ms();
         // Noted before the first byte: a transfer started is in flight, not waiting.

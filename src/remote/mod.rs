@@ -8,6 +8,7 @@ mod limits;
 mod retry_after;
 mod s3;
 mod signed;
+pub mod stoppable;
 mod transport;
 
 // Entry points for the cargo-fuzz targets in fuzz/ (see crate::fuzzing).

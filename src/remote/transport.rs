@@ -22,6 +22,7 @@ use std::io::Read;
 use std::time::SystemTime;
 
 use ureq::http::{HeaderMap, Response, StatusCode};
+use ureq::unversioned::transport::Connector;
 use ureq::{Agent, Body, SendBody};
 
 use super::limits::{Limits, Pace, RateReader};
@@ -108,7 +109,11 @@ impl Transport {
             .max_idle_connections_per_host(16)
             .user_agent(concat!("sqlite-attachments/", env!("CARGO_PKG_VERSION")))
             .build();
-        Transport { agent: config.into(), limits }
+        // Reads of a cancelled transfer stop within moments, even while the server is
+        // silent (see stoppable.rs).
+        let connector = ureq::unversioned::transport::DefaultConnector::default().chain(super::stoppable::StoppableConnector);
+        let agent = Agent::with_parts(config, connector, ureq::unversioned::resolver::DefaultResolver::default());
+        Transport { agent, limits }
     }
 
     /// `PUT`s all of `source`, streaming. Returns the response headers.

@@ -56,6 +56,7 @@ TRICKLE_DELAY = float(os.environ.get("TRICKLE_DELAY", "0.2"))
 LOGIN_PAGE = b"<!DOCTYPE html><html><body><form action=/login>Please sign in</form></body></html>"
 counter = itertools.count(1)
 put_counter = itertools.count(1)
+get_counter = itertools.count(1)
 cut_counter = itertools.count(1)
 in_flight = 0
 lock = threading.Lock()
@@ -123,6 +124,9 @@ class Proxy(BaseHTTPRequestHandler):
             return self.reply(STATUS, b"moved", location=location)
         body = self.read_body()
         if MODE == "silent" and applies:
+            return self.silence()
+        # The first GET gets no answer at all (not even headers); later ones go through.
+        if MODE == "silent_first_get" and self.command == "GET" and next(get_counter) == 1:
             return self.silence()
         if MODE == "status" and applies:
             extra = {"Retry-After": os.environ["RETRY_AFTER"]} if os.environ.get("RETRY_AFTER") else {}
