@@ -173,13 +173,25 @@ class Proxy(BaseHTTPRequestHandler):
             self.wfile.write(lie)
             self.log_sent(206, len(lie))
             return
+        if MODE == "short_200_tail" and self.command == "GET" and resp.status == 206:
+            # The range ignored, yet only the object's tail sent, as a whole 200 under the
+            # same validator the first (cut) answer had.
+            self.send_response(200)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("connection", "transfer-encoding", "content-length", "content-range"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            self.log_sent(200, len(data))
+            return
         echoed = {}
         if MODE == "echo_validator" and self.command == "GET" and resp.status == 200:
             import urllib.parse
             query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
             secret = query.get("X-Amz-Security-Token", [""])[0] or self.headers.get("Authorization", "").split(" ")[-1]
             echoed = {"etag": f'"{secret}"', "last-modified": secret}
-        if MODE in ("cut", "lying_206", "echo_validator") and self.command == "GET" and resp.status in (200, 206) \
+        if MODE in ("cut", "lying_206", "echo_validator", "short_200_tail") and self.command == "GET" and resp.status in (200, 206) \
                 and len(data) > 1 and next(cut_counter) <= int(os.environ.get("CUT_TIMES", "1")):
             sent = data[: int(os.environ["CUT_BYTES"])]
             self.send_response(resp.status)

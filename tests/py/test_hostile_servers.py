@@ -327,6 +327,24 @@ class HttpServer(Hostile):
         with open(one(b, "SELECT attachment_local_uri(?)", photo), "rb") as f:
             self.assertEqual(f.read(), data)
 
+    def test_a_whole_answer_shorter_than_first_announced_under_the_same_etag_is_never_published(self):
+        data = os.urandom(200_000)
+        _, photo = self.uploaded(data)
+        p = self.proxy("short_200_tail", cut_bytes=50_000)
+        b = self.downloader("tail", p.port, photo)
+        self.sync(b)
+        self.assertEqual(len(self.partial_download("tail")), 50_000)
+        one(b, "SELECT attachment_retry(NULL)")
+        self.sync(b)
+        # A 200 with the ETag of the first answer (200,000 bytes announced) but 150,000 bytes.
+        with open(p.log + ".sent") as f:
+            self.assertIn("GET 200 150000 range=bytes=50000-", f.read())
+        state, _, error_class, error = self.row(b)
+        self.assertEqual((state, error_class), ("QUEUED_DOWNLOAD", "integrity"), error)
+        self.assertIn("150000 of 200000", error)
+        self.assertIsNone(one(b, "SELECT attachment_local_uri(?)", photo))
+        self.assertIsNone(self.partial_download("tail"), "the partial file is dropped")
+
     def test_trickling_downloads_are_cut_and_free_their_slots(self):
         a = self.device("a")
         photos = []
