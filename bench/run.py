@@ -468,32 +468,6 @@ class LatencyProxy(servers.Server):
         super().__init__([sys.executable, os.path.join(HERE, "latency_proxy.py")], port, env=env)
 
 
-def ours_big(work, src, remote, tag):
-    """One file up by attachment_sync() in database a and down by attachment_sync() in database b: seconds each."""
-    cfg_a = json.dumps({"local_dir": f"a-{tag}", **remote})
-    cfg_b = json.dumps({"local_dir": f"b-{tag}", **remote})
-    out, up_s, _ = cli(work, f"a-{tag}.db", f"""
-        SELECT attachment_init('{cfg_a}') IS NOT NULL;
-        CREATE TABLE items(id INTEGER PRIMARY KEY, file_id TEXT);
-        INSERT INTO items VALUES (1, attachment_save_file('{src}', 'bin'));
-        .timer on
-        SELECT attachment_sync();
-        .timer off
-        SELECT 'ID ' || file_id FROM items;""")
-    assert '"uploaded":1' in out, out
-    file_id = re.search(r"ID (\S+)", out).group(1)
-    out, down_s, _ = cli(work, f"b-{tag}.db", f"""
-        SELECT attachment_init('{cfg_b}') IS NOT NULL;
-        CREATE TABLE items(id INTEGER PRIMARY KEY, file_id TEXT);
-        SELECT attachment_watch('w', 'SELECT file_id AS id, ''bin'' AS file_extension FROM items');
-        INSERT INTO items VALUES (1, '{file_id}');
-        .timer on
-        SELECT attachment_sync();
-        .timer off""")
-    assert '"downloaded":1' in out, out
-    return up_s, down_s
-
-
 def links(nginx):
     """Real links: nginx behind bench/latency_proxy.py at each RTT. LINK_N x 16 KiB and one LINK_MIB file,
     ours against curl and rclone at 4/16/32 at once, the default worker against the best of them, and PowerSync."""
@@ -536,7 +510,7 @@ def links(nginx):
             with open(src, "wb") as f:
                 for _ in range(LINK_MIB):
                     f.write(os.urandom(MiB))
-            up_s, down_s = ours_big(work, src, {"remote": f"{url}/big-{rtt}/"}, "big")
+            up_s, down_s = up_down(work, {"remote": f"{url}/big-{rtt}/"}, src, "big")
             theirs = [("curl", run(["curl", "-s", "-f", "-T", src, f"{url}/curl-big-{rtt}.bin"]),
                        run(["curl", "-s", "-f", "-o", os.path.join(work, "c.bin"), f"{url}/curl-big-{rtt}.bin"]))]
             if RCLONE:

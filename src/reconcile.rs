@@ -24,24 +24,29 @@ pub struct Reconciled {
 
 /// Watches due to re-run although none of their tables changed: a `refresh_ms` has
 /// passed since the last run, or one of their triggers is missing (a table migration
-/// drops a table's triggers with it). A failed watch's missing triggers do not count:
+/// drops a table's triggers with it) or was changed ([`crate::watch::TRIGGER_INTACT`]:
+/// `RENAME COLUMN` rewrites them). A failed watch's missing triggers do not count:
 /// its tables may be gone; it is retried on an explicit sync or its `refresh_ms`.
-// language=SQLite
-const DUE: &str = "(refresh_ms IS NOT NULL AND coalesce(last_run, 0) + max(refresh_ms, 100) <= :now)
+fn due() -> String {
+    // language=SQLite
+    format!(
+        "(refresh_ms IS NOT NULL AND coalesce(last_run, 0) + max(refresh_ms, 100) <= :now)
     OR (state = 'ok' AND EXISTS (
         SELECT 1 FROM main._attachments_trigger AS t
-        WHERE t.watch = _attachments_watch.name
-          AND NOT EXISTS (SELECT 1 FROM main.sqlite_schema AS s
-                          WHERE s.type = 'trigger' AND s.name = t.name AND s.tbl_name = t.tbl COLLATE NOCASE)))";
+        WHERE t.watch = _attachments_watch.name AND NOT {}))",
+        crate::watch::TRIGGER_INTACT
+    )
+}
 
 /// Whether [`reconcile`] has anything to do: one read, so a caller can skip the write transaction.
 pub fn needed(conn: &Connection, force: bool) -> Result<bool> {
     let (watches, pending, delta, rows): (i64, i64, bool, bool) = conn.query_row(
         &format!(
-            "SELECT count(*), count(*) FILTER (WHERE dirty != 0 OR {DUE}),
+            "SELECT count(*), count(*) FILTER (WHERE dirty != 0 OR {}),
                     EXISTS (SELECT 1 FROM main._attachments_delta),
                     EXISTS (SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = '_attachments_changed')
-             FROM main._attachments_watch"
+             FROM main._attachments_watch",
+            due()
         ),
         named_params! {":now": now_ms()},
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
@@ -254,13 +259,13 @@ fn store_refs(conn: &Connection, conflict: &str, source: &str, params: &[(&str, 
 pub const DIRTY: i64 = 1;
 
 
-/// Marks dirty every watch due to re-run ([`DUE`]), or every watch with `force`.
+/// Marks dirty every watch due to re-run ([`due`]), or every watch with `force`.
 fn mark_due(conn: &Connection, now: i64, force: bool) -> Result<()> {
     if force {
         conn.execute("UPDATE main._attachments_watch SET dirty = ?1 WHERE dirty != ?1", [DIRTY])?;
     } else {
         conn.execute(
-            &format!("UPDATE main._attachments_watch SET dirty = :dirty WHERE dirty != :dirty AND ({DUE})"),
+            &format!("UPDATE main._attachments_watch SET dirty = :dirty WHERE dirty != :dirty AND ({})", due()),
             named_params! {":dirty": DIRTY, ":now": now},
         )?;
     }

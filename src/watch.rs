@@ -552,6 +552,17 @@ pub(crate) fn trigger_name(name: &str, table: &str, suffix: &str) -> String {
     format!("_attachments_trg_{name}.{table}.{suffix}")
 }
 
+/// True for a row `t` of `_attachments_trigger` whose trigger is in the schema as it was
+/// made: on the table it was made for (`ALTER TABLE ... RENAME` takes a table's triggers
+/// along to its new name) and with the same SQL (`ALTER TABLE ... RENAME COLUMN` rewrites
+/// the columns a trigger names: after `RENAME COLUMN f TO f_old` and `ADD COLUMN f`, it
+/// would follow `f_old`). SQLite stores `CREATE TRIGGER` with the name as written and
+/// without the schema before it; ours are all written `CREATE TRIGGER main.<name>`.
+// language=SQLite
+pub(crate) const TRIGGER_INTACT: &str = "EXISTS (SELECT 1 FROM main.sqlite_schema AS s
+    WHERE s.type = 'trigger' AND s.name = t.name AND s.tbl_name = t.tbl COLLATE NOCASE
+      AND t.sql LIKE 'CREATE TRIGGER main.%' AND s.sql = 'CREATE TRIGGER ' || substr(t.sql, 21))";
+
 /// Makes watch `name`'s triggers those its `reads` need: creates missing ones (a table
 /// migration drops them with the table), re-creates changed ones, drops the rest.
 /// With `row_table`, the triggers on that table note each changed row in
@@ -617,21 +628,25 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
             // A unique index on an expression: REPLACE may delete rows no trigger can name.
             return sync_triggers(conn, config, name, reads, None);
         };
-        let update = if row_level {
+        if row_level {
             conn.execute_batch(crate::schema::CHANGED_DDL)?;
-            // Any update that moves a row (a new rowid) or changes a column the query reads;
-            // one that writes the same values notes nothing.
-            let changed: Vec<String> = of.iter().map(|c| format!(" OR OLD.{c} IS NOT NEW.{c}")).collect();
-            format!("UPDATE ON {} WHEN OLD.rowid != NEW.rowid{}", quote_ident(table), changed.concat())
-        } else {
-            format!("{update} ON {}", quote_ident(table))
-        };
+        }
         let w = quote_literal(name);
         let on = |event: &str| format!("{event} ON {}", quote_ident(table));
-        let mut events = vec![("ins", on("INSERT")), ("upd", update.clone()), ("del", on("DELETE"))];
-        if row_level {
-            // A row that moved (a new rowid) no longer gives what it gave under the old one.
-            // A trigger of its own, so the common update runs one statement, not two.
+        let mut events = vec![("ins", on("INSERT")), ("del", on("DELETE"))];
+        if !row_level {
+            events.push(("upd", on(&update)));
+        } else {
+            // Any update that sets a column the query reads. Named in `UPDATE OF` only, not
+            // compared in a `WHEN` (OLD.c IS NOT NEW.c): SQLite refuses `ALTER TABLE ...
+            // DROP COLUMN` of a column a trigger's body or `WHEN` names, not of one its
+            // `UPDATE OF` names, and an app's migration must not fail on our triggers.
+            if !of.is_empty() {
+                events.push(("upd", on(&format!("UPDATE OF {}", of.join(", ")))));
+            }
+            // A row that moved (a new rowid) no longer gives what it gave under the old
+            // one, and gives something under the new one. A trigger of its own, so the
+            // common update runs one statement, not two.
             events.push(("mov", format!("UPDATE ON {} WHEN OLD.rowid != NEW.rowid", quote_ident(table))));
         }
         // REPLACE (`INSERT OR REPLACE`, `UPDATE OR REPLACE`) deletes the rows that hold a
@@ -678,7 +693,11 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
             // language=SQLite
             let body = if row_level {
                 let note = |row: &str| format!("INSERT INTO _attachments_changed(watch, rid) VALUES ({w}, {row}.rowid);");
-                note(if matches!(suffix, "del" | "mov") { "OLD" } else { "NEW" })
+                match suffix {
+                    "del" => note("OLD"),
+                    "mov" => format!("{}\n{}", note("OLD"), note("NEW")),
+                    _ => note("NEW"),
+                }
             } else {
                 format!("UPDATE _attachments_watch SET dirty = 1 WHERE name = {w} AND dirty != 1;")
             };
@@ -692,13 +711,7 @@ pub fn sync_triggers(conn: &Connection, config: &Config, name: &str, reads: &Rea
         }
     }
     let have: Vec<(String, String, bool)> = conn
-        .prepare(
-            // Present on the table it was made for: `ALTER TABLE ... RENAME` takes a
-            // table's triggers along to its new name.
-            "SELECT t.name, t.sql, EXISTS (SELECT 1 FROM main.sqlite_schema AS s
-                                           WHERE s.type = 'trigger' AND s.name = t.name AND s.tbl_name = t.tbl COLLATE NOCASE)
-             FROM main._attachments_trigger AS t WHERE t.watch = ?1",
-        )?
+        .prepare(&format!("SELECT t.name, t.sql, {TRIGGER_INTACT} FROM main._attachments_trigger AS t WHERE t.watch = ?1"))?
         .query_map([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
     for (trigger, sql, present) in &have {

@@ -5,6 +5,7 @@ other in full, and compares the queues and the references (ATTACHMENTS_SEED=N to
 import os
 import random
 import sqlite3
+import time
 import unittest
 
 from helpers import Case, one
@@ -262,6 +263,51 @@ class ShapesTriggersCannotFollow(Case):
         self.assertEqual(self.queue(a)["f3"], "QUEUED_DOWNLOAD")
         self.assertEqual(self.queue(a)["s2"], "QUEUED_DOWNLOAD")
         self.assertEqual(one(a, "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND tbl_name IN ('p_old', 'q_old')"), 0)
+
+    def test_a_renamed_column_replaced_by_a_new_one_is_watched_row_by_row(self):
+        a = self.device("a")
+        a.executescript("""CREATE TABLE t(id INTEGER PRIMARY KEY, k TEXT, f TEXT);
+                           INSERT INTO t(k, f) VALUES ('a', 'f1');""")
+        a.execute("SELECT attachment_watch('w', 'SELECT f AS id, ''bin'' AS file_extension FROM t WHERE f IS NOT NULL')")
+        one(a, "SELECT attachment_reconcile()")
+        self.assertEqual(one(a, "SELECT incremental FROM attachment_watches"), 1)
+        # SQLite rewrites the triggers to read the renamed column: they must be made again.
+        w = plain(os.path.join(self.dir, "a.db"))
+        w.executescript("ALTER TABLE t RENAME COLUMN f TO f_old; ALTER TABLE t ADD COLUMN f TEXT;")
+        one(a, "SELECT attachment_reconcile()")
+        self.assertEqual(self.queue(a), {"f1": "ARCHIVED"})
+        w.execute("UPDATE t SET f = 'f2'")
+        one(a, "SELECT attachment_reconcile()")
+        self.assertEqual(self.queue(a), {"f1": "ARCHIVED", "f2": "QUEUED_DOWNLOAD"})
+        w.execute("UPDATE t SET f = 'f3'")
+        w.close()
+        one(a, "SELECT attachment_reconcile()")
+        self.assertEqual(self.queue(a), {"f1": "ARCHIVED", "f2": "ARCHIVED", "f3": "QUEUED_DOWNLOAD"})
+        self.assertEqual(one(a, "SELECT incremental FROM attachment_watches"), 1)
+        # Made again once: a pass without a change runs nothing.
+        version, run = one(a, "PRAGMA schema_version"), one(a, "SELECT last_run FROM attachment_watches")
+        time.sleep(0.01)
+        one(a, "SELECT attachment_reconcile()")
+        self.assertEqual((one(a, "PRAGMA schema_version"), one(a, "SELECT last_run FROM attachment_watches")), (version, run))
+
+    def test_a_column_a_row_by_row_watch_reads_can_be_dropped(self):
+        a = self.device("a")
+        a.executescript("""CREATE TABLE t(id INTEGER PRIMARY KEY, n INTEGER, z INTEGER, f TEXT);
+                           INSERT INTO t(n, f) VALUES (1, 'f1');""")
+        a.execute("SELECT attachment_watch('w', 'SELECT f AS id FROM t WHERE n > 0')")
+        one(a, "SELECT attachment_reconcile()")
+        self.assertEqual(one(a, "SELECT incremental FROM attachment_watches"), 1)
+        # The app's migration is not blocked by the watch's triggers.
+        w = plain(os.path.join(self.dir, "a.db"))
+        w.execute("ALTER TABLE t DROP COLUMN n")
+        a.execute("SELECT attachment_watch('w', 'SELECT f AS id FROM t')")
+        one(a, "SELECT attachment_reconcile()")
+        self.assertEqual(one(a, "SELECT incremental FROM attachment_watches"), 1)
+        w.execute("UPDATE t SET f = 'f2'")
+        w.execute("ALTER TABLE t DROP COLUMN z")
+        w.close()
+        one(a, "SELECT attachment_reconcile()")
+        self.assertEqual(self.queue(a), {"f1": "ARCHIVED", "f2": "QUEUED_DOWNLOAD"})
 
     def test_replace_through_a_unique_index_with_its_own_collation_is_seen(self):
         a = self.device("a")

@@ -16,6 +16,9 @@ from helpers import Case, LIB, connect, one
 
 KiB = 1024
 MiB = 1024 * KiB
+# A download writes its validator (`.partial-meta`) once its partial file holds this much, or
+# when it is cut short (src/store.rs PARTIAL_META_THRESHOLD): a crash below it starts over.
+VALIDATOR_AFTER = 1 * MiB
 
 
 def wait_until(predicate, timeout=30, what="condition"):
@@ -164,7 +167,7 @@ class HttpWebDav(ResumeContract, Case):
         b.execute("INSERT INTO refs VALUES ('r4')")
         child = subprocess.Popen([sys.executable, "-c", SYNC_IN_CHILD, os.path.join(self.dir, "b.db"), LIB])
         try:
-            wait_until(lambda: (size_or_none(self.partial("b", "r4")) or 0) > 600_000, what="a partial file")
+            wait_until(lambda: (size_or_none(self.partial("b", "r4")) or 0) > VALIDATOR_AFTER + 100_000, what="a partial file")
         finally:
             child.kill()
             child.wait()
@@ -179,6 +182,32 @@ class HttpWebDav(ResumeContract, Case):
         self.assertEqual(last[3], f"bytes={held}-")
         self.assertEqual(last[2], len(data) - held)
 
+
+    def test_a_crashed_small_download_wrote_no_validator_and_starts_over(self):
+        # Below VALIDATOR_AFTER a validator file costs more than fetching the file again.
+        data = os.urandom(300_000)
+        proxy = servers.FaultProxy(self.storage_port, "pass")
+        self.addCleanup(proxy.stop)
+        b = self.downloader("b", proxy.port, max_bytes_per_second=100 * KiB)
+        self.put_object(proxy.port, "r5", data)
+        b.execute("INSERT INTO refs VALUES ('r5')")
+        partial = self.partial("b", "r5")
+        child = subprocess.Popen([sys.executable, "-c", SYNC_IN_CHILD, os.path.join(self.dir, "b.db"), LIB])
+        try:
+            wait_until(lambda: (size_or_none(partial) or 0) > 100_000, what="a partial file")
+            self.assertIsNone(size_or_none(partial + "-meta"), "no validator while a small download runs")
+        finally:
+            child.kill()
+            child.wait()
+        self.assertLess(size_or_none(partial), len(data))
+        self.assertIsNone(size_or_none(partial + "-meta"))
+        b.execute("UPDATE attachments SET claimed_by = NULL, claimed_until = NULL")  # the dead process's claim
+        b.execute("SELECT attachment_init(?)", (json.dumps({"local_dir": "files-b", **self.remote_config(proxy.port)}),))
+        self.assertEqual(self.sync(b)["downloaded"], 1, b.execute("SELECT last_error FROM attachment_queue").fetchall())
+        self.assertEqual(self.local("b", "r5"), data)
+        self.assertIsNone(size_or_none(partial))
+        last = [a for a in proxy.answers() if a[0] == "GET"][-1]
+        self.assertEqual(last, ("GET", 200, len(data), "-"), "fetched again from zero")
 
 # One blocking sync in a process of its own (killed by the test).
 SYNC_IN_CHILD = """
@@ -269,7 +298,7 @@ class DirRemoteResume(Case):
         partial = os.path.join(self.dir, "files-b", ".d1.bin.partial")
         child = subprocess.Popen([sys.executable, "-c", SYNC_IN_CHILD, os.path.join(self.dir, "b.db"), LIB])
         try:
-            wait_until(lambda: (size_or_none(partial) or 0) > 600_000, what="a partial file")
+            wait_until(lambda: (size_or_none(partial) or 0) > VALIDATOR_AFTER + 100_000, what="a partial file")
         finally:
             child.kill()
             child.wait()
