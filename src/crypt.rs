@@ -216,7 +216,71 @@ impl Source for SealedSource<'_> {
     }
 
     fn reader(&self, start: u64, end: u64) -> Box<dyn Read + Send + '_> {
-        Box::new(SealedReader { src: self, pos: start, end: end.min(self.len()), buf: Vec::with_capacity(SEALED_CHUNK), chunk: None })
+        Box::new(SealedReader::new(self, start, end))
+    }
+}
+
+/// Sealed chunks a pipelined reader's helper thread may hold ready (memory stays flat:
+/// about this many 64 KiB chunks per reader, plus the one being sealed and the one read).
+const AHEAD: usize = 4;
+
+/// What a helper thread hands its reader: chunk `i` sealed, or why it could not be.
+type Sealed = io::Result<(u64, Vec<u8>)>;
+
+/// A sealed source whose readers seal the chunks ahead of the one being read on a helper
+/// thread of `scope`, in order, so sealing overlaps the send instead of adding to it
+/// (one sending thread, as for HTTP, would otherwise seal and send in series). The bytes
+/// are those of [`SealedSource`]'s readers. A helper stops when its reader is dropped
+/// (its next hand-over fails); the scope joins it.
+pub struct Pipelined<'scope, 'env> {
+    sealed: &'env SealedSource<'env>,
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+}
+
+impl<'env> SealedSource<'env> {
+    pub fn pipelined<'scope>(&'env self, scope: &'scope std::thread::Scope<'scope, 'env>) -> Pipelined<'scope, 'env> {
+        Pipelined { sealed: self, scope }
+    }
+}
+
+impl Source for Pipelined<'_, '_> {
+    fn len(&self) -> u64 {
+        self.sealed.len()
+    }
+
+    fn reader(&self, start: u64, end: u64) -> Box<dyn Read + Send + '_> {
+        let mut reader = SealedReader::new(self.sealed, start, end);
+        let h = HEADER_LEN as u64;
+        let (start, end) = (start.max(h), reader.end);
+        if end <= start {
+            return Box::new(reader);
+        }
+        let (first, last) = ((start - h) / SEALED_CHUNK as u64, (end - 1 - h) / SEALED_CHUNK as u64);
+        if first == last {
+            return Box::new(reader);
+        }
+        let (tx, rx) = crossbeam_channel::bounded::<Sealed>(AHEAD);
+        let sealed = self.sealed;
+        let helper = move || {
+            // A panic stays on this thread: the reader sees the channel closed and seals
+            // the rest itself (and the scope has nothing to re-raise).
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                for i in first..=last {
+                    let mut buf = Vec::with_capacity(SEALED_CHUNK);
+                    let sealed = sealed.seal(i, &mut buf).map(|()| (i, buf));
+                    let failed = sealed.is_err();
+                    // Sent fails once the reader is gone: stop.
+                    if tx.send(sealed).is_err() || failed {
+                        break;
+                    }
+                }
+            }));
+        };
+        // Without a thread, the reader seals each chunk itself, as SealedSource's do.
+        if std::thread::Builder::new().name("attachments-seal".into()).spawn_scoped(self.scope, helper).is_ok() {
+            reader.ahead = Some(rx);
+        }
+        Box::new(reader)
     }
 }
 
@@ -227,6 +291,33 @@ struct SealedReader<'s, 'a> {
     /// The sealed chunk in `buf`.
     buf: Vec<u8>,
     chunk: Option<u64>,
+    /// Chunks sealed ahead by a helper thread, in order (see [`Pipelined`]).
+    ahead: Option<crossbeam_channel::Receiver<Sealed>>,
+}
+
+impl<'s, 'a> SealedReader<'s, 'a> {
+    fn new(src: &'s SealedSource<'a>, start: u64, end: u64) -> Self {
+        SealedReader { src, pos: start, end: end.min(src.len()), buf: Vec::with_capacity(SEALED_CHUNK), chunk: None, ahead: None }
+    }
+
+    /// Puts chunk `i` sealed in `buf`: the helper's, when it has it, else sealed here.
+    fn load(&mut self, i: u64) -> io::Result<()> {
+        match self.ahead.as_ref().map(|rx| rx.recv()) {
+            Some(Ok(Ok((j, buf)))) if j == i => {
+                self.buf = buf;
+                return Ok(());
+            }
+            Some(Ok(Err(e))) => {
+                // The helper stopped at its error; a later read seals here (and retries).
+                self.ahead = None;
+                return Err(e);
+            }
+            // No helper, or it stopped or ran out of step: seal here from now on.
+            Some(_) => self.ahead = None,
+            None => {}
+        }
+        self.src.seal(i, &mut self.buf)
+    }
 }
 
 impl Read for SealedReader<'_, '_> {
@@ -243,7 +334,7 @@ impl Read for SealedReader<'_, '_> {
             let i = (self.pos - h) / SEALED_CHUNK as u64;
             if self.chunk != Some(i) {
                 self.chunk = None;
-                self.src.seal(i, &mut self.buf)?;
+                self.load(i)?;
                 self.chunk = Some(i);
             }
             let at = ((self.pos - h) % SEALED_CHUNK as u64) as usize;
@@ -573,6 +664,122 @@ mod tests {
             sealed.reader(w[0], w[1]).read_to_end(&mut pieces).unwrap();
         }
         assert_eq!(whole, pieces);
+    }
+
+    /// Reads every range of `cuts` (consecutive offsets) from `src`, in one buffer.
+    fn read_ranges(src: &dyn Source, cuts: &[u64]) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        for w in cuts.windows(2) {
+            src.reader(w[0], w[1]).read_to_end(&mut out)?;
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn pipelined_readers_give_the_same_bytes_as_direct_ones() {
+        let k = keys(&Key::generate().unwrap(), false);
+        for len in [0, 1, CHUNK, CHUNK + 1, 1024 * 1024 + 3] {
+            let plain = Mem((0..len).map(|i| (i * 13 % 251) as u8).collect());
+            let sealed = SealedSource::new(&plain, &k.current, &[3; NONCE_PREFIX], "p");
+            let total = sealed.len();
+            let c = SEALED_CHUNK as u64;
+            let h = HEADER_LEN as u64;
+            let mut cutsets = vec![vec![0, total], vec![0, 5, total], vec![0, h, total]];
+            if total > h + 2 * c {
+                cutsets.push(vec![0, h + 10, h + c, h + c + 1, h + 3 * c - 7, total]);
+                cutsets.push(vec![0, 1000, h + 5 * c, h + 5 * c + 3, total - 17, total]);
+            }
+            for cuts in &cutsets {
+                let direct = read_ranges(&sealed, cuts).unwrap();
+                assert_eq!(direct.len() as u64, total);
+                let pipelined = std::thread::scope(|scope| read_ranges(&sealed.pipelined(scope), cuts).unwrap());
+                assert!(direct == pipelined, "len {len} cuts {cuts:?}");
+            }
+            // Small reads too (the sender's buffer need not match the chunks).
+            let mut small = Vec::new();
+            std::thread::scope(|scope| {
+                let p = sealed.pipelined(scope);
+                let mut r = p.reader(0, total);
+                let mut piece = [0u8; 1000];
+                loop {
+                    let n = r.read(&mut piece).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    small.extend_from_slice(&piece[..n]);
+                }
+            });
+            assert!(small == read_ranges(&sealed, &[0, total]).unwrap(), "len {len} in small reads");
+        }
+    }
+
+    /// A plaintext source that counts the chunk reads and fails the one at `fail_at`.
+    struct Counting {
+        data: Vec<u8>,
+        reads: std::sync::atomic::AtomicUsize,
+        fail_at: Option<u64>,
+    }
+    impl Source for Counting {
+        fn len(&self) -> u64 {
+            self.data.len() as u64
+        }
+        fn reader(&self, start: u64, end: u64) -> Box<dyn Read + Send + '_> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.fail_at == Some(start) {
+                return Box::new(&self.data[start as usize..(start as usize + 10).min(end as usize)]);
+            }
+            Box::new(&self.data[start as usize..end as usize])
+        }
+    }
+
+    #[test]
+    fn a_pipelined_reader_seals_ahead_and_its_helper_stops_when_it_is_dropped() {
+        let k = keys(&Key::generate().unwrap(), false);
+        let plain = Counting { data: vec![1; 100 * CHUNK], reads: 0.into(), fail_at: None };
+        let sealed = SealedSource::new(&plain, &k.current, &[4; NONCE_PREFIX], "d");
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        std::thread::scope(|outer| {
+            outer.spawn(|| {
+                std::thread::scope(|scope| {
+                    let p = sealed.pipelined(scope);
+                    let mut r = p.reader(0, p.len());
+                    let mut first = vec![0u8; HEADER_LEN + 1];
+                    r.read_exact(&mut first).unwrap();
+                    // The helper seals the next chunks while this reader sends nothing.
+                    let t = std::time::Instant::now();
+                    while plain.reads.load(std::sync::atomic::Ordering::SeqCst) < 3 && t.elapsed().as_secs() < 10 {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    assert!(plain.reads.load(std::sync::atomic::Ordering::SeqCst) >= 3, "nothing sealed ahead");
+                    drop(r);
+                });
+                let _ = done_tx.send(());
+            });
+            // The scope ends (the helper stopped) instead of hanging on a full channel.
+            assert!(done_rx.recv_timeout(std::time::Duration::from_secs(20)).is_ok(), "the helper did not stop");
+        });
+        // It stopped soon after the reader was dropped, not after sealing all 100 chunks.
+        let reads = plain.reads.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(reads <= AHEAD + 3, "{reads} chunks sealed");
+    }
+
+    #[test]
+    fn a_plaintext_read_error_surfaces_from_a_pipelined_reader_as_from_a_direct_one() {
+        let k = keys(&Key::generate().unwrap(), false);
+        let plain = Counting { data: vec![2; 6 * CHUNK], reads: 0.into(), fail_at: Some(3 * CHUNK as u64) };
+        let sealed = SealedSource::new(&plain, &k.current, &[5; NONCE_PREFIX], "e");
+        let mut direct = Vec::new();
+        let de = sealed.reader(0, sealed.len()).read_to_end(&mut direct).unwrap_err();
+        std::thread::scope(|scope| {
+            let p = sealed.pipelined(scope);
+            let mut got = Vec::new();
+            let mut r = p.reader(0, p.len());
+            let pe = r.read_to_end(&mut got).unwrap_err();
+            assert_eq!((pe.kind(), pe.to_string()), (de.kind(), de.to_string()));
+            assert!(got == direct, "bytes before the error differ");
+            // As before, a later read seals the failed chunk again (and fails again here).
+            assert_eq!(r.read(&mut [0u8; 10]).unwrap_err().kind(), de.kind());
+        });
     }
 
     #[test]

@@ -108,7 +108,9 @@ impl RemoteStorage for EncryptedRemote {
             }
         };
         let sealed = SealedSource::new(source, &keys.current, &nonce, obj.id);
-        self.inner.upload(&inner_object(obj, inner_resume), &sealed, progress).map_err(|mut e| {
+        // Chunks are sealed ahead on helper threads of this scope, overlapping the send.
+        let sent = std::thread::scope(|scope| self.inner.upload(&inner_object(obj, inner_resume), &sealed.pipelined(scope), progress));
+        sent.map_err(|mut e| {
             // Only a plaintext with a known SHA-256 may reuse its nonce.
             e.resume = match (e.resume.take(), obj.sha256) {
                 (Some(inner), Some(sha256)) => Some(Resume { key_id, nonce, sha256: sha256.to_string(), inner }.to_text()),
