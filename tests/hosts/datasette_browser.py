@@ -202,24 +202,31 @@ class DatasettePlugin(unittest.TestCase):
         cell = f'#att-in-flight tr[data-id="{self.big_id}"] td.bytes-done'
 
         def bytes_done():
-            found = self.browser.find_elements(By.CSS_SELECTOR, cell)
-            return int(found[0].get_attribute("data-bytes")) if found else None
+            # Read in one script: the page swaps its live part in every second, so an element
+            # found by one WebDriver call may be gone by the next.
+            value = self.browser.execute_script(
+                "const e = document.querySelector(arguments[0]); return e && e.getAttribute('data-bytes');", cell)
+            return int(value) if value is not None else None
+
+        def changed():
+            now = bytes_done()
+            return (now or BIG) if now != first else False
 
         # The page is never reloaded here: it refreshes itself. An upload's bytes_done moves
         # in steps (what the HTTP client and the socket buffers take at once: about 1.4 MiB,
         # every 4 s at this pace), so the second reading is the first one that differs.
         first = self.wait(bytes_done)
         started = time.monotonic()
-        second = self.wait(lambda: bytes_done() != first and (bytes_done() or BIG), timeout=20)
+        second = self.wait(changed, timeout=20)
         print(f"\nbytes_done of the 16 MiB upload on the page: {first:,}, then {second:,} "
               f"{time.monotonic() - started:.1f} s later", file=sys.stderr)
         self.assertLess(first, second)
         self.assertLess(second, BIG, "the upload finished (or left the page) before a second reading")
         # The failed download shows with its class, and the JSON endpoint has the same data.
-        self.wait(lambda: self.browser.find_elements(
-            By.CSS_SELECTOR, '#att-errors tr[data-id="lost-scan"] td.error-class'))
-        self.assertEqual(self.browser.find_element(
-            By.CSS_SELECTOR, '#att-errors tr[data-id="lost-scan"] td.error-class').text, "not_found")
+        error_class = self.wait(lambda: self.browser.execute_script(
+            "const e = document.querySelector(arguments[0]); return e && e.textContent.trim();",
+            '#att-errors tr[data-id="lost-scan"] td.error-class'))
+        self.assertEqual(error_class, "not_found")
         status, _, body = get(f"{self.base}/-/attachments/app.json")
         self.assertEqual(status, 200)
         data = json.loads(body)
