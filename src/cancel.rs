@@ -4,6 +4,7 @@
 //! stop condition directly. The condition is set for the extent of a [`Scope`].
 
 use std::cell::Cell;
+use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 /// A stop condition looked at no more often than this: the host's check runs a statement.
@@ -16,22 +17,24 @@ thread_local! {
     static LAST: Cell<Option<(Instant, bool)>> = const { Cell::new(None) };
 }
 
-/// Makes `should_stop` this thread's stop condition until dropped.
-pub struct Scope {
+/// Makes `should_stop` this thread's stop condition until dropped. The lifetime ties the
+/// Scope to the borrow, so the compiler keeps it from outliving the condition.
+pub struct Scope<'a> {
     previous: Option<Check>,
+    _condition: PhantomData<&'a ()>,
 }
 
-impl Scope {
-    pub fn enter(should_stop: &dyn Fn() -> bool) -> Scope {
+impl<'a> Scope<'a> {
+    pub fn enter(should_stop: &'a dyn Fn() -> bool) -> Scope<'a> {
         // Safety: the lifetime is erased only for as long as the Scope lives, and a Scope
         // never outlives the borrow it was made from (it is dropped in the same frame).
         let check: Check = unsafe { std::mem::transmute::<*const (dyn Fn() -> bool + '_), Check>(should_stop) };
         LAST.with(|l| l.set(None));
-        Scope { previous: CONDITION.with(|c| c.replace(Some(check))) }
+        Scope { previous: CONDITION.with(|c| c.replace(Some(check))), _condition: PhantomData }
     }
 }
 
-impl Drop for Scope {
+impl Drop for Scope<'_> {
     fn drop(&mut self) {
         CONDITION.with(|c| c.set(self.previous));
         LAST.with(|l| l.set(None));

@@ -8,6 +8,7 @@
 
 use std::cell::Cell;
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -22,18 +23,20 @@ thread_local! {
     static STOP: Cell<Option<*const AtomicBool>> = const { Cell::new(None) };
 }
 
-/// Makes `stop` the stop flag of this thread's transfers until dropped.
-pub struct Scope {
+/// Makes `stop` the stop flag of this thread's transfers until dropped. The lifetime ties
+/// the Scope to the borrow, so the compiler keeps it from outliving the flag.
+pub struct Scope<'a> {
     previous: Option<*const AtomicBool>,
+    _flag: PhantomData<&'a AtomicBool>,
 }
 
-impl Scope {
-    pub fn enter(stop: &AtomicBool) -> Scope {
-        Scope { previous: STOP.with(|s| s.replace(Some(stop as *const AtomicBool))) }
+impl<'a> Scope<'a> {
+    pub fn enter(stop: &'a AtomicBool) -> Scope<'a> {
+        Scope { previous: STOP.with(|s| s.replace(Some(stop as *const AtomicBool))), _flag: PhantomData }
     }
 }
 
-impl Drop for Scope {
+impl Drop for Scope<'_> {
     fn drop(&mut self) {
         STOP.with(|s| s.set(self.previous));
     }
