@@ -89,6 +89,18 @@ pub fn open_connection(target: &DbTarget) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Runs `f` again while it fails with SQLITE_BUSY (each try waits one busy-timeout slice
+/// of `conn`), until `give_up`, handed the busy error, answers the error to end with
+/// (`Ok(())` tries again). Callers keep their deadline and stop condition between slices.
+pub fn retry_busy<T>(mut f: impl FnMut() -> Result<T>, mut give_up: impl FnMut(Error) -> Result<()>) -> Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.is_busy() => give_up(e)?,
+            other => return other,
+        }
+    }
+}
+
 /// Runs `f` inside `BEGIN IMMEDIATE … COMMIT`, rolling back on error.
 pub fn immediate<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<T> {
     conn.execute_batch("BEGIN IMMEDIATE")?;

@@ -51,24 +51,20 @@ struct Patience<'a> {
 impl Patience<'_> {
     /// Runs `f` (one statement or one short transaction) until it is not busy, slice by
     /// slice; gives up when the deadline passes or the caller interrupts.
-    fn run<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
-        loop {
-            match f() {
-                Err(e) if e.is_busy() => {
-                    if (self.interrupted)() {
-                        return Err(interrupted_error());
-                    }
-                    if Instant::now() >= self.deadline {
-                        return Err(Error::Unavailable(format!(
-                            "timeout: '{}' was not downloaded within {} ms: the database stayed locked by another connection",
-                            self.id,
-                            self.timeout.as_millis()
-                        )));
-                    }
-                }
-                other => return other,
+    fn run<T>(&self, f: impl FnMut() -> Result<T>) -> Result<T> {
+        crate::connection::retry_busy(f, |_busy| {
+            if (self.interrupted)() {
+                return Err(interrupted_error());
             }
-        }
+            if Instant::now() >= self.deadline {
+                return Err(Error::Unavailable(format!(
+                    "timeout: '{}' was not downloaded within {} ms: the database stayed locked by another connection",
+                    self.id,
+                    self.timeout.as_millis()
+                )));
+            }
+            Ok(())
+        })
     }
 
     fn over(&self) -> bool {

@@ -920,10 +920,8 @@ pub(crate) fn try_write<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> 
 /// busy (up to [`BUSY_LIMIT`]), giving up at once when the pass must stop.
 pub(crate) fn write<T>(conn: &Connection, should_stop: &dyn Fn() -> bool, mut f: impl FnMut() -> Result<T>) -> Result<T> {
     let give_up = Instant::now() + BUSY_LIMIT;
-    loop {
-        match immediate(conn, &mut f) {
-            Err(e) if e.is_busy() && Instant::now() < give_up && !should_stop() => continue,
-            other => return other,
-        }
-    }
+    crate::connection::retry_busy(
+        || immediate(conn, &mut f),
+        |busy| if Instant::now() < give_up && !should_stop() { Ok(()) } else { Err(busy) },
+    )
 }
