@@ -16,6 +16,7 @@ mod names;
 mod owner;
 mod ownership;
 mod progress;
+mod publish;
 mod queue;
 mod reconcile;
 mod redact;

@@ -24,6 +24,7 @@ use crate::queue::table::QueueTable;
 use crate::queue::{now_ms, State};
 use crate::reconcile::{self, Reconciled};
 use crate::remote::{self, ErrorClass, ErrorKind, Object, RemoteError, RemoteStorage};
+use crate::publish::Publisher;
 use crate::throttle;
 use crate::store::{LocalStore, Staged};
 use crate::verify::{self, Verified};
@@ -42,7 +43,7 @@ pub(crate) fn claim_lease() -> Duration {
 /// Claims of transfers in flight are renewed (and their progress published) this often.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
 /// After a result arrives, others finishing within this long join its batch.
-const GATHER: Duration = Duration::from_millis(10);
+const GATHER: Duration = Duration::from_millis(2);
 /// How often a pass looks at its stop condition while it waits for transfers.
 const STOP_CHECK: Duration = Duration::from_millis(50);
 /// A pause waits this long for the transfers in flight to hand back what they can resume.
@@ -295,6 +296,9 @@ impl Syncer {
         // However the pass ends (an error included), its threads start nothing more.
         let _cancel_on_exit = CancelOnExit(cancel.clone());
         let mut threads = 0usize;
+        // Downloaded files are flushed on a thread of their own while the next ones download.
+        let mut publisher = Publisher::start(self)?;
+        let flushed_rx = publisher.flushed().clone();
         let mut in_flight = InFlight::new(&self.db_file);
         // Results whose recording waits for the write lock (an app holding a long transaction).
         let mut unrecorded: Vec<(Job, Outcome)> = Vec::new();
@@ -324,8 +328,9 @@ impl Syncer {
                 // What finished is recorded if the lock is free now; the rest is released.
                 // Downloads just finished are published first: a row never says SYNCED for a
                 // file still under its temp name.
-                let fresh = self.publish_downloads(done_rx.try_iter().collect());
-                let done: Vec<_> = std::mem::take(&mut unrecorded).into_iter().chain(fresh).collect();
+                let fresh = publisher.send(done_rx.try_iter().collect());
+                let flushed = publisher.finish();
+                let done: Vec<_> = std::mem::take(&mut unrecorded).into_iter().chain(fresh).chain(flushed).collect();
                 for (job, _) in &done {
                     in_flight.remove(&job.id);
                 }
@@ -340,14 +345,17 @@ impl Syncer {
             }
             gate.set_limit(adapt.tick(in_flight.len()));
             let level = adapt.level();
-            // Claimed ahead of the threads, so none idles while results are recorded.
-            let capacity = (level * 4).max(16);
-            if claiming && in_flight.len() <= level && unrecorded.is_empty() {
+            // Claimed ahead of the threads, so none idles while results are flushed and
+            // recorded. Counted over transfers not yet finished: results waiting for their
+            // flush or their transaction hold no thread.
+            let capacity = (level * 8).max(32);
+            let unfinished = in_flight.len().saturating_sub(publisher.pending() + unrecorded.len());
+            if claiming && unfinished <= level * 2 && unrecorded.is_empty() {
                 // Claimed and noted as held in one step, so another pass of this process
                 // never takes these rows for stale in between (see release_stale_own_claims).
                 let claiming_lock = CLAIMING.lock().unwrap_or_else(|e| e.into_inner());
                 let jobs = match queue.any_claimable(last_rowid)? {
-                    true => try_write(conn, || queue.claim(last_rowid, capacity - in_flight.len(), lease.as_millis() as i64))?,
+                    true => try_write(conn, || queue.claim(last_rowid, capacity - unfinished, lease.as_millis() as i64))?,
                     false => Some(Vec::new()),
                 };
                 for job in jobs.iter().flatten() {
@@ -372,24 +380,36 @@ impl Syncer {
             if in_flight.is_empty() && unrecorded.is_empty() && !claiming {
                 break;
             }
-            // Wake for a result, the next renewal, or a look at `should_stop`.
+            // Wake for a result, a flushed batch, the next renewal, or a look at `should_stop`.
             let wait = next_renewal.saturating_duration_since(Instant::now()).min(STOP_CHECK);
-            if let Ok(first) = done_rx.recv_timeout(wait) {
-                let mut batch = vec![first];
-                // Gather what finishes in the next moment too: one transaction (and one
-                // flush of downloaded files) then covers several results.
-                let gather_until = Instant::now() + GATHER;
-                while batch.len() < in_flight.len() {
-                    match done_rx.recv_deadline(gather_until) {
-                        Ok(more) => batch.push(more),
-                        Err(_) => break,
+            crossbeam_channel::select! {
+                recv(done_rx) -> first => if let Ok(first) = first {
+                    let mut batch = vec![first];
+                    let running = in_flight.len().saturating_sub(publisher.pending() + unrecorded.len());
+                    // Gather what finishes in the next moment too: one transaction then
+                    // records several results.
+                    let gather_until = Instant::now() + GATHER;
+                    while batch.len() < running {
+                        match done_rx.recv_deadline(gather_until) {
+                            Ok(more) => batch.push(more),
+                            Err(_) => break,
+                        }
                     }
-                }
-                for (_, outcome) in &batch {
-                    adapt.finished(matches!(outcome, Outcome::Failed(e)
-                        if e.kind == ErrorKind::Transient && matches!(e.class, ErrorClass::Network | ErrorClass::Server)));
-                }
-                unrecorded.extend(self.publish_downloads(batch));
+                    for (_, outcome) in &batch {
+                        adapt.finished(matches!(outcome, Outcome::Failed(e)
+                            if e.kind == ErrorKind::Transient && matches!(e.class, ErrorClass::Network | ErrorClass::Server)));
+                    }
+                    unrecorded.extend(publisher.send(batch));
+                },
+                recv(flushed_rx) -> flushed => if let Ok(flushed) = flushed {
+                    publisher.taken(&flushed);
+                    unrecorded.extend(flushed);
+                },
+                default(wait) => {},
+            }
+            for flushed in flushed_rx.try_iter() {
+                publisher.taken(&flushed);
+                unrecorded.extend(flushed);
             }
             if !unrecorded.is_empty() {
                 let batch = std::mem::take(&mut unrecorded);
