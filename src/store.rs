@@ -655,10 +655,11 @@ impl Write for PartialSink {
         self.hasher.update(&buf[..n]);
         self.size += n as u64;
         if self.size - self.kicked >= WRITE_BEHIND {
+            let (from, len) = (self.kicked, self.size - self.kicked);
             let out = self.out()?;
             out.flush()?;
-            start_write_back(out.get_ref(), self.kicked, self.size - self.kicked);
-            self.kicked = self.size;
+            start_write_back(out.get_ref(), from, len);
+            self.kicked += len;
         }
         Ok(n)
     }
