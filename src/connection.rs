@@ -74,6 +74,8 @@ pub fn open_connection(target: &DbTarget) -> Result<Connection> {
         target.vfs.as_str(),
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Room for every statement a pass repeats (see `exec_cached`).
+    conn.set_prepared_statement_cache_capacity(64);
     // In WAL mode, this connection's commits skip the per-commit fsync (an app crash
     // still loses nothing; a power cut may undo its last state changes). What it
     // records is bookkeeping whose every step is idempotent and repaired by verify:
@@ -118,4 +120,21 @@ pub fn immediate<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<
             Err(e)
         }
     }
+}
+
+/// Runs a statement through the connection's statement cache. The worker records every
+/// result with the same few statements; compiling them each time cost more than running
+/// them (`bench/PROFILES.md`).
+pub(crate) fn exec_cached<P: rusqlite::Params>(conn: &Connection, sql: &str, params: P) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// [`exec_cached`] for a statement that returns one row.
+pub(crate) fn query_row_cached<T, P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, f)
 }

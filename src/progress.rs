@@ -8,6 +8,7 @@
 //! transfers run) and record results append a sample of the bytes moved so far, at most one
 //! a second, and a reader compares what has moved now with a sample a few seconds old.
 
+use crate::connection::{exec_cached, query_row_cached};
 use rusqlite::{Connection, OptionalExtension};
 use serde_json::{json, Value};
 
@@ -59,7 +60,7 @@ struct Counters {
 
 fn counters(conn: &Connection) -> Result<Option<Counters>> {
     // A database whose schema predates the table (no pass of this build yet) counts nothing.
-    let exists: bool = conn.query_row(
+    let exists: bool = query_row_cached(conn, 
         "SELECT EXISTS (SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = '_attachments_progress')",
         [],
         |r| r.get(0),
@@ -67,8 +68,7 @@ fn counters(conn: &Connection) -> Result<Option<Counters>> {
     if !exists {
         return Ok(None);
     }
-    Ok(conn
-        .query_row(
+    Ok(query_row_cached(conn, 
             "SELECT upload_files, upload_bytes, download_files, download_bytes, drained, samples,
                     last_error_id, last_error, last_error_at
              FROM main._attachments_progress WHERE id = 1",
@@ -99,7 +99,7 @@ fn counters(conn: &Connection) -> Result<Option<Counters>> {
 /// Bytes of transfers in flight as published in the rows (uploads, downloads).
 fn published_in_flight(conn: &Connection, table: &str) -> Result<(i64, i64)> {
     let t = quote_ident(table);
-    Ok(conn.query_row(
+    Ok(query_row_cached(conn, 
         &format!(
             "SELECT coalesce(sum(bytes_done) FILTER (WHERE state = 0), 0), coalesce(sum(bytes_done) FILTER (WHERE state = 1), 0)
              FROM main.{t} WHERE claimed_by IS NOT NULL AND state IN (0, 1)"
@@ -117,11 +117,11 @@ pub fn sample(conn: &Connection, table: &str, now: i64) -> Result<()> {
         // The queue was seen empty and holds work again (a transfer of it is being renewed):
         // a new round starts now, not at its first result, so its first file has a rate too.
         let t = quote_ident(table);
-        let busy: bool = conn.query_row(&format!("SELECT EXISTS (SELECT 1 FROM main.{t} WHERE state IN (0, 1, 2))"), [], |r| r.get(0))?;
+        let busy: bool = query_row_cached(conn, &format!("SELECT EXISTS (SELECT 1 FROM main.{t} WHERE state IN (0, 1, 2))"), [], |r| r.get(0))?;
         if !busy {
             return Ok(());
         }
-        conn.execute(
+        exec_cached(conn, 
             "UPDATE main._attachments_progress SET upload_files = 0, upload_bytes = 0, download_files = 0,
                  download_bytes = 0, samples = '[]', since = ?1, drained = 0 WHERE id = 1",
             [now],
@@ -141,7 +141,7 @@ pub fn sample(conn: &Connection, table: &str, now: i64) -> Result<()> {
     });
     let keep = samples.len().saturating_sub(SAMPLES);
     let text = Value::Array(samples[keep..].iter().map(|s| s.to_json()).collect()).to_string();
-    conn.execute("UPDATE main._attachments_progress SET samples = ?1 WHERE id = 1", [text])?;
+    exec_cached(conn, "UPDATE main._attachments_progress SET samples = ?1 WHERE id = 1", [text])?;
     Ok(())
 }
 

@@ -406,7 +406,7 @@ fn blind_watch(conn: &Connection) -> Result<bool> {
 /// Notes an upload just recorded as SYNCED for comparison, when there is a watch to
 /// compare it with (without one nothing is archived, and the note would stay).
 pub fn note_uploaded(conn: &Connection, id: &str) -> Result<()> {
-    conn.execute(
+    crate::connection::exec_cached(conn, 
         "INSERT OR IGNORE INTO main._attachments_delta(id) SELECT ?1 WHERE EXISTS (SELECT 1 FROM main._attachments_watch)",
         [id],
     )?;

@@ -7,6 +7,7 @@
 //! here too, so these statements are the only ones that change a row's state.
 //! Every method runs in the caller's transaction.
 
+use crate::connection::{exec_cached, query_row_cached};
 use rusqlite::{params, Connection};
 
 use super::{now_ms, State};
@@ -70,6 +71,14 @@ impl<'c> QueueTable<'c> {
         QueueTable::new(conn, table, "")
     }
 
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        exec_cached(self.conn, sql, params)
+    }
+
+    fn query_row<T, P: rusqlite::Params>(&self, sql: &str, params: P, f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        query_row_cached(self.conn, sql, params, f)
+    }
+
     /// `attachment_init` with another `remote`: the new remote holds none of the files.
     /// SYNCED rows with their local copy → QUEUED_UPLOAD; other rows forget they were
     /// uploaded (an ARCHIVED copy restored later goes up again) and any half-done multipart
@@ -77,14 +86,14 @@ impl<'c> QueueTable<'c> {
     /// their downloads will find what the new remote has.
     pub fn remote_changed(&self) -> Result<usize> {
         let t = &self.t;
-        let moved = self.conn.execute(
+        let moved = self.exec(
             &format!(
                 "UPDATE main.{t} SET state = {UPLOAD}, has_synced = 0, timestamp = ?1, upload_resume = NULL, {SUCCESS}
                  WHERE state = {SYNCED} AND local_uri IS NOT NULL"
             ),
             [now_ms()],
         )?;
-        self.conn.execute(&format!("UPDATE main.{t} SET has_synced = 0, upload_resume = NULL WHERE has_synced = 1 OR upload_resume IS NOT NULL"), [])?;
+        self.exec(&format!("UPDATE main.{t} SET has_synced = 0, upload_resume = NULL WHERE has_synced = 1 OR upload_resume IS NOT NULL"), [])?;
         Ok(moved)
     }
 
@@ -92,7 +101,7 @@ impl<'c> QueueTable<'c> {
     #[allow(clippy::too_many_arguments)]
     pub fn insert_upload(&self, id: &str, filename: &str, size: u64, media_type: &str, meta_data: Option<&str>, sha256: &str) -> Result<()> {
         let t = &self.t;
-        self.conn.execute(
+        self.exec(
             &format!(
                 "INSERT INTO main.{t}(id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data, sha256, last_used)
                  VALUES (?1, ?2, ?2, ?3, ?4, ?5, {UPLOAD}, 0, ?6, ?7, ?3)"
@@ -105,7 +114,7 @@ impl<'c> QueueTable<'c> {
     /// Any state → QUEUED_DELETE (`attachment_delete`). False when there is no such row.
     pub fn mark_for_delete(&self, id: &str) -> Result<bool> {
         let t = &self.t;
-        let n = self.conn.execute(
+        let n = self.exec(
             &format!(
                 "UPDATE main.{t} SET state = {DELETE}, timestamp = ?2, {SUCCESS} WHERE id = ?1"
             ),
@@ -118,7 +127,7 @@ impl<'c> QueueTable<'c> {
     /// waiting out a backoff → due now. `id` None means every such row.
     pub fn retry(&self, id: Option<&str>) -> Result<usize> {
         let t = &self.t;
-        Ok(self.conn.execute(
+        Ok(self.exec(
             &format!(
                 "UPDATE main.{t} SET state = CASE WHEN state = {ARCHIVED} THEN {DOWNLOAD} ELSE state END, given_up = 0,
                      attempts = 0, next_attempt_at = 0
@@ -144,7 +153,7 @@ impl<'c> QueueTable<'c> {
     /// (id, filename, media_type, meta_data, download, priority); `filter` an extra `AND ...` on `r`.
     pub fn queue_downloads(&self, referenced: &str, filter: &str, now: i64) -> Result<usize> {
         let t = &self.t;
-        Ok(self.conn.execute(
+        Ok(self.exec(
             &format!(
                 "INSERT INTO main.{t}(id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data, priority)
                  SELECT r.id, r.filename, NULL, ?1, NULL, r.media_type, {DOWNLOAD}, 0, r.meta_data, r.priority
@@ -162,7 +171,7 @@ impl<'c> QueueTable<'c> {
     pub fn restore_referenced(&self, filter: &str, scope: &str, now: i64, download: bool) -> Result<usize> {
         let t = &self.t;
         let state = Self::state_column(scope);
-        Ok(self.conn.execute(
+        Ok(self.exec(
             &format!(
                 "UPDATE main.{t} SET state = CASE WHEN local_uri IS NULL THEN {DOWNLOAD} WHEN has_synced = 1 THEN {SYNCED} ELSE {UPLOAD} END,
                      timestamp = ?1, {SUCCESS}
@@ -180,7 +189,7 @@ impl<'c> QueueTable<'c> {
     pub fn archive_unreferenced(&self, scope: &str, now: i64) -> Result<usize> {
         let t = &self.t;
         let state = Self::state_column(scope);
-        Ok(self.conn.execute(
+        Ok(self.exec(
             &format!(
                 "UPDATE main.{t} SET state = {ARCHIVED}, given_up = 0, timestamp = ?1
                  WHERE {state} IN ({DOWNLOAD}, {SYNCED}) AND NOT (state = {DOWNLOAD} AND pinned != 0) {scope}
@@ -195,7 +204,7 @@ impl<'c> QueueTable<'c> {
     /// watch sets a priority and no row has one: the common case costs nothing per row.
     pub fn set_priorities(&self, scope: &str) -> Result<usize> {
         let t = &self.t;
-        let any: bool = self.conn.query_row(
+        let any: bool = self.query_row(
             &format!(
                 "SELECT EXISTS (SELECT 1 FROM main._attachments_watch
                                 WHERE CASE WHEN json_valid(options) THEN json_extract(options, '$.priority') END != 0)
@@ -207,7 +216,7 @@ impl<'c> QueueTable<'c> {
         if !any {
             return Ok(0);
         }
-        Ok(self.conn.execute(
+        Ok(self.exec(
             &format!(
                 "UPDATE main.{t} SET priority = {best} WHERE 1 {scope} AND priority != {best}",
                 best = format!("coalesce((SELECT max(r.priority) FROM main._attachments_ref AS r WHERE r.id = {t}.id), 0)")
@@ -234,7 +243,7 @@ impl<'c> QueueTable<'c> {
     /// The rows that count toward the cache limits: (rows, bytes of their local copies).
     pub fn evictable_totals(&self) -> Result<(i64, i64)> {
         let t = &self.t;
-        Ok(self.conn.query_row(
+        Ok(self.query_row(
             &format!("SELECT count(*), coalesce(sum({}), 0) FROM main.{t} AS q WHERE {}", Self::BYTES, Self::evictable()),
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -268,7 +277,7 @@ impl<'c> QueueTable<'c> {
             bytes = Self::BYTES,
             evictable = Self::evictable(),
         );
-        let mut stmt = self.conn.prepare(&sql)?;
+        let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = match pending {
             Some(p) => stmt.query(params![keep_rows, keep_bytes, p])?,
             None => stmt.query(params![keep_rows, keep_bytes])?,
@@ -281,7 +290,7 @@ impl<'c> QueueTable<'c> {
     /// ARCHIVED → gone (cache expiry; its local file was removed first). Never a pinned row.
     pub fn expire(&self, id: &str) -> Result<bool> {
         let t = &self.t;
-        Ok(self.conn.execute(
+        Ok(self.exec(
             &format!("DELETE FROM main.{t} WHERE id = ?1 AND state = {ARCHIVED} AND pinned = 0 AND NOT (local_uri IS NOT NULL AND has_synced = 0)"),
             [id],
         )? > 0)
@@ -291,7 +300,7 @@ impl<'c> QueueTable<'c> {
     /// replaces a later one. No state change.
     pub fn record_use(&self, id: &str, at: i64) -> Result<()> {
         let t = &self.t;
-        self.conn.execute(
+        self.exec(
             &format!("UPDATE main.{t} SET last_used = ?2 WHERE id = ?1 AND (last_used IS NULL OR last_used < ?2)"),
             params![id, at],
         )?;
@@ -302,7 +311,7 @@ impl<'c> QueueTable<'c> {
     /// (a pinned ARCHIVED row without its copy is queued by [`Self::download_pinned`]).
     pub fn set_pinned(&self, id: &str, pinned: bool) -> Result<bool> {
         let t = &self.t;
-        Ok(self.conn.execute(&format!("UPDATE main.{t} SET pinned = ?2 WHERE id = ?1"), params![id, pinned])? > 0)
+        Ok(self.exec(&format!("UPDATE main.{t} SET pinned = ?2 WHERE id = ?1"), params![id, pinned])? > 0)
     }
 
     /// `attachment_pin` of an id with no row that a watch references but whose policy does
@@ -310,7 +319,7 @@ impl<'c> QueueTable<'c> {
     /// of (id, filename, media_type, meta_data), restricted to this id. True when inserted.
     pub fn insert_pinned_download(&self, referenced: &str, id: &str) -> Result<bool> {
         let t = &self.t;
-        Ok(self.conn.execute(
+        Ok(self.exec(
             &format!(
                 "INSERT INTO main.{t}(id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data, pinned)
                  SELECT r.id, r.filename, NULL, ?2, NULL, r.media_type, {DOWNLOAD}, 0, r.meta_data, 1
@@ -326,7 +335,7 @@ impl<'c> QueueTable<'c> {
     /// `id` None means every such row.
     pub fn download_pinned(&self, id: Option<&str>) -> Result<usize> {
         let t = &self.t;
-        Ok(self.conn.execute(
+        Ok(self.exec(
             &format!(
                 "UPDATE main.{t} SET state = {DOWNLOAD}, timestamp = ?2, {SUCCESS}
                  WHERE (?1 IS NULL OR id = ?1) AND state = {ARCHIVED} AND pinned = 1 AND local_uri IS NULL AND given_up = 0"
@@ -340,7 +349,7 @@ impl<'c> QueueTable<'c> {
     pub fn requeue_lost_copy(&self, id: &str, wrong_size: bool) -> Result<()> {
         let t = &self.t;
         let why = if wrong_size { "local: local file has the wrong size: downloading again" } else { "local: local file missing: downloading again" };
-        self.conn.execute(
+        self.exec(
             &format!(
                 "UPDATE main.{t} SET state = {DOWNLOAD}, local_uri = NULL, timestamp = ?2, attempts = 0, next_attempt_at = 0,
                      last_error = ?3 WHERE id = ?1 AND state = {SYNCED}"
@@ -353,7 +362,7 @@ impl<'c> QueueTable<'c> {
     /// Verify: QUEUED_UPLOAD whose file is gone (not found) → ARCHIVED; nothing can be sent.
     pub fn archive_lost_upload(&self, id: &str) -> Result<()> {
         let t = &self.t;
-        self.conn.execute(
+        self.exec(
             &format!(
                 "UPDATE main.{t} SET state = {ARCHIVED}, local_uri = NULL, timestamp = ?2,
                      last_error = 'local: local file missing: nothing to upload' WHERE id = ?1 AND state = {UPLOAD}"
@@ -368,7 +377,7 @@ impl<'c> QueueTable<'c> {
     /// kept it from being recorded → SYNCED.
     pub fn record_found_download(&self, id: &str, filename: &str, size: u64, sha256: &str) -> Result<()> {
         let t = &self.t;
-        self.conn.execute(
+        self.exec(
             &format!(
                 "UPDATE main.{t} SET state = {SYNCED}, local_uri = ?2, size = ?3, sha256 = ?4, has_synced = 1, timestamp = ?5,
                      {SUCCESS} WHERE id = ?1 AND state = {DOWNLOAD}"
@@ -382,7 +391,7 @@ impl<'c> QueueTable<'c> {
     /// that is not TEXT, an unknown state) get an error saying they are left alone.
     pub fn note_hand_edited_rows(&self) -> Result<()> {
         let t = &self.t;
-        self.conn.execute(
+        self.exec(
             &format!(
                 "UPDATE main.{t} SET last_error = ?1
                  WHERE (typeof(id) != 'text' OR typeof(filename) != 'text' OR typeof(state) != 'integer'
@@ -396,14 +405,14 @@ impl<'c> QueueTable<'c> {
     /// Records why a row is left alone (no state change), once.
     pub fn note_error(&self, id: &str, message: &str) -> Result<()> {
         let t = &self.t;
-        self.conn.execute(&format!("UPDATE main.{t} SET last_error = ?2 WHERE id = ?1 AND last_error IS NOT ?2"), params![id, message])?;
+        self.exec(&format!("UPDATE main.{t} SET last_error = ?2 WHERE id = ?1 AND last_error IS NOT ?2"), params![id, message])?;
         Ok(())
     }
 
     /// Verify: `local_uri` made to match what is on disk (no state change).
     pub fn set_local_uri(&self, id: &str, local_uri: Option<&str>) -> Result<()> {
         let t = &self.t;
-        self.conn.execute(&format!("UPDATE main.{t} SET local_uri = ?2, timestamp = ?3 WHERE id = ?1"), params![id, local_uri, now_ms()])?;
+        self.exec(&format!("UPDATE main.{t} SET local_uri = ?2, timestamp = ?3 WHERE id = ?1"), params![id, local_uri, now_ms()])?;
         Ok(())
     }
 
@@ -425,13 +434,13 @@ impl<'c> QueueTable<'c> {
     /// The largest rowid now: rows up to it are this pass's to claim.
     pub fn last_rowid(&self) -> Result<i64> {
         let t = &self.t;
-        Ok(self.conn.query_row(&format!("SELECT coalesce(max(rowid), 0) FROM main.{t}"), [], |r| r.get(0))?)
+        Ok(self.query_row(&format!("SELECT coalesce(max(rowid), 0) FROM main.{t}"), [], |r| r.get(0))?)
     }
 
     /// Whether any row is claimable: a read, so an idle pass takes no write lock.
     pub fn any_claimable(&self, last_rowid: i64) -> Result<bool> {
         let t = &self.t;
-        Ok(self.conn.query_row(
+        Ok(self.query_row(
             &format!("SELECT EXISTS (SELECT 1 FROM main.{t} WHERE {})", self.claimable()),
             params![last_rowid, now_ms(), self.owner],
             |r| r.get(0),
@@ -447,7 +456,7 @@ impl<'c> QueueTable<'c> {
         // language=SQLite
         let jobs: Vec<Job> = self
             .conn
-            .prepare(&format!(
+            .prepare_cached(&format!(
                 "SELECT id, filename, local_uri, state, media_type, sha256, attempts, upload_resume FROM main.{t}
                  WHERE {} ORDER BY priority DESC, state, timestamp LIMIT ?4",
                 self.claimable()
@@ -473,7 +482,7 @@ impl<'c> QueueTable<'c> {
                 Err(e) => Some(Err(e)),
             })
             .collect::<rusqlite::Result<_>>()?;
-        let mut mark = self.conn.prepare(&format!(
+        let mut mark = self.conn.prepare_cached(&format!(
             "UPDATE main.{t} SET claimed_by = ?2, claimed_until = ?3 WHERE id = ?1 AND state IN {QUEUED}"
         ))?;
         for job in &jobs {
@@ -486,7 +495,7 @@ impl<'c> QueueTable<'c> {
     /// the transfer started moving them (ms; None while it waits for a transfer thread).
     pub fn renew(&self, id: &str, until: i64, bytes_done: Option<i64>, started_at: Option<i64>) -> Result<bool> {
         let t = &self.t;
-        let n = self.conn.execute(
+        let n = self.exec(
             &format!("UPDATE main.{t} SET claimed_until = ?2, bytes_done = ?3, started_at = ?5 WHERE id = ?1 AND claimed_by = ?4"),
             params![id, until, bytes_done, self.owner, started_at],
         )?;
@@ -496,7 +505,7 @@ impl<'c> QueueTable<'c> {
     /// Drops this owner's claim on `id`, leaving the row as it is (a cancelled transfer).
     pub fn release(&self, id: &str) -> Result<()> {
         let t = &self.t;
-        self.conn.execute(&format!("UPDATE main.{t} SET {UNCLAIM} WHERE id = ?1 AND claimed_by = ?2"), params![id, self.owner])?;
+        self.exec(&format!("UPDATE main.{t} SET {UNCLAIM} WHERE id = ?1 AND claimed_by = ?2"), params![id, self.owner])?;
         Ok(())
     }
 
@@ -504,7 +513,7 @@ impl<'c> QueueTable<'c> {
     /// resume state it handed back (an S3 multipart upload's id and parts), if any.
     pub fn release_keeping(&self, id: &str, resume: Option<&str>) -> Result<()> {
         let t = &self.t;
-        self.conn.execute(
+        self.exec(
             &format!("UPDATE main.{t} SET upload_resume = coalesce(?3, upload_resume), {UNCLAIM} WHERE id = ?1 AND claimed_by = ?2"),
             params![id, self.owner, resume],
         )?;
@@ -514,7 +523,7 @@ impl<'c> QueueTable<'c> {
     /// Frees every claim of `owner`, a process known to be gone.
     pub fn release_owner(&self, owner: &str) -> Result<usize> {
         let t = &self.t;
-        Ok(self.conn.execute(&format!("UPDATE main.{t} SET {UNCLAIM} WHERE claimed_by = ?1"), [owner])?)
+        Ok(self.exec(&format!("UPDATE main.{t} SET {UNCLAIM} WHERE claimed_by = ?1"), [owner])?)
     }
 
     /// Rows this owner holds claims on.
@@ -522,7 +531,7 @@ impl<'c> QueueTable<'c> {
         let t = &self.t;
         Ok(self
             .conn
-            .prepare(&format!("SELECT id FROM main.{t} WHERE claimed_by = ?1"))?
+            .prepare_cached(&format!("SELECT id FROM main.{t} WHERE claimed_by = ?1"))?
             .query_map([self.owner], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?)
     }
@@ -532,7 +541,7 @@ impl<'c> QueueTable<'c> {
         let t = &self.t;
         Ok(self
             .conn
-            .prepare(&format!("SELECT DISTINCT claimed_by FROM main.{t} WHERE claimed_by IS NOT NULL"))?
+            .prepare_cached(&format!("SELECT DISTINCT claimed_by FROM main.{t} WHERE claimed_by IS NOT NULL"))?
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?)
     }
@@ -541,7 +550,7 @@ impl<'c> QueueTable<'c> {
     /// the app marked for deletion meanwhile keeps QUEUED_DELETE (only has_synced changes).
     pub fn uploaded(&self, id: &str) -> Result<bool> {
         let t = &self.t;
-        let n = self.conn.execute(
+        let n = self.exec(
             &format!(
                 "UPDATE main.{t} SET state = CASE WHEN state = {UPLOAD} THEN {SYNCED} ELSE state END,
                      has_synced = 1, timestamp = ?2, upload_resume = NULL, {SUCCESS}, {UNCLAIM}
@@ -559,7 +568,7 @@ impl<'c> QueueTable<'c> {
     /// False when the row is no longer ours to finish (its file then has no owner).
     pub fn downloaded(&self, id: &str, size: u64, sha256: &str) -> Result<bool> {
         let t = &self.t;
-        let n = self.conn.execute(
+        let n = self.exec(
             &format!(
                 "UPDATE main.{t} SET state = {SYNCED}, local_uri = filename, size = ?2, sha256 = ?3, has_synced = 1,
                      timestamp = ?4, last_used = max(coalesce(last_used, 0), ?4), {SUCCESS}, {UNCLAIM}
@@ -577,7 +586,7 @@ impl<'c> QueueTable<'c> {
     /// local copy, or a download of it (another worker's, after our lease lapsed) is queued.
     pub fn holds_local_copy(&self, id: &str) -> Result<bool> {
         let t = &self.t;
-        Ok(self.conn.query_row(
+        Ok(self.query_row(
             &format!("SELECT EXISTS (SELECT 1 FROM main.{t} WHERE id = ?1 AND (local_uri = filename OR state = {DOWNLOAD}))"),
             [id],
             |r| r.get(0),
@@ -596,7 +605,7 @@ impl<'c> QueueTable<'c> {
     /// QUEUED_UPLOAD → ARCHIVED: the local file is gone (not found), so there is nothing to send.
     pub fn upload_source_missing(&self, id: &str) -> Result<bool> {
         let t = &self.t;
-        let n = self.conn.execute(
+        let n = self.exec(
             &format!(
                 "UPDATE main.{t} SET state = {ARCHIVED}, local_uri = NULL, timestamp = ?2,
                      last_error = 'local: local file missing: nothing to upload', {UNCLAIM}
@@ -613,7 +622,7 @@ impl<'c> QueueTable<'c> {
     /// A failed attempt: the row stays in `state`, due again at `retry_at`.
     pub fn failed(&self, job: &Job, attempts: i64, retry_at: i64, message: &str, resume: Option<&str>) -> Result<bool> {
         let t = &self.t;
-        let n = self.conn.execute(
+        let n = self.exec(
             &format!(
                 "UPDATE main.{t} SET attempts = ?2, next_attempt_at = ?3, last_error = ?4, upload_resume = ?6, {UNCLAIM}
                  WHERE id = ?1 AND state = ?5 AND claimed_by = ?7"
@@ -630,7 +639,7 @@ impl<'c> QueueTable<'c> {
     /// `given_up` keeps reconciliation from bringing it back until `attachment_retry`.
     pub fn give_up_download(&self, id: &str, attempts: i64, message: &str) -> Result<bool> {
         let t = &self.t;
-        let n = self.conn.execute(
+        let n = self.exec(
             &format!(
                 "UPDATE main.{t} SET state = {ARCHIVED}, given_up = 1, attempts = ?2, last_error = ?3, timestamp = ?4, {UNCLAIM}
                  WHERE id = ?1 AND state = {DOWNLOAD} AND claimed_by = ?5"
@@ -646,7 +655,7 @@ impl<'c> QueueTable<'c> {
     /// Rows still waiting for a transfer.
     pub fn pending(&self) -> Result<usize> {
         let t = &self.t;
-        Ok(self.conn.query_row(&format!("SELECT count(*) FROM main.{t} WHERE state IN {QUEUED}"), [], |r| r.get::<_, i64>(0))? as usize)
+        Ok(self.query_row(&format!("SELECT count(*) FROM main.{t} WHERE state IN {QUEUED}"), [], |r| r.get::<_, i64>(0))? as usize)
     }
 
     /// When the next row becomes claimable by this owner (ms since the epoch): its retry
@@ -654,7 +663,7 @@ impl<'c> QueueTable<'c> {
     /// holds are not counted: their results wake the pass.
     pub fn next_due(&self) -> Result<Option<i64>> {
         let t = &self.t;
-        Ok(self.conn.query_row(
+        Ok(self.query_row(
             &format!(
                 "SELECT min(max(next_attempt_at, coalesce(claimed_until, 0))) FROM main.{t}
                  WHERE state IN {QUEUED} AND claimed_by IS NOT ?1"
@@ -671,7 +680,7 @@ impl<'c> QueueTable<'c> {
         let t = &self.t;
         let size = format!("coalesce((SELECT size FROM main.{t} WHERE id = ?1), 0)");
         // language=SQLite
-        self.conn.execute(
+        self.exec(
             &format!(
                 "UPDATE main._attachments_progress SET
                      upload_files = CASE WHEN drained = 1 THEN 0 ELSE upload_files END + ?2,
@@ -691,7 +700,7 @@ impl<'c> QueueTable<'c> {
     /// Notes that the queue is empty, when it is: the next result starts the done counts again.
     pub fn note_if_drained(&self) -> Result<()> {
         let t = &self.t;
-        self.conn.execute(
+        self.exec(
             &format!(
                 "UPDATE main._attachments_progress SET drained = 1
                  WHERE id = 1 AND drained = 0 AND NOT EXISTS (SELECT 1 FROM main.{t} WHERE state IN {QUEUED})"
@@ -703,7 +712,7 @@ impl<'c> QueueTable<'c> {
 
     /// Keeps `message` as the most recent row error, for `attachment_progress()`.
     fn remember_error(&self, id: &str, message: &str) -> Result<()> {
-        self.conn.execute(
+        self.exec(
             "UPDATE main._attachments_progress SET last_error_id = ?1, last_error = ?2, last_error_at = ?3 WHERE id = 1",
             params![id, message, now_ms()],
         )?;
@@ -714,7 +723,7 @@ impl<'c> QueueTable<'c> {
     /// until `until` in the same step. False when a row appeared meanwhile.
     pub fn insert_fetched(&self, id: &str, filename: &str, media_type: Option<&str>, meta_data: Option<&str>, until: i64) -> Result<bool> {
         let t = &self.t;
-        let n = self.conn.execute(
+        let n = self.exec(
             &format!(
                 "INSERT INTO main.{t}(id, filename, local_uri, timestamp, size, media_type, state, has_synced, meta_data,
                                       claimed_by, claimed_until)
@@ -733,7 +742,7 @@ impl<'c> QueueTable<'c> {
     /// False when the row changed since it was read.
     pub fn claim_for_fetch(&self, id: &str, seen_state: i64, seen_claim: Option<&str>, until: i64) -> Result<bool> {
         let t = &self.t;
-        let n = self.conn.execute(
+        let n = self.exec(
             &format!(
                 "UPDATE main.{t} SET
                      attempts = CASE WHEN state = {DOWNLOAD} THEN attempts ELSE 0 END,
@@ -752,7 +761,7 @@ impl<'c> QueueTable<'c> {
     /// its next pass). With no watch at all, nothing counts as unreferenced.
     pub fn archive_fetched_if_unreferenced(&self, id: &str) -> Result<bool> {
         let t = &self.t;
-        let n = self.conn.execute(
+        let n = self.exec(
             &format!(
                 "UPDATE main.{t} SET state = {ARCHIVED}, given_up = 0, timestamp = ?2
                  WHERE id = ?1 AND state = {SYNCED} AND EXISTS (SELECT 1 FROM main._attachments_watch)
