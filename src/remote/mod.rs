@@ -362,13 +362,28 @@ impl<R: Read> Read for ProgressReader<'_, R> {
     }
 }
 
+const COPY_STEP: usize = 256 * 1024;
+
+thread_local! {
+    /// Each transfer thread's copy buffer, kept between transfers: zeroing a fresh 256 KiB
+    /// for every small file cost more than the file (`bench/PROFILES.md`).
+    static COPY_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// Copies `from` into `to` in 256 KiB steps, reporting progress; never buffers the whole stream.
 pub fn copy_with_progress(from: &mut dyn Read, to: &mut dyn Write, progress: Progress) -> io::Result<u64> {
-    let mut reader = ProgressReader::new(from, progress);
-    let mut buf = vec![0u8; 256 * 1024];
+    // Taken out while in use, so a copy nested inside `from` or `to` gets a buffer of its own.
+    let mut buf = COPY_BUF.take();
+    buf.resize(COPY_STEP, 0);
+    let copied = copy_through(&mut ProgressReader::new(from, progress), to, &mut buf);
+    COPY_BUF.set(buf);
+    copied
+}
+
+fn copy_through(reader: &mut dyn Read, to: &mut dyn Write, buf: &mut [u8]) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
-        let n = match reader.read(&mut buf) {
+        let n = match reader.read(buf) {
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
