@@ -51,6 +51,8 @@ pub struct QueueTable<'c> {
     conn: &'c Connection,
     /// Quoted table name.
     t: String,
+    /// The table's name as configured (index names derive from it).
+    table: String,
     owner: &'c str,
 }
 
@@ -62,7 +64,7 @@ const SUCCESS: &str = "attempts = 0, next_attempt_at = 0, last_error = NULL";
 impl<'c> QueueTable<'c> {
     /// The queue as seen by claim owner `owner` (a pass).
     pub fn new(conn: &'c Connection, table: &str, owner: &'c str) -> QueueTable<'c> {
-        QueueTable { conn, t: quote_ident(table), owner }
+        QueueTable { conn, t: quote_ident(table), table: table.to_string(), owner }
     }
 
     /// The queue for transitions that involve no claim (save, delete, reconciliation,
@@ -457,8 +459,10 @@ impl<'c> QueueTable<'c> {
         let jobs: Vec<Job> = self
             .conn
             .prepare_cached(&format!(
-                "SELECT id, filename, local_uri, state, media_type, sha256, attempts, upload_resume FROM main.{t}
+                "SELECT id, filename, local_uri, state, media_type, sha256, attempts, upload_resume
+                 FROM main.{t} INDEXED BY {}
                  WHERE {} ORDER BY priority DESC, state, timestamp LIMIT ?4",
+                crate::schema::claim_index(&self.table),
                 self.claimable()
             ))?
             .query_map(params![last_rowid, now, self.owner, limit as i64], |r| {

@@ -125,7 +125,10 @@ impl Transport {
         progress: Progress,
     ) -> Result<HeaderMap, RemoteError> {
         let len = source.len();
-        self.put_reader(url, headers, &mut std::io::BufReader::with_capacity(256 * 1024, source.reader(0, len)), len, progress)
+        // No bigger than the file: the buffer is zeroed before its first read, and 256 KiB
+        // zeroed for every small file cost more than sending it.
+        let capacity = (len as usize).clamp(8 * 1024, 256 * 1024);
+        self.put_reader(url, headers, &mut std::io::BufReader::with_capacity(capacity, source.reader(0, len)), len, progress)
     }
 
     /// `PUT`s exactly `len` bytes from `body`, streaming. A body the server takes

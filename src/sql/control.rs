@@ -217,7 +217,7 @@ fn resume(ctx: &Context) -> Result<i64> {
     set_paused(ctx, false)
 }
 
-/// `sqlite-attachments 0.2.0 (schema 6)`: this build's release and the layout it writes.
+/// `sqlite-attachments 0.2.0 (schema 7)`: this build's release and the layout it writes.
 fn version(_ctx: &Context) -> Result<String> {
     Ok(format!("sqlite-attachments {} (schema {})", env!("CARGO_PKG_VERSION"), schema::SCHEMA_VERSION))
 }
