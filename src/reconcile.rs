@@ -82,7 +82,13 @@ pub fn next_refresh_due(conn: &Connection) -> Result<Option<i64>> {
 /// way the rows noted as changed are done with.
 pub fn refresh_watch(conn: &Connection, name: &str, select_sql: &str, rows_sql: Option<&str>, policy: &Policy) -> Result<bool> {
     conn.execute("DELETE FROM main._attachments_changed WHERE watch = ?1", [name])?;
-    if let Some(rows_sql) = rows_sql {
+    let src_empty = || -> Result<bool> {
+        Ok(conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM main._attachments_src WHERE watch = ?1)", [name], |r| r.get(0))?)
+    };
+    if let Some(rows_sql) = rows_sql.filter(|_| src_empty().unwrap_or(false)) {
+        // Nothing stored yet (a new watch): no difference to take, the rows go straight in.
+        conn.execute(&format!("INSERT OR IGNORE INTO main._attachments_src(watch, rid, id) SELECT ?1, rid, id FROM ({rows_sql})"), [name])?;
+    } else if let Some(rows_sql) = rows_sql {
         // By difference, like the references: the worker's periodic full re-run of an
         // unchanged table writes nothing here.
         // language=SQLite
@@ -336,12 +342,16 @@ pub fn refresh_dirty_watches(conn: &Connection, config: &Config, now: i64) -> Re
 /// also re-runs every watch), to every row. Without any watch there is
 /// nothing to compare against, so nothing is archived. Runs in the caller's transaction.
 pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> Result<Reconciled> {
+    let __t = std::time::Instant::now();
     if !needed(conn, force)? {
         return Ok(Reconciled::default());
     }
     conn.execute_batch(crate::schema::ROWS_DDL)?;
+    if std::env::var("EXP_TIME").is_ok() { eprintln!("{:?} after: conn.execute_batch(crate::schema::ROWS_DDL)?;", __t.elapsed()); }
     mark_due(conn, now, force)?;
+    if std::env::var("EXP_TIME").is_ok() { eprintln!("{:?} after: mark_due(conn, now, force)?;", __t.elapsed()); }
     let force = refresh_dirty_watches(conn, config, now)? || force;
+    if std::env::var("EXP_TIME").is_ok() { eprintln!("{:?} after: let force = refresh_dirty_watches(conn, config, now)? || for", __t.elapsed()); }
     let t = quote_ident(&config.table);
     let in_scope = |col: &str| {
         if force { String::new() } else { format!("AND {col} IN (SELECT id FROM main._attachments_delta)") }
@@ -353,8 +363,18 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
         format!("AND EXISTS (SELECT 1 FROM main._attachments_ref AS d WHERE d.id = {col} AND d.download = 1)")
     };
     let mut out = Reconciled::default();
-    let referenced = referenced(&in_scope("id"));
-    out.rejected = conn.query_row(&format!("SELECT count(*) FROM ({referenced}) WHERE filename IS NULL"), [], |r| r.get::<_, i64>(0))? as usize;
+    let referenced = referenced_in(conn, &in_scope("id"))?;
+    // Counted only when a reference without a file name exists: the count groups every
+    // reference, the check does not.
+    let any_unsafe: bool = conn.query_row(
+        &format!("SELECT EXISTS (SELECT 1 FROM main._attachments_ref WHERE filename IS NULL {})", in_scope("id")),
+        [],
+        |r| r.get(0),
+    )?;
+    if any_unsafe {
+        out.rejected = conn.query_row(&format!("SELECT count(*) FROM ({referenced}) WHERE filename IS NULL"), [], |r| r.get::<_, i64>(0))? as usize;
+    }
+    if std::env::var("EXP_TIME").is_ok() { eprintln!("{:?} after: out.rejected = conn.query_row(&format!(SELECT count(*) FROM", __t.elapsed()); }
     if out.rejected > 0 {
         log::warn!("{} referenced ids skipped: unsafe id or file_extension", out.rejected);
     }
@@ -376,7 +396,9 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
     }
     // Every row takes the highest priority of the watches that reference it (0 for none).
     queue.set_priorities(&in_scope("id"))?;
+    if std::env::var("EXP_TIME").is_ok() { eprintln!("{:?} after: queue.set_priorities(&in_scope(id))?;", __t.elapsed()); }
     conn.execute("DELETE FROM main._attachments_delta", [])?;
+    if std::env::var("EXP_TIME").is_ok() { eprintln!("{:?} after: conn.execute(DELETE FROM main._attachments_delta, [])?;", __t.elapsed()); }
     Ok(out)
 }
 
@@ -391,6 +413,22 @@ pub fn referenced(scope: &str) -> String {
                 max(meta_data) AS meta_data, max(download) AS download, max(priority) AS priority
          FROM main._attachments_ref WHERE 1 {scope} GROUP BY id"
     )
+}
+
+/// [`referenced`], or with a single watch (the common case) the same rows read straight
+/// from that watch's references: each id is there once, so there is nothing to group, and
+/// the table is read in its own order instead of through the index by id (a third of a
+/// reconciliation from scratch at 100,000 ids).
+fn referenced_in(conn: &Connection, scope: &str) -> Result<String> {
+    let watches: Vec<String> =
+        conn.prepare("SELECT name FROM main._attachments_watch LIMIT 2")?.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    let [watch] = watches.as_slice() else { return Ok(referenced(scope)) };
+    // language=SQLite
+    Ok(format!(
+        "SELECT id, filename, coalesce(media_type, guessed_type) AS media_type, meta_data, download, priority
+         FROM main._attachments_ref WHERE watch = '{}' {scope}",
+        watch.replace('\'', "''")
+    ))
 }
 
 /// Whether a watch is failed without any reference kept from a good run.
