@@ -321,7 +321,7 @@ pub fn claim_index(table: &str) -> String {
 /// Migration 7: queued rows in the order a pass claims them, so a claim reads the first
 /// few instead of sorting every queued row while it holds the write lock (6 ms a claim
 /// at 20,000 queued rows before, 0.05 ms after). Partial: rows leave it once done.
-fn claim_order_index(conn: &Connection, table: &str) -> Result<()> {
+pub fn claim_order_index(conn: &Connection, table: &str) -> Result<()> {
     // The WHERE is the claim's own `state IN (0, 1, 2)`, which SQLite needs to use it.
     conn.execute_batch(&format!(
         "CREATE INDEX IF NOT EXISTS main.{} ON {}(priority DESC, state, timestamp) WHERE state IN (0, 1, 2)",

@@ -456,15 +456,24 @@ impl<'c> QueueTable<'c> {
         let t = &self.t;
         let now = now_ms();
         // language=SQLite
-        let jobs: Vec<Job> = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT id, filename, local_uri, state, media_type, sha256, attempts, upload_resume
-                 FROM main.{t} INDEXED BY {}
-                 WHERE {} ORDER BY priority DESC, state, timestamp LIMIT ?4",
-                crate::schema::claim_index(&self.table),
-                self.claimable()
-            ))?
+        let sql = format!(
+            "SELECT id, filename, local_uri, state, media_type, sha256, attempts, upload_resume
+             FROM main.{t} INDEXED BY {}
+             WHERE {} ORDER BY priority DESC, state, timestamp LIMIT ?4",
+            crate::schema::claim_index(&self.table),
+            self.claimable()
+        );
+        // Named, because SQLite's planner prefers the index by state and then sorts every
+        // queued row. Made again if someone dropped it (a schema tool, a hand edit).
+        let mut select = match self.conn.prepare_cached(&sql) {
+            Err(rusqlite::Error::SqliteFailure(_, Some(msg))) if msg.starts_with("no such index") => {
+                log::warn!("the queue's claim-order index was missing: created again");
+                crate::schema::claim_order_index(self.conn, &self.table)?;
+                self.conn.prepare_cached(&sql)?
+            }
+            other => other?,
+        };
+        let jobs: Vec<Job> = select
             .query_map(params![last_rowid, now, self.owner, limit as i64], |r| {
                 Ok((
                     r.get::<_, i64>(3)?,

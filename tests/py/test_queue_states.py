@@ -45,6 +45,15 @@ class Transitions(Case):
         self.assertEqual(self.row(a, id_)[:5], (SYNCED, 1, None, 0, None))
         self.assertEqual(os.listdir(self.remote), [f"{id_}.bin"])
 
+    def test_claims_still_work_when_the_claim_order_index_was_dropped(self):
+        # A schema tool or a hand edit may drop our index; claims name it, so it comes back.
+        a = self.device("a")
+        ids = [one(a, "SELECT attachment_save(x'0102', 'bin')") for _ in range(3)]
+        a.execute('DROP INDEX "_attachments_idx_attachments_claim_order"')
+        self.assertEqual(self.sync(a)["uploaded"], 3)
+        self.assertEqual([self.row(a, i)[0] for i in ids], [SYNCED] * 3)
+        self.assertEqual(one(a, "SELECT count(*) FROM sqlite_schema WHERE name = '_attachments_idx_attachments_claim_order'"), 1)
+
     def test_upload_failure_stays_queued_with_attempt_error_and_backoff(self):
         a = self.device("a", remote="http://127.0.0.1:9/nothing-listens/")
         id_ = one(a, "SELECT attachment_save(x'0102', 'bin')")
