@@ -1,6 +1,8 @@
 //! Adaptive concurrency: how many transfers a pass keeps in flight, below the config's
 //! `max_concurrency`. It starts at a few and climbs while the rate of finished files
-//! grows (a link with latency needs many in flight), holds when more stops helping,
+//! grows (a link with latency needs many in flight): doubling at first, as TCP's slow
+//! start does, so a high-latency link reaches its level in a few windows; by half steps
+//! once a window showed no growth or an error. It holds when more stops helping,
 //! steps down when the rate falls, and halves on transient errors (a server or link
 //! that is overloaded). The level is kept per database file for the life of the
 //! process, so each pass starts where the last one ended; `current(db_file)` reads it,
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 pub const START: usize = 4;
 /// A window of measurement lasts at least this long, and ends once it saw `level`
 /// transfers finish (or after MAX_WINDOW).
-const MIN_WINDOW: Duration = Duration::from_millis(250);
+const MIN_WINDOW: Duration = Duration::from_millis(100);
 const MAX_WINDOW: Duration = Duration::from_secs(2);
 /// A rate this much above the last window's counts as growth; this much below, as a fall.
 const GROWTH: f64 = 1.10;
@@ -43,6 +45,8 @@ pub struct Adaptive {
     failed_in_window: usize,
     /// Files per second in the last window, if one was measured at this or a nearby level.
     last_rate: Option<f64>,
+    /// Doubling while every window grew; over once one did not (or saw errors).
+    slow_start: bool,
 }
 
 impl Adaptive {
@@ -57,6 +61,7 @@ impl Adaptive {
             done_in_window: 0,
             failed_in_window: 0,
             last_rate: None,
+            slow_start: true,
         }
     }
 
@@ -82,6 +87,7 @@ impl Adaptive {
             // Multiplicative decrease, once per window's worth of errors.
             self.set(self.level - self.level / 2);
             self.last_rate = None;
+            self.slow_start = false;
             self.restart();
             return self.level;
         }
@@ -91,11 +97,16 @@ impl Adaptive {
         }
         let rate = self.done_in_window as f64 / elapsed.as_secs_f64().max(1e-3);
         let saturated = waiting >= self.level;
+        let step = if self.slow_start { self.level } else { (self.level / 2).max(1) };
         match self.last_rate {
             _ if self.done_in_window == 0 => {}
-            None if saturated => self.set(self.level + (self.level / 2).max(1)),
-            Some(last) if saturated && rate >= last * GROWTH => self.set(self.level + (self.level / 2).max(1)),
-            Some(last) if saturated && rate < last * FALL => self.set(self.level - (self.level / 4).max(1)),
+            None if saturated => self.set(self.level + step),
+            Some(last) if saturated && rate >= last * GROWTH => self.set(self.level + step),
+            Some(last) if saturated && rate < last * FALL => {
+                self.slow_start = false;
+                self.set(self.level - (self.level / 4).max(1))
+            }
+            Some(_) if saturated => self.slow_start = false,
             _ => {}
         }
         if self.done_in_window > 0 {
@@ -150,6 +161,18 @@ mod tests {
             run_window(&mut a, 0, 1, 100);
         }
         assert_eq!(a.level(), 1, "errors bring it down to one");
+    }
+
+    #[test]
+    fn doubles_at_first_then_climbs_by_halves_once_growth_stopped() {
+        let mut a = Adaptive::new("/test/slow-start.db", 64);
+        assert_eq!(run_window(&mut a, 4, 0, 100), 8);
+        assert_eq!(run_window(&mut a, 8, 0, 100), 16);
+        assert_eq!(run_window(&mut a, 16, 0, 100), 32);
+        // Twice the files in twice the time: no growth, the level holds and doubling is over.
+        a.window_began -= MIN_WINDOW;
+        assert_eq!(run_window(&mut a, 32, 0, 100), 32);
+        assert_eq!(run_window(&mut a, 40, 0, 100), 48);
     }
 
     #[test]
