@@ -423,11 +423,12 @@ fn referenced_in(conn: &Connection, scope: &str) -> Result<String> {
     let watches: Vec<String> =
         conn.prepare("SELECT name FROM main._attachments_watch LIMIT 2")?.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
     let [watch] = watches.as_slice() else { return Ok(referenced(scope)) };
+    // The name as a hex literal: whatever bytes a hand-edited row holds, it stays a value.
     // language=SQLite
     Ok(format!(
         "SELECT id, filename, coalesce(media_type, guessed_type) AS media_type, meta_data, download, priority
-         FROM main._attachments_ref WHERE watch = '{}' {scope}",
-        watch.replace('\'', "''")
+         FROM main._attachments_ref WHERE watch = CAST(x'{}' AS TEXT) {scope}",
+        hex::encode(watch.as_bytes())
     ))
 }
 

@@ -464,10 +464,12 @@ impl<'c> QueueTable<'c> {
             self.claimable()
         );
         // Named, because SQLite's planner prefers the index by state and then sorts every
-        // queued row. Made again if someone dropped it (a schema tool, a hand edit).
+        // queued row. Made again if someone dropped it or put another index under its name
+        // (a schema tool, a hand edit): the `_attachments_` names are ours.
         let mut select = match self.conn.prepare_cached(&sql) {
-            Err(rusqlite::Error::SqliteFailure(_, Some(msg))) if msg.starts_with("no such index") => {
-                log::warn!("the queue's claim-order index was missing: created again");
+            Err(rusqlite::Error::SqliteFailure(_, Some(msg))) if msg.starts_with("no such index") || msg.starts_with("no query solution") => {
+                log::warn!("the queue's claim-order index was missing or not ours ({msg}): created again");
+                self.conn.execute_batch(&format!("DROP INDEX IF EXISTS main.{}", crate::schema::claim_index(&self.table)))?;
                 crate::schema::claim_order_index(self.conn, &self.table)?;
                 self.conn.prepare_cached(&sql)?
             }

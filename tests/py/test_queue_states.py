@@ -54,6 +54,29 @@ class Transitions(Case):
         self.assertEqual([self.row(a, i)[0] for i in ids], [SYNCED] * 3)
         self.assertEqual(one(a, "SELECT count(*) FROM sqlite_schema WHERE name = '_attachments_idx_attachments_claim_order'"), 1)
 
+    def test_claims_still_work_when_another_index_took_the_claim_order_index_name(self):
+        a = self.device("a")
+        ids = [one(a, "SELECT attachment_save(x'0102', 'bin')") for _ in range(3)]
+        a.execute('DROP INDEX "_attachments_idx_attachments_claim_order"')
+        # Partial on a condition the claim does not imply: SQLite cannot use it as named.
+        a.execute('CREATE INDEX "_attachments_idx_attachments_claim_order" ON attachments(id) WHERE size > 100')
+        self.assertEqual(self.sync(a)["uploaded"], 3)
+        self.assertEqual([self.row(a, i)[0] for i in ids], [SYNCED] * 3)
+
+    def test_a_hand_edited_watch_name_stays_a_value_when_references_are_compared(self):
+        # With one watch, reconciliation names it in the SQL it runs: a name edited into
+        # the table by hand (quotes, SQL) must stay a value.
+        b = self.app("b")
+        b.execute("INSERT INTO users VALUES (1, 'aaaaaaaa-0000-4000-8000-000000000001')")
+        self.sync(b)
+        evil = "x'); DROP TABLE users; --"
+        b.execute("UPDATE _attachments_ref SET watch = ?", (evil,))
+        b.execute("UPDATE _attachments_watch SET name = ?, dirty = 1", (evil,))
+        b.execute("INSERT INTO users VALUES (2, 'aaaaaaaa-0000-4000-8000-000000000002')")
+        one(b, "SELECT attachment_reconcile()")
+        self.assertEqual(one(b, "SELECT count(*) FROM users"), 2)
+        self.assertEqual(one(b, "SELECT count(*) FROM attachments WHERE id LIKE 'aaaaaaaa-%'"), 2)
+
     def test_upload_failure_stays_queued_with_attempt_error_and_backoff(self):
         a = self.device("a", remote="http://127.0.0.1:9/nothing-listens/")
         id_ = one(a, "SELECT attachment_save(x'0102', 'bin')")
