@@ -342,16 +342,12 @@ pub fn refresh_dirty_watches(conn: &Connection, config: &Config, now: i64) -> Re
 /// also re-runs every watch), to every row. Without any watch there is
 /// nothing to compare against, so nothing is archived. Runs in the caller's transaction.
 pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> Result<Reconciled> {
-    let __t = std::time::Instant::now();
     if !needed(conn, force)? {
         return Ok(Reconciled::default());
     }
     conn.execute_batch(crate::schema::ROWS_DDL)?;
-    if std::env::var("EXP_TIME").is_ok() { eprintln!("{:?} after: conn.execute_batch(crate::schema::ROWS_DDL)?;", __t.elapsed()); }
     mark_due(conn, now, force)?;
-    if std::env::var("EXP_TIME").is_ok() { eprintln!("{:?} after: mark_due(conn, now, force)?;", __t.elapsed()); }
     let force = refresh_dirty_watches(conn, config, now)? || force;
-    if std::env::var("EXP_TIME").is_ok() { eprintln!("{:?} after: let force = refresh_dirty_watches(conn, config, now)? || for", __t.elapsed()); }
     let t = quote_ident(&config.table);
     let in_scope = |col: &str| {
         if force { String::new() } else { format!("AND {col} IN (SELECT id FROM main._attachments_delta)") }
@@ -374,7 +370,6 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
     if any_unsafe {
         out.rejected = conn.query_row(&format!("SELECT count(*) FROM ({referenced}) WHERE filename IS NULL"), [], |r| r.get::<_, i64>(0))? as usize;
     }
-    if std::env::var("EXP_TIME").is_ok() { eprintln!("{:?} after: out.rejected = conn.query_row(&format!(SELECT count(*) FROM", __t.elapsed()); }
     if out.rejected > 0 {
         log::warn!("{} referenced ids skipped: unsafe id or file_extension", out.rejected);
     }
@@ -396,9 +391,7 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
     }
     // Every row takes the highest priority of the watches that reference it (0 for none).
     queue.set_priorities(&in_scope("id"))?;
-    if std::env::var("EXP_TIME").is_ok() { eprintln!("{:?} after: queue.set_priorities(&in_scope(id))?;", __t.elapsed()); }
     conn.execute("DELETE FROM main._attachments_delta", [])?;
-    if std::env::var("EXP_TIME").is_ok() { eprintln!("{:?} after: conn.execute(DELETE FROM main._attachments_delta, [])?;", __t.elapsed()); }
     Ok(out)
 }
 
