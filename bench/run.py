@@ -430,7 +430,7 @@ def saves():
         base.append(SAVE_N / float(out))
         remove_later(work)
     record(f"{SAVE_N:,} x 4 KiB attachment_save, one transaction", statistics.median(mine), statistics.median(base),
-           "saves/s", ">= 0.8x direct Rust (write+fsync+rename+insert)")
+           "saves/s", ">= 0.9x direct Rust (write+fsync+rename+insert)")
 
 
 def reconcile():
