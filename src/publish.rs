@@ -4,12 +4,14 @@
 //! Whatever finishes during one flush goes into the next, so batches grow with the
 //! rate and the flushes per file fall as it rises.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{Error, Result};
+use crate::remote::RemoteError;
 use crate::sync::{Job, Outcome, Syncer};
 
 pub(crate) type Results = Vec<(Job, Outcome)>;
@@ -33,9 +35,16 @@ impl Publisher {
                 while let Ok(mut batch) = incoming.recv() {
                     // Everything handed over during the last flush shares this one.
                     batch.extend(incoming.try_iter().flatten());
+                    let jobs: Vec<Job> = batch.iter().map(|(job, _)| job.clone()).collect();
+                    // A panic must not lose the results: the pass waits for every one of them.
+                    let flushed = std::panic::catch_unwind(AssertUnwindSafe(|| syncer.publish_downloads(batch)))
+                        .unwrap_or_else(|_| {
+                            let failed = || Outcome::Failed(RemoteError::local("flushing downloaded files failed unexpectedly"));
+                            jobs.into_iter().map(|job| (job, failed())).collect()
+                        });
                     // A pass that has gone leaves its files published and its rows queued:
                     // the next download of each finds the complete file (see verify).
-                    let _ = done.send(syncer.publish_downloads(batch));
+                    let _ = done.send(flushed);
                 }
             })
             .map_err(|e| Error::Misuse(format!("cannot start the flushing thread: {e}")))?;

@@ -401,9 +401,18 @@ impl Syncer {
                     }
                     unrecorded.extend(publisher.send(batch));
                 },
-                recv(flushed_rx) -> flushed => if let Ok(flushed) = flushed {
-                    publisher.taken(&flushed);
-                    unrecorded.extend(flushed);
+                recv(flushed_rx) -> flushed => match flushed {
+                    Ok(flushed) => {
+                        publisher.taken(&flushed);
+                        unrecorded.extend(flushed);
+                    }
+                    // The flushing thread is gone (it could not be kept alive): end the pass
+                    // instead of waiting for results that will not come.
+                    Err(_) => {
+                        cancel.store(true, Ordering::Relaxed);
+                        let _ = immediate(conn, || in_flight.iter().try_for_each(|id| queue.release(id)));
+                        return Err(Error::Misuse("the thread flushing downloaded files stopped".into()));
+                    }
                 },
                 default(wait) => {},
             }
