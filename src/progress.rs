@@ -334,9 +334,15 @@ pub fn feed(conn: &Connection, db_file: &str, table: &str) -> Result<Value> {
         // this process's current level can sit beside it.
         "concurrency": in_flight,
         // The adaptive number of transfers a worker keeps in flight, as the last pass of any
-        // process left it (null before one ran).
+        // process left it (null before one ran), within 1..max_concurrency: a pass that moved
+        // nothing since max_concurrency was lowered has not stored a new level yet.
         "concurrency_level": conn
-            .query_row("SELECT concurrency FROM main._attachments_config WHERE id = 1", [], |r| r.get::<_, Option<i64>>(0))
+            .query_row(
+                "SELECT max(1, min(concurrency, coalesce(json_extract(config, '$.max_concurrency'), 32)))
+                 FROM main._attachments_config WHERE id = 1",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )
             .unwrap_or(None),
         "paused": paused(conn),
         "active": active,

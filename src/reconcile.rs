@@ -396,7 +396,8 @@ pub fn reconcile(conn: &Connection, config: &Config, now: i64, force: bool) -> R
 }
 
 /// The referenced ids in `scope` (an `AND ...` on `id`), one row each: (id, filename,
-/// media_type, meta_data, download, priority). Watches that agree on nothing: the
+/// media_type, meta_data, download, priority), from the references of existing watches
+/// (a row a hand edit left for another name counts for nothing). Watches that agree on nothing: the
 /// smallest file name wins; the file name is NULL when id or extension is unsafe; the
 /// most generous policy wins (downloaded if any watch downloads it, highest priority).
 pub fn referenced(scope: &str) -> String {
@@ -404,7 +405,7 @@ pub fn referenced(scope: &str) -> String {
     format!(
         "SELECT id, min(filename) AS filename, coalesce(max(media_type), min(guessed_type)) AS media_type,
                 max(meta_data) AS meta_data, max(download) AS download, max(priority) AS priority
-         FROM main._attachments_ref WHERE 1 {scope} GROUP BY id"
+         FROM main._attachments_ref WHERE watch IN (SELECT name FROM main._attachments_watch) {scope} GROUP BY id"
     )
 }
 

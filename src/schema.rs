@@ -75,6 +75,15 @@ pub fn ensure(conn: &Connection, table: &str) -> Result<()> {
     if stored == Some(SCHEMA_VERSION) && queue_exists {
         return Ok(());
     }
+    if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+        // A read-only connection (Datasette, `mode=ro`) cannot migrate: say what to do
+        // instead of SQLite's "attempt to write a readonly database".
+        return Err(Error::Misuse(format!(
+            "this database is at schema {} and this build needs {SCHEMA_VERSION}; a read-only connection cannot \
+             upgrade it: open it writable once (attachment_init, or any sync pass) first",
+            stored.map_or_else(|| "0".to_string(), |v| v.to_string())
+        )));
+    }
     // Missing tables are created (a new database; a new queue table after `table`
     // changed), then every migration they have not had, each idempotent.
     create_tables(conn, table)?;

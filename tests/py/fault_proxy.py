@@ -273,4 +273,10 @@ class Proxy(BaseHTTPRequestHandler):
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = handle_any
 
 
-ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Proxy).serve_forever()
+class Server(ThreadingHTTPServer):
+    # Python's default listen backlog is 5: a client opening a few dozen connections at once
+    # (the worker doubling its transfers in flight) would see resets no real server gives.
+    request_queue_size = 128
+
+
+Server(("127.0.0.1", int(os.environ["PORT"])), Proxy).serve_forever()

@@ -77,6 +77,31 @@ class Transitions(Case):
         self.assertEqual(one(b, "SELECT count(*) FROM users"), 2)
         self.assertEqual(one(b, "SELECT count(*) FROM attachments WHERE id LIKE 'aaaaaaaa-%'"), 2)
 
+    def test_references_of_a_watch_that_does_not_exist_count_for_nothing_with_one_watch_or_two(self):
+        for watches in (1, 2):
+            with self.subTest(watches=watches):
+                b = self.app(f"ghost{watches}")
+                if watches == 2:
+                    b.execute("CREATE TABLE other(x TEXT)")
+                    b.execute("SELECT attachment_watch('other', 'SELECT x AS id, ''bin'' AS file_extension FROM other')")
+                self.sync(b)
+                # A hand edit: a reference of no watch, noted as changed.
+                b.execute("INSERT INTO _attachments_ref(watch, id, file_extension, filename, download, priority) "
+                          "VALUES ('ghost', 'f7', 'bin', 'f7.bin', 1, 0)")
+                b.execute("INSERT INTO _attachments_delta VALUES ('f7')")
+                self.assertEqual(json.loads(one(b, "SELECT attachment_reconcile()"))["queued_downloads"], 0)
+                self.assertEqual(one(b, "SELECT count(*) FROM attachments WHERE id = 'f7'"), 0)
+
+    def test_the_level_shown_stays_within_a_lowered_max_concurrency(self):
+        a = self.device("a")
+        for _ in range(3):
+            one(a, "SELECT attachment_save(x'01', 'bin')")
+        self.sync(a)
+        a.execute("UPDATE _attachments_config SET concurrency = 8")  # as a pass under a higher bound left it
+        one(a, "SELECT attachment_init(?)", json.dumps({"local_dir": "files-a", "remote": f"file://{self.remote}",
+                                                        "max_concurrency": 2}))
+        self.assertEqual(json.loads(one(a, "SELECT attachment_progress()"))["concurrency_level"], 2)
+
     def test_upload_failure_stays_queued_with_attempt_error_and_backoff(self):
         a = self.device("a", remote="http://127.0.0.1:9/nothing-listens/")
         id_ = one(a, "SELECT attachment_save(x'0102', 'bin')")

@@ -9,7 +9,7 @@ import shutil
 import sqlite3
 import unittest
 
-from helpers import ROOT, Case, connect, files_in, one
+from helpers import LIB, ROOT, Case, connect, files_in, one
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 SYNCED, ARCHIVED = "e293846e-218d-4f01-ac98-ee130bccc730", "b96ff28d-292b-40c0-b3f2-0692ad455f06"
@@ -151,6 +151,18 @@ class Upgrade(Case):
                 c.execute(f"SELECT {fn}", (ids[0],) if "?" in fn else ())
                 c.close()
                 os.remove(fresh)
+
+    def test_f_a_read_only_connection_says_the_database_needs_a_writable_open_first(self):
+        # Datasette and `mode=ro` readers of a database an earlier build wrote: functions that
+        # would migrate cannot, and say what to do instead of "attempt to write a readonly database".
+        ro = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        ro.enable_load_extension(True)
+        ro.load_extension(LIB)
+        with self.assertRaises(sqlite3.Error) as e:
+            ro.execute("SELECT attachment_cache()").fetchone()
+        self.assertIn("read-only connection cannot upgrade it", str(e.exception))
+        self.assertIn("attachment_init", str(e.exception))
+        self.assertEqual(self.schema_version(), 1)
 
     def test_d_a_newer_schema_is_refused(self):
         self.plain("UPDATE _attachments_config SET schema_version = 999")
