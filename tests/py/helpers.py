@@ -43,7 +43,16 @@ class Case(unittest.TestCase):
                 conn.execute("SELECT attachment_stop_sync()")
             except Exception:
                 pass
-        self._tmp.cleanup()
+        # A stopped pass's transfer notices the stop within its next read slice (100 ms) and may
+        # keep its partial file then: a folder removed at that moment can gain a file meanwhile.
+        for attempt in range(20):
+            try:
+                self._tmp.cleanup()
+                return
+            except OSError:
+                if attempt == 19:
+                    raise
+                time.sleep(0.1)
 
     def device(self, name, **config):
         conn = connect(os.path.join(self.dir, f"{name}.db"))
