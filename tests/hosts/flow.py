@@ -65,8 +65,12 @@ while one(a, "SELECT state FROM attachments WHERE id = (SELECT photo_id FROM use
     time.sleep(0.05)
 # A progress bar fed by attachment_progress() while the worker moves three files.
 import io  # noqa: E402
+# They are saved in one transaction: done counts restart whenever the queue drains, and the
+# worker may finish one file before a separate save of the next commits.
+a.execute("BEGIN IMMEDIATE")
 for i in range(3):
     a.execute("INSERT INTO users VALUES (?, attachment_save(?, 'jpg'))", (10 + i, os.urandom(300_000)))
+a.execute("COMMIT")
 shown = io.StringIO()
 last = sqlite_attachments.progress_bar(a, interval=0.05, file=shown, timeout=30)
 assert not last["active"] and last["upload"]["files_queued"] == 0, last

@@ -41,7 +41,9 @@ function device(name) {
     await new Promise((r) => setTimeout(r, 50));
   }
   // A plain progress line fed by attachment_progress() while the worker moves three files.
-  for (let i = 0; i < 3; i += 1) save(a, 10 + i, require('crypto').randomBytes(300000));
+  // They are saved in one transaction: done counts restart whenever the queue drains, and
+  // the worker may finish one file before a separate save of the next commits.
+  a.transaction(() => { for (let i = 0; i < 3; i += 1) save(a, 10 + i, require('crypto').randomBytes(300000)); })();
   const lines = [];
   const last = await attachments.watchProgress(a, { interval: 50, onLine: (line) => lines.push(line), timeout: 30000 });
   assert.ok(!last.active && last.upload.files_queued === 0, JSON.stringify(last));
