@@ -393,13 +393,14 @@ fn transfer(
     let paused = failure.is_some()
         && (crate::throttle::of(&syncer.db_file).paused()
             || conn.query_row("SELECT paused FROM main._attachments_config WHERE id = 1", [], |r| r.get::<_, bool>(0)).unwrap_or(false));
-    let mut summary = Summary::default();
     let mut remove = None;
     let recorded = sync::write(conn, &|| wait.over(), || {
+        let mut summary = Summary::default();
         remove = syncer.record(queue, &job, &outcome, paused, &mut summary)?;
         if matches!(outcome, Outcome::Downloaded { .. }) {
             queue.archive_fetched_if_unreferenced(&id)?;
         }
+        queue.count_done(&summary)?;
         queue.note_if_drained()?;
         crate::progress::sample(conn, &syncer.config.table, now_ms())
     });

@@ -177,6 +177,10 @@ pub fn verify_once(conn: &Connection, db_file: &str, config: &Config, store: &Lo
 pub struct Summary {
     pub uploaded: usize,
     pub downloaded: usize,
+    /// The bytes of the files `uploaded` and `downloaded` counted, for the done counts of
+    /// `attachment_progress()` (recorded once per batch of results).
+    pub uploaded_bytes: u64,
+    pub downloaded_bytes: u64,
     pub deleted: usize,
     pub archived: usize,
     pub expired: usize,
@@ -196,6 +200,8 @@ impl Summary {
     fn add(&mut self, other: &Summary) {
         self.uploaded += other.uploaded;
         self.downloaded += other.downloaded;
+        self.uploaded_bytes += other.uploaded_bytes;
+        self.downloaded_bytes += other.downloaded_bytes;
         self.deleted += other.deleted;
         self.archived += other.archived;
         self.failed += other.failed;
@@ -226,7 +232,8 @@ impl Summary {
 
 /// What a transfer ended in.
 pub enum Outcome {
-    Uploaded,
+    /// The remote holds the complete file of `size` bytes.
+    Uploaded { size: u64 },
     /// Complete and checked under a temp name; published with its batch.
     Downloaded { size: u64, sha256: String, staged: Staged },
     Deleted,
@@ -548,10 +555,11 @@ impl Syncer {
                 remove.extend(self.record(queue, job, outcome, cancelled, &mut counted)?);
                 // An upload now SYNCED may be referenced by nothing: reconciliation left it
                 // alone while it was queued, so it is compared again at the end of the pass.
-                if matches!(outcome, Outcome::Uploaded) && !cancelled {
+                if matches!(outcome, Outcome::Uploaded { .. }) && !cancelled {
                     reconcile::note_uploaded(conn, &job.id)?;
                 }
             }
+            queue.count_done(&counted)?;
             queue.note_if_drained()?;
             crate::progress::sample(conn, &self.config.table, now_ms())
         })?;
@@ -694,7 +702,7 @@ impl Syncer {
         let (file, len, watch) = checked.split();
         self.remote.upload(obj, &crate::crypt::FileSource { file, len }, progress)?;
         match watch.unchanged() {
-            Ok(true) => Ok(Outcome::Uploaded),
+            Ok(true) => Ok(Outcome::Uploaded { size: len }),
             Ok(false) => Err(crate::store::upload_refusal(Error::Argument(format!(
                 "local file {name} changed while it was uploaded; the upload does not count"
             )))),
@@ -753,14 +761,16 @@ impl Syncer {
                 log::info!("{} is busy: {e}; tried again in {} ms", job.id, BUSY_RETRY.as_millis());
                 queue.failed(job, job.attempts, now_ms() + BUSY_RETRY.as_millis() as i64, &e.to_string(), e.resume.as_deref())?;
             }
-            Outcome::Uploaded => {
+            Outcome::Uploaded { size } => {
                 if queue.uploaded(&job.id)? {
                     summary.uploaded += 1;
+                    summary.uploaded_bytes += size;
                 }
             }
             Outcome::Downloaded { size, sha256, .. } => {
                 if queue.downloaded(&job.id, *size, sha256)? {
                     summary.downloaded += 1;
+                    summary.downloaded_bytes += size;
                 } else if !queue.holds_local_copy(&job.id)? {
                     // The row went away or changed while we downloaded: the file is nobody's.
                     remove = Some(job.filename.clone());

@@ -125,7 +125,9 @@ mod tests {
         for _ in 0..10 {
             steer.pay(1 << 20, &|| false).unwrap();
         }
-        assert!(started.elapsed() < Duration::from_millis(100));
+        // Bounds with room for a loaded machine: the paced part's lower bound is what fails
+        // if the cap does nothing.
+        assert!(started.elapsed() < Duration::from_millis(1000));
         steer.set_rate(Some(400_000));
         let started = Instant::now();
         // 100 KB of burst, then 200 KB more at 400 KB/s: about half a second.
@@ -133,7 +135,7 @@ mod tests {
             steer.pay(100_000, &|| false).unwrap();
         }
         let took = started.elapsed();
-        assert!(took >= Duration::from_millis(400) && took < Duration::from_millis(900), "{took:?}");
+        assert!(took >= Duration::from_millis(400) && took < Duration::from_millis(3000), "{took:?}");
     }
 
     #[test]

@@ -573,9 +573,6 @@ impl<'c> QueueTable<'c> {
             ),
             params![id, now_ms(), self.owner],
         )?;
-        if n > 0 {
-            self.count_done(id, 1, 0)?;
-        }
         Ok(n > 0)
     }
 
@@ -591,9 +588,6 @@ impl<'c> QueueTable<'c> {
             ),
             params![id, size as i64, sha256, now_ms(), self.owner],
         )?;
-        if n > 0 {
-            self.count_done(id, 0, 1)?;
-        }
         Ok(n > 0)
     }
 
@@ -688,26 +682,25 @@ impl<'c> QueueTable<'c> {
         )?)
     }
 
-    /// Counts a finished transfer (`uploads`, `downloads`: 0 or 1) toward what
-    /// `attachment_progress()` shows as done, in the transaction that records it. The first
-    /// result after the queue was seen empty starts the counts again.
-    fn count_done(&self, id: &str, uploads: i64, downloads: i64) -> Result<()> {
-        let t = &self.t;
-        let size = format!("coalesce((SELECT size FROM main.{t} WHERE id = ?1), 0)");
+    /// Counts the transfers a batch of results finished toward what `attachment_progress()`
+    /// shows as done, in the transaction that records them: one statement per batch. The
+    /// first result after the queue was seen empty starts the counts again.
+    pub fn count_done(&self, done: &crate::sync::Summary) -> Result<()> {
+        if done.uploaded + done.downloaded == 0 {
+            return Ok(());
+        }
         // language=SQLite
         self.exec(
-            &format!(
-                "UPDATE main._attachments_progress SET
-                     upload_files = CASE WHEN drained = 1 THEN 0 ELSE upload_files END + ?2,
-                     upload_bytes = CASE WHEN drained = 1 THEN 0 ELSE upload_bytes END + ?2 * {size},
-                     download_files = CASE WHEN drained = 1 THEN 0 ELSE download_files END + ?3,
-                     download_bytes = CASE WHEN drained = 1 THEN 0 ELSE download_bytes END + ?3 * {size},
-                     samples = CASE WHEN drained = 1 THEN '[]' ELSE samples END,
-                     since = CASE WHEN drained = 1 OR since IS NULL THEN ?4 ELSE since END,
-                     drained = 0
-                 WHERE id = 1"
-            ),
-            params![id, uploads, downloads, now_ms()],
+            "UPDATE main._attachments_progress SET
+                 upload_files = CASE WHEN drained = 1 THEN 0 ELSE upload_files END + ?1,
+                 upload_bytes = CASE WHEN drained = 1 THEN 0 ELSE upload_bytes END + ?2,
+                 download_files = CASE WHEN drained = 1 THEN 0 ELSE download_files END + ?3,
+                 download_bytes = CASE WHEN drained = 1 THEN 0 ELSE download_bytes END + ?4,
+                 samples = CASE WHEN drained = 1 THEN '[]' ELSE samples END,
+                 since = CASE WHEN drained = 1 OR since IS NULL THEN ?5 ELSE since END,
+                 drained = 0
+             WHERE id = 1",
+            params![done.uploaded as i64, done.uploaded_bytes as i64, done.downloaded as i64, done.downloaded_bytes as i64, now_ms()],
         )?;
         Ok(())
     }

@@ -195,14 +195,16 @@ mod tests {
         struct Slow;
         impl Read for Slow {
             fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(100));
                 buf[0] = 0;
                 Ok(1)
             }
         }
-        let limits = Limits { min_rate: 1000, min_rate_window: Duration::from_millis(50), ..Limits::default() };
+        // The window leaves room for the test thread being descheduled between two reads
+        // (counted against an upload's server) on a loaded machine.
+        let limits = Limits { min_rate: 1000, min_rate_window: Duration::from_millis(300), ..Limits::default() };
         let mut buf = [0u8; 8];
-        // A download whose server sends a byte per 20 ms is cut...
+        // A download whose server sends a byte per 100 ms is cut...
         let mut down = RateReader::new(Slow, &limits, Pace::InsideReads);
         assert!((0..10).map(|_| down.read(&mut buf)).any(|r| r.is_err()));
         // ...while an upload whose own file reads are slow (our time, not the server's) is not.

@@ -248,7 +248,9 @@ class HttpWebDav(FetchContract, Case):
             b = self.app("b", port=proxy.port)
             b.execute("INSERT INTO users VALUES (1, ?)", (file_id,))
             with self.assertRaisesRegex(sqlite3.OperationalError, "timeout"):
-                b.execute("SELECT attachment_fetch(?, 300)", (file_id,))
+                # Long enough on a slow machine for the claim, the proxy's 200 and its half of
+                # the body to land: the stall after it makes the timeout certain anyway.
+                b.execute("SELECT attachment_fetch(?, 3000)", (file_id,))
             self.assertEqual(b.execute("SELECT attempts, last_error FROM attachments").fetchone(), (0, None))
             # The first transfer, stalled mid-body, stopped when its fetch gave up and kept
             # its half: the next fetch asks for the rest only (the proxy stalls only 200s).
@@ -754,12 +756,16 @@ class ErrorsPeopleCanActOn(Case):
                 c = sqlite3.connect({os.path.join(self.dir, 'a.db')!r}, isolation_level=None, timeout=30)
                 c.enable_load_extension(True); c.load_extension({LIB!r})
                 c.execute("SELECT attachment_start_sync()")
+                print("started", flush=True)
                 while not os.path.exists({stop!r}):
                     time.sleep(0.05)
                 c.execute("SELECT attachment_stop_sync()")
-            """)], env=os.environ)
+            """)], env=os.environ, stdout=subprocess.PIPE, text=True)
             try:
-                time.sleep(1)  # the worker runs, and leaves the given-up row alone
+                # The child's worker runs (however long the child took to start), and
+                # leaves the given-up row alone.
+                self.assertEqual(child.stdout.readline().strip(), "started")
+                time.sleep(1)
                 self.assertEqual(one(a, "SELECT state_name FROM attachment_queue"), "ARCHIVED")
                 os.makedirs(os.path.join(self.www, "r"), exist_ok=True)
                 with open(os.path.join(self.www, "r", "late-file.bin"), "wb") as f:
@@ -774,7 +780,7 @@ class ErrorsPeopleCanActOn(Case):
                 child.wait(30)
         finally:
             os.environ.pop("ATTACHMENTS_HTTP_TOKEN")
-        self.assertLess(elapsed, 3.0, "at once, not at the next period")
+        self.assertLess(elapsed, 5.0, "at once, not at the next period")
         self.assertEqual(a.execute("SELECT attempts, last_error, given_up FROM attachment_queue").fetchone(), (0, None, 0))
 
     def test_a_pass_that_cannot_run_says_why_in_progress(self):

@@ -7,6 +7,7 @@ Nothing truncated, redirected or re-encoded may ever become SYNCED, every
 failure carries its class, and no pass waits longer than the transport's
 timeouts (shortened here by SQLITE_ATTACHMENTS_TEST_TIMEOUTS)."""
 import email.utils
+import fcntl
 import glob
 import json
 import os
@@ -302,9 +303,20 @@ class HttpServer(Hostile):
             self.assertLess(time.monotonic(), deadline, "the worker's GET never came")
             time.sleep(0.02)
         b.execute("SELECT attachment_stop_sync()")
-        # The stopped worker's transfer is still blocked on the silent server (until the
-        # stall timeout) and holds the partial file: this pass must wait, not fail.
-        self.sync(b)
+        # A transfer the stop left running holds the partial file's lock. The stopped
+        # thread notices the stop within a read slice (100 ms), keeps or removes its partial
+        # file and lets go; for a window that does not depend on the machine's speed, the
+        # lock is then held here as such a transfer holds it (flock locks of two open files
+        # conflict in one process too): this pass must wait, not fail.
+        partial = os.path.join(self.dir, "files-busy", f".{photo}.bin.partial")
+        while True:
+            held = open(partial, "ab")
+            fcntl.flock(held, fcntl.LOCK_EX)  # waits for the stopped thread to let go
+            if os.path.exists(partial) and os.stat(partial).st_ino == os.fstat(held.fileno()).st_ino:
+                break
+            held.close()  # it removed the file we opened: open the name again
+        with held:
+            self.sync(b)
         attempts, next_at, error = b.execute("SELECT attempts, next_attempt_at, last_error FROM attachment_queue").fetchone()
         self.assertEqual(attempts, 0, error)
         self.assertIn("busy", error)

@@ -8,6 +8,10 @@ import unittest
 
 from helpers import Case, connect, one, files_in
 
+# How long a share of the expiring-reference tests lives: long enough that saving, watching
+# and the first sync (two fsyncs, verify) fit in it on a slow machine.
+EXPIRES = 3.0
+
 POSTS = "CREATE TABLE posts(id INTEGER PRIMARY KEY, data TEXT)"
 PHOTOS = ("SELECT attachment_watch('photos', "
           "'SELECT json_extract(data, ''$.photo'') AS id, ''txt'' AS file_extension FROM posts')")
@@ -274,24 +278,24 @@ class WatchesNeverGoBlind(Fixture):
 
     def test_an_explicit_sync_reruns_every_watch(self):
         a = self.device("a")
-        file = self._expiring(a, 1.0)
-        time.sleep(1.5)
+        file = self._expiring(a, EXPIRES)
+        time.sleep(EXPIRES + 0.5)
         self.assertEqual(self.sync(a)["archived"], 1)
         self.assertEqual(self.state(a, file), "ARCHIVED")
 
     def test_refresh_ms_reruns_a_time_dependent_watch(self):
         a = self.device("a")
-        file = self._expiring(a, 1.0, {"refresh_ms": 500})
+        file = self._expiring(a, EXPIRES, {"refresh_ms": 500})
         self.assertEqual(self.watches(a)["shares"]["options"], '{"refresh_ms":500}')
-        time.sleep(1.5)
+        time.sleep(EXPIRES + 0.5)
         self.assertEqual(json.loads(one(a, "SELECT attachment_reconcile()"))["archived"], 1)
         self.assertEqual(self.state(a, file), "ARCHIVED")
 
     def test_without_refresh_ms_an_idle_watch_is_not_rerun(self):
         a = self.device("a")
-        file = self._expiring(a, 1.0)
+        file = self._expiring(a, EXPIRES)
         run = self.watches(a)["shares"]["last_run"]
-        time.sleep(1.5)
+        time.sleep(EXPIRES + 0.5)
         self.assertEqual(json.loads(one(a, "SELECT attachment_reconcile()"))["archived"], 0)
         self.assertEqual(self.watches(a)["shares"]["last_run"], run)
         self.assertEqual(self.state(a, file), "SYNCED")
@@ -386,7 +390,7 @@ class FindingsOfTheFirstReview(Fixture):
         os.environ["SQLITE_ATTACHMENTS_RECHECK_MS"] = "500"
         try:
             a = self.device("a", sync_interval_ms=200)
-            file = self._expiring(a, 1.0)
+            file = self._expiring(a, EXPIRES)
             self.assertEqual(one(a, "SELECT attachment_start_sync()"), 1)
             self.started.append(a)
             deadline = time.time() + 10
