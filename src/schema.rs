@@ -117,7 +117,46 @@ fn stored_version(conn: &Connection) -> Result<Option<i64>> {
 }
 
 fn table_exists(conn: &Connection, table: &str) -> Result<bool> {
-    Ok(conn.query_row("SELECT count(*) FROM main.sqlite_schema WHERE type = 'table' AND name = ?1", [table], |r| r.get::<_, i64>(0))? > 0)
+    // Names are case-insensitive to SQLite: `Attachments` is the table `attachments`.
+    Ok(conn.query_row(
+        "SELECT count(*) FROM main.sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+        [table],
+        |r| r.get::<_, i64>(0),
+    )? > 0)
+}
+
+/// Refuses a queue table name that the app already uses for something else: one of its
+/// own tables, a view, an index (in any letter case). Otherwise `attachment_init` would
+/// fail half-way on "no such column" or "already exists". A queue table an earlier
+/// `attachment_init` made is accepted.
+pub fn check_queue_name(conn: &Connection, table: &str) -> Result<()> {
+    let found: Option<(String, String)> = conn
+        .query_row(
+            "SELECT type, name FROM main.sqlite_schema WHERE name = ?1 COLLATE NOCASE AND type IN ('table', 'view', 'index')",
+            [table],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((kind, existing)) = found else { return Ok(()) };
+    if kind == "table" {
+        // The columns every layout of the queue has had since the first.
+        let queue_columns: i64 = conn.query_row(
+            "SELECT count(*) FROM main.pragma_table_info(?1) WHERE name IN ('id', 'filename', 'local_uri', 'state', 'has_synced')",
+            [&existing],
+            |r| r.get(0),
+        )?;
+        if queue_columns == 5 {
+            return Ok(());
+        }
+    }
+    let spelled = if existing != table { format!(" (as '{existing}')") } else { String::new() };
+    Err(Error::config(
+        "table",
+        format!(
+            "'{table}' already names a {kind} of this database{spelled}, not an attachments queue table; \
+             choose another name, like the default 'attachments'"
+        ),
+    ))
 }
 
 /// Adds `column` to `table` unless it is there.

@@ -55,6 +55,7 @@ fn init(ctx: &Context) -> Result<String> {
         Err(Error::NotInitialized) => None,
         Err(e) => return Err(e),
     };
+    schema::check_queue_name(&conn, &config.table)?;
     ownership::check_claim(&conn, db_file, &dir, &config.table)?;
     let store = LocalStore::create(dir)?;
     schema::ensure(&conn, &config.table)?;

@@ -186,6 +186,30 @@ class Surface(Case):
         with self.assertRaisesRegex(Exception, "needs a database file"):
             conn.execute("SELECT attachment_sync()")
 
+    def test_a_queue_table_name_the_app_already_uses_is_refused_before_anything_is_written(self):
+        # A user pointing `table` at one of their own tables (or views), in any letter case,
+        # gets told so, and the database is left as it was: no half-made setup.
+        for kind, ddl, name in (("table", "CREATE TABLE Photos(id INTEGER PRIMARY KEY, name TEXT)", "photos"),
+                                ("view", "CREATE VIEW photos AS SELECT 1 AS id", "photos"),
+                                ("index", "CREATE TABLE p2(x); CREATE INDEX photos ON p2(x)", "photos")):
+            with self.subTest(kind):
+                path = os.path.join(self.dir, f"taken-{kind}.db")
+                conn = connect(path)
+                conn.executescript(ddl)
+                before = conn.execute("SELECT type, name FROM sqlite_schema ORDER BY name").fetchall()
+                cfg = {"local_dir": f"files-{kind}", "remote": f"file://{self.remote}", "table": name}
+                with self.assertRaisesRegex(Exception, rf"'table'.*'{name}' already names a {kind} of this database.*not an attachments queue table"):
+                    conn.execute("SELECT attachment_init(?)", (json.dumps(cfg),))
+                self.assertEqual(conn.execute("SELECT type, name FROM sqlite_schema ORDER BY name").fetchall(), before)
+                self.assertFalse(os.path.exists(os.path.join(self.dir, f"files-{kind}")))
+                # The same name, once free, works; and a queue table made by the extension
+                # is of course accepted again (a second init).
+                conn.executescript(f"DROP {kind.upper()} photos")
+                conn.execute("SELECT attachment_init(?)", (json.dumps(cfg),))
+                conn.execute("SELECT attachment_init(?)", (json.dumps(cfg),))
+                self.assertEqual(one(conn, "SELECT count(*) FROM photos"), 0)
+                conn.close()
+
 
 if __name__ == "__main__":
     unittest.main()
