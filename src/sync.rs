@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use serde_json::{json, Value};
 
 use crate::cache;
@@ -293,7 +293,13 @@ impl Syncer {
         let max_threads = self.config.max_concurrency.max(1) as usize;
         let steer = throttle::of(&self.db_file);
         refresh_steering(conn, &self.db_file)?;
-        let mut adapt = Adaptive::new(&self.db_file, max_threads);
+        // A process's first pass starts from the level the database last recorded (the
+        // link this device was on a moment ago is the best guess for the link it is on).
+        let stored: Option<i64> = conn
+            .query_row("SELECT concurrency FROM main._attachments_config WHERE id = 1", [], |r| r.get(0))
+            .optional()?
+            .flatten();
+        let mut adapt = Adaptive::new(&self.db_file, max_threads, stored.filter(|&n| n > 0).map(|n| n as usize));
         let gate = Arc::new(Gate::new(adapt.level()));
         let mut published_level = None;
         let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();

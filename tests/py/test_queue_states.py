@@ -102,6 +102,16 @@ class Transitions(Case):
                                                         "max_concurrency": 2}))
         self.assertEqual(json.loads(one(a, "SELECT attachment_progress()"))["concurrency_level"], 2)
 
+    def test_a_process_starts_at_the_level_the_database_recorded(self):
+        # What a pass of another process (or of this app before a restart) learnt about the
+        # link is where this process's first pass starts, not the blind default.
+        a = self.device("a")
+        a.execute("UPDATE _attachments_config SET concurrency = 3")
+        for _ in range(3):
+            one(a, "SELECT attachment_save(x'01', 'bin')")
+        self.assertEqual(self.sync(a)["uploaded"], 3)
+        self.assertEqual(json.loads(one(a, "SELECT attachment_progress()"))["concurrency_level"], 3)
+
     def test_upload_failure_stays_queued_with_attempt_error_and_backoff(self):
         a = self.device("a", remote="http://127.0.0.1:9/nothing-listens/")
         id_ = one(a, "SELECT attachment_save(x'0102', 'bin')")
