@@ -367,8 +367,8 @@ impl Syncer {
                 // Claimed and noted as held in one step, so another pass of this process
                 // never takes these rows for stale in between (see release_stale_own_claims).
                 let claiming_lock = CLAIMING.lock().unwrap_or_else(|e| e.into_inner());
-                let jobs = match queue.any_claimable(last_rowid)? {
-                    true => try_write(conn, || queue.claim(last_rowid, capacity - unfinished, lease.as_millis() as i64))?,
+                let jobs = match queue.any_claimable(last_rowid, started)? {
+                    true => try_write(conn, || queue.claim(last_rowid, started, capacity - unfinished, lease.as_millis() as i64))?,
                     false => Some(Vec::new()),
                 };
                 for job in jobs.iter().flatten() {

@@ -8,7 +8,7 @@
 //! Every method runs in the caller's transaction.
 
 use crate::connection::{exec_cached, query_row_cached};
-use rusqlite::{params, Connection};
+use rusqlite::{named_params, params, Connection};
 
 use super::{now_ms, State};
 use crate::error::Result;
@@ -425,10 +425,12 @@ impl<'c> QueueTable<'c> {
     /// again, even when their lease has lapsed (a renewal may be late; the transfer is
     /// still ours). Rows whose id or filename is not TEXT (edited by hand) are never
     /// claimed: they cannot name a file, and reading them would fail the whole pass.
+    /// Rows due by `:due_by` (the pass's start: a row that fails during a pass waits for
+    /// the next one, however short its backoff) whose claims, if any, lapsed by `:now`.
     fn claimable(&self) -> String {
         format!(
-            "state IN {QUEUED} AND next_attempt_at <= ?2 AND rowid <= ?1
-             AND (claimed_until IS NULL OR claimed_until < ?2) AND claimed_by IS NOT ?3
+            "state IN {QUEUED} AND next_attempt_at <= :due_by AND rowid <= :last_rowid
+             AND (claimed_until IS NULL OR claimed_until < :now) AND claimed_by IS NOT :owner
              AND typeof(id) = 'text' AND typeof(filename) = 'text'"
         )
     }
@@ -440,11 +442,11 @@ impl<'c> QueueTable<'c> {
     }
 
     /// Whether any row is claimable: a read, so an idle pass takes no write lock.
-    pub fn any_claimable(&self, last_rowid: i64) -> Result<bool> {
+    pub fn any_claimable(&self, last_rowid: i64, due_by: i64) -> Result<bool> {
         let t = &self.t;
         Ok(self.query_row(
             &format!("SELECT EXISTS (SELECT 1 FROM main.{t} WHERE {})", self.claimable()),
-            params![last_rowid, now_ms(), self.owner],
+            named_params! {":last_rowid": last_rowid, ":now": now_ms(), ":owner": self.owner, ":due_by": due_by},
             |r| r.get(0),
         )?)
     }
@@ -452,14 +454,14 @@ impl<'c> QueueTable<'c> {
     /// Claims up to `limit` rows for `lease_ms`: the highest priority first (the most
     /// generous watch referencing the row), then uploads (their files exist nowhere
     /// else), then downloads, then deletes, oldest first.
-    pub fn claim(&self, last_rowid: i64, limit: usize, lease_ms: i64) -> Result<Vec<Job>> {
+    pub fn claim(&self, last_rowid: i64, due_by: i64, limit: usize, lease_ms: i64) -> Result<Vec<Job>> {
         let t = &self.t;
         let now = now_ms();
         // language=SQLite
         let sql = format!(
             "SELECT id, filename, local_uri, state, media_type, sha256, attempts, upload_resume
              FROM main.{t} INDEXED BY {}
-             WHERE {} ORDER BY priority DESC, state, timestamp LIMIT ?4",
+             WHERE {} ORDER BY priority DESC, state, timestamp LIMIT :limit",
             crate::schema::claim_index(&self.table),
             self.claimable()
         );
@@ -476,7 +478,7 @@ impl<'c> QueueTable<'c> {
             other => other?,
         };
         let jobs: Vec<Job> = select
-            .query_map(params![last_rowid, now, self.owner, limit as i64], |r| {
+            .query_map(named_params! {":last_rowid": last_rowid, ":now": now, ":owner": self.owner, ":due_by": due_by, ":limit": limit as i64}, |r| {
                 Ok((
                     r.get::<_, i64>(3)?,
                     Job {
