@@ -26,6 +26,7 @@ mod sql;
 mod store;
 mod sync;
 mod throttle;
+mod upload_source;
 mod verify;
 mod watch;
 mod worker;

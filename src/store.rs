@@ -85,6 +85,9 @@ pub struct Checked {
     /// Still open after `file` is handed to the remote, to see whether it changed meanwhile.
     watch: File,
     stamp: Stamp,
+    /// The SHA-256 a big file is still to be checked against while it is sent (see
+    /// `upload_source`); None when it was checked here.
+    pending: Option<String>,
 }
 
 /// What changes whenever a file's content does: ctime cannot be set back by its owner.
@@ -112,9 +115,10 @@ impl Checked {
         Ok(stamp(&self.watch.metadata()?) == self.stamp)
     }
 
-    /// The file to send (rewound), its length, and the watch to ask once it is sent.
-    pub fn split(self) -> (File, u64, ChangeWatch) {
-        (self.file, self.len, ChangeWatch { file: self.watch, stamp: self.stamp })
+    /// The file to send (rewound), its length, the watch to ask once it is sent, and the
+    /// SHA-256 to check it against while it is sent, if it was not checked yet.
+    pub fn split(self) -> (File, u64, ChangeWatch, Option<String>) {
+        (self.file, self.len, ChangeWatch { file: self.watch, stamp: self.stamp }, self.pending)
     }
 }
 
@@ -214,12 +218,19 @@ impl LocalStore {
     }
 
     /// Opens `filename` for upload and checks its bytes against `sha256` (recorded at save).
-    /// Hashes first (S3 multipart reads parts by position), then hands the file over rewound.
-    /// None when the file is gone (and the folder is there).
+    /// Hashes first, then hands the file over rewound; a file of at least
+    /// `CHECK_WHILE_SENDING` bytes is handed over unchecked, with the SHA-256 to check it
+    /// against while it is sent (`upload_source`). None when the file is gone (and the
+    /// folder is there).
     pub fn open_checked(&self, filename: &str, sha256: Option<&str>) -> Result<Option<Checked>> {
         let Some((mut file, _)) = self.open_file(filename)? else { return Ok(None) };
         let path = self.path(filename)?;
-        let before = stamp(&file.metadata().map_err(|e| Error::io(&path, e))?);
+        let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
+        let before = stamp(&meta);
+        if let Some(want) = sha256.filter(|_| meta.len() >= crate::upload_source::CHECK_WHILE_SENDING) {
+            let watch = file.try_clone().map_err(|e| Error::io(&path, e))?;
+            return Ok(Some(Checked { file, len: meta.len(), watch, stamp: before, pending: Some(want.to_string()) }));
+        }
         let got = hash_reader(&mut file).map_err(|e| Error::io(&path, e))?;
         if let Some(want) = sha256.filter(|w| !w.eq_ignore_ascii_case(&got.sha256)) {
             return Err(Error::Argument(format!(
@@ -229,7 +240,7 @@ impl LocalStore {
         }
         let watch = file.try_clone().map_err(|e| Error::io(&path, e))?;
         file.rewind().map_err(|e| Error::io(&path, e))?;
-        let checked = Checked { file, len: got.size, watch, stamp: before };
+        let checked = Checked { file, len: got.size, watch, stamp: before, pending: None };
         if !checked.unchanged().map_err(|e| Error::io(&path, e))? {
             return Err(Error::Argument(format!("local file {filename} changed while it was being checked")));
         }

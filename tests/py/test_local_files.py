@@ -52,6 +52,22 @@ class Integrity(Case):
         self.sync(a)
         self.assert_refused(a, att)
 
+    def test_a_big_file_whose_bytes_changed_is_not_uploaded_though_checked_while_sent(self):
+        # 9 MiB: checked on a thread of its own while it is copied; the copy never completes.
+        for where in (0, 9 * 1024 * 1024 - 1):
+            with self.subTest(byte=where):
+                data = os.urandom(9 * 1024 * 1024)
+                a, att, path = self.saved(data)
+                with open(path, "r+b") as f:
+                    f.seek(where)
+                    f.write(bytes([data[where] ^ 0xFF]))
+                self.sync(a)
+                self.assert_refused(a, att)
+                self.assertEqual([n for n in os.listdir(self.remote) if att in n], [], "no temp file left either")
+                a.close()
+                shutil.rmtree(os.path.join(self.dir, "files-a"))
+                os.remove(os.path.join(self.dir, "a.db"))
+
     def test_same_size_other_bytes_is_refused_too(self):
         a, att, path = self.saved(b"A" * 100_000)
         with open(path, "r+b") as f:

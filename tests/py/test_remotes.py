@@ -56,6 +56,30 @@ class RemoteContract:
         self.assertEqual(one(b, "SELECT attachment_data(?)", photo), data)
         self.assertEqual(one(b, "SELECT sha256 FROM attachments"), hashlib.sha256(data).hexdigest())
 
+    def test_a_big_file_changed_after_saving_is_never_stored_and_goes_up_once_restored(self):
+        # Big files are checked while they are sent: their last bytes wait for the check
+        # (one PUT cut short), or every part does (S3 multipart above 16 MiB).
+        a = self.device("a")
+        data = bytearray(os.urandom(20 * MiB))
+        a.execute("INSERT INTO users VALUES (1, attachment_save(?, 'bin'))", (bytes(data),))
+        photo, path = a.execute("SELECT photo_id, attachment_local_uri(photo_id) FROM users").fetchone()
+        with open(path, "r+b") as f:
+            f.seek(len(data) - 1)
+            f.write(bytes([data[-1] ^ 1]))  # same size, the last byte differs
+        self.assertEqual(self.sync(a)["uploaded"], 0)
+        state, attempts, error = self.row(a)
+        self.assertEqual(state, "QUEUED_UPLOAD")
+        self.assertRegex(error, "^integrity: .*changed after it was saved")
+        self.assertIsNone(self.stored(photo + ".bin"), "nothing of it is stored")
+        self.assertIsNone(one(a, "SELECT upload_resume FROM attachments"), "nothing to resume from")
+        # The user puts the saved bytes back: the next attempt sends them, whole.
+        with open(path, "r+b") as f:
+            f.seek(len(data) - 1)
+            f.write(bytes([data[-1]]))
+        a.execute("UPDATE attachments SET next_attempt_at = 0")  # skip the long integrity backoff
+        self.assertEqual(self.sync(a)["uploaded"], 1, self.row(a))
+        self.assertEqual(self.stored(photo + ".bin"), bytes(data))
+
     def test_delete_removes_the_remote_object(self):
         a = self.device("a")
         a.execute("INSERT INTO users VALUES (1, attachment_save(x'0102', 'bin'))")
