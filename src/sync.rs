@@ -22,7 +22,7 @@ pub use crate::queue::table::Job;
 use crate::queue::retry::{self, Next, Op};
 use crate::queue::table::QueueTable;
 use crate::queue::{now_ms, State};
-use crate::upload_source::UploadSource;
+use crate::upload_source::{Refusal, UploadSource};
 use crate::reconcile::{self, Reconciled};
 use crate::remote::{self, ErrorClass, ErrorKind, Object, RemoteError, RemoteStorage};
 use crate::publish::Publisher;
@@ -715,18 +715,22 @@ impl Syncer {
         let sent = self.remote.upload(obj, &source, progress);
         // A file that did not check out was never sent whole; parts stored of it (S3) are
         // dropped, never resumed.
+        let refusal = |why: Refusal| match why {
+            Refusal::Changed(why) => crate::store::upload_refusal(Error::Argument(why)),
+            Refusal::Unreadable(why) => RemoteError::local(why),
+        };
         if let Some(why) = source.refused() {
             if let Err(e) = &sent {
                 if let Some(resume) = e.resume.as_deref() {
                     self.remote.abandon(&Object { resume: Some(resume), ..obj.clone() });
                 }
             }
-            return Err(crate::store::upload_refusal(Error::Argument(why)));
+            return Err(refusal(why));
         }
         sent?;
         // Sent whole, so checked whole (the last bytes waited for it); asked again in case a
         // remote sent the file without reading it to its end.
-        source.verdict().map_err(|why| crate::store::upload_refusal(Error::Argument(why)))?;
+        source.verdict().map_err(refusal)?;
         match watch.unchanged() {
             Ok(true) => Ok(Outcome::Uploaded { size: len }),
             Ok(false) => Err(crate::store::upload_refusal(Error::Argument(format!(

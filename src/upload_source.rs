@@ -37,7 +37,7 @@ struct Check {
     want: String,
     name: String,
     digest: Mutex<Option<Receiver<io::Result<String>>>>,
-    verdict: Mutex<Option<Result<(), String>>>,
+    verdict: Mutex<Option<Result<(), Refusal>>>,
     /// Tells the hashing thread to stop when the upload is over (a cancelled transfer).
     done: Arc<AtomicBool>,
 }
@@ -71,13 +71,13 @@ impl UploadSource {
 
     /// Whether the bytes are the saved ones: waits for the hash when it is still running.
     /// `Ok` without a check.
-    pub fn verdict(&self) -> Result<(), String> {
+    pub fn verdict(&self) -> Result<(), Refusal> {
         self.check.as_ref().map_or(Ok(()), Check::verdict)
     }
 
     /// Why the upload was refused, once the check has failed (None while it has not, or
     /// has not finished).
-    pub fn refused(&self) -> Option<String> {
+    pub fn refused(&self) -> Option<Refusal> {
         let check = self.check.as_ref()?;
         check.verdict.lock().ok()?.clone()?.err()
     }
@@ -91,8 +91,25 @@ impl Drop for UploadSource {
     }
 }
 
+/// Why a checked upload was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// The bytes are not the saved ones (`integrity`).
+    Changed(String),
+    /// The file could not be read to check it (`local`: a disk error, not the file's fault).
+    Unreadable(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Changed(why) | Refusal::Unreadable(why) => f.write_str(why),
+        }
+    }
+}
+
 impl Check {
-    fn verdict(&self) -> Result<(), String> {
+    fn verdict(&self) -> Result<(), Refusal> {
         let mut verdict = self.verdict.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(v) = verdict.as_ref() {
             return v.clone();
@@ -104,11 +121,11 @@ impl Check {
         };
         let v = match got {
             Ok(sha256) if sha256 == self.want => Ok(()),
-            Ok(sha256) => Err(format!(
+            Ok(sha256) => Err(Refusal::Changed(format!(
                 "local file {} changed after it was saved: its SHA-256 is {sha256}, not {}; it is not uploaded",
                 self.name, self.want
-            )),
-            Err(e) => Err(format!("local file {} could not be read to check it: {e}", self.name)),
+            ))),
+            Err(e) => Err(Refusal::Unreadable(format!("local file {} could not be read to check it: {e}", self.name))),
         };
         *verdict = Some(v.clone());
         v
@@ -118,7 +135,7 @@ impl Check {
 /// SHA-256 of the whole file, read by position (the sender reads the same file meanwhile).
 fn hash_all(file: &File, stop: &AtomicBool) -> io::Result<String> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; 256 * 1024];
     let mut pos = 0u64;
     loop {
         if stop.load(Ordering::Relaxed) {
@@ -147,7 +164,7 @@ impl Source for UploadSource {
         // A part: nothing of it is sent before the whole file checked out.
         match check.verdict() {
             Ok(()) => inner,
-            Err(why) => Box::new(Refused(why)),
+            Err(why) => Box::new(Refused(why.to_string())),
         }
     }
 }
@@ -165,7 +182,7 @@ impl Read for HeldBack<'_> {
         let n = self.inner.read(buf)?;
         self.pos += n as u64;
         if n > 0 && self.pos >= self.len {
-            self.check.verdict().map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why))?;
+            self.check.verdict().map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why.to_string()))?;
         }
         Ok(n)
     }
@@ -243,7 +260,7 @@ mod tests {
         };
         assert!(given < data.len(), "{given}");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert!(src.refused().unwrap().contains("changed after it was saved"));
+        assert!(matches!(src.refused(), Some(Refusal::Changed(why)) if why.contains("changed after it was saved")));
         // A part waits for the verdict before its first byte.
         assert!(src.reader(0, 1000).read(&mut buf).is_err());
     }
