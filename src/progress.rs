@@ -339,7 +339,7 @@ pub fn feed(conn: &Connection, db_file: &str, table: &str) -> Result<Value> {
         "concurrency_level": conn
             .query_row(
                 "SELECT max(1, min(concurrency, coalesce(json_extract(config, '$.max_concurrency'), 32)))
-                 FROM main._attachments_config WHERE id = 1",
+                 FROM main._attachments_config WHERE id = 1 AND typeof(concurrency) = 'integer'",
                 [],
                 |r| r.get::<_, Option<i64>>(0),
             )

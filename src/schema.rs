@@ -137,6 +137,24 @@ pub fn check_queue_name(conn: &Connection, table: &str) -> Result<()> {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
+    // A TEMP object of that name on this connection would take the unqualified statements
+    // that set up the queue.
+    let temp: Option<String> = conn
+        .query_row(
+            "SELECT type FROM temp.sqlite_schema WHERE name = ?1 COLLATE NOCASE AND type IN ('table', 'view', 'index')",
+            [table],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(kind) = temp {
+        return Err(Error::config(
+            "table",
+            format!(
+                "'{table}' names a TEMP {kind} of this connection, which would hide the queue table; \
+                 drop it first, or choose another name, like the default 'attachments'"
+            ),
+        ));
+    }
     let Some((kind, existing)) = found else { return Ok(()) };
     if kind == "table" {
         // The columns every layout of the queue has had since the first.

@@ -217,17 +217,15 @@ impl LocalStore {
         Ok(Some((file, meta.len())))
     }
 
-    /// Opens `filename` for upload and checks its bytes against `sha256` (recorded at save).
-    /// Hashes first, then hands the file over rewound; a file of at least
-    /// `CHECK_WHILE_SENDING` bytes is handed over unchecked, with the SHA-256 to check it
-    /// against while it is sent (`upload_source`). None when the file is gone (and the
-    /// folder is there).
+    /// Opens `filename` for upload. With the `sha256` recorded at save, the file is handed
+    /// over with it, to be checked as it is sent (`upload_source`); without one (a row of an
+    /// old build), hashed here. None when the file is gone (and the folder is there).
     pub fn open_checked(&self, filename: &str, sha256: Option<&str>) -> Result<Option<Checked>> {
         let Some((mut file, _)) = self.open_file(filename)? else { return Ok(None) };
         let path = self.path(filename)?;
         let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
         let before = stamp(&meta);
-        if let Some(want) = sha256.filter(|_| meta.len() >= crate::upload_source::CHECK_WHILE_SENDING) {
+        if let Some(want) = sha256 {
             let watch = file.try_clone().map_err(|e| Error::io(&path, e))?;
             return Ok(Some(Checked { file, len: meta.len(), watch, stamp: before, pending: Some(want.to_string()) }));
         }
@@ -855,7 +853,9 @@ mod tests {
         assert!(s.existing("x.txt").unwrap().is_none());
         let (w, _) = s.write_from("y.txt", &mut &b"hello"[..]).unwrap();
         assert!(s.open_checked("y.txt", Some(&w.sha256)).unwrap().is_some());
-        assert!(s.open_checked("y.txt", Some(&"00".repeat(32))).is_err());
+        // With a recorded SHA-256 the bytes are checked as they are sent (upload_source).
+        let pending = s.open_checked("y.txt", Some(&"00".repeat(32))).unwrap().unwrap().split().3;
+        assert_eq!(pending, Some("00".repeat(32)));
         fs::remove_dir_all(s.dir()).unwrap();
         assert!(s.existing("y.txt").is_err());
         assert!(s.open_file("y.txt").is_err());

@@ -297,7 +297,12 @@ impl Syncer {
         // A process's first pass starts from the level the database last recorded (the
         // link this device was on a moment ago is the best guess for the link it is on).
         let stored: Option<i64> = conn
-            .query_row("SELECT concurrency FROM main._attachments_config WHERE id = 1", [], |r| r.get(0))
+            // Only an integer counts: a hand edit to text or a blob must not stop every pass.
+            .query_row(
+                "SELECT CASE WHEN typeof(concurrency) = 'integer' THEN concurrency END FROM main._attachments_config WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
             .optional()?
             .flatten();
         let mut adapt = Adaptive::new(&self.db_file, max_threads, stored.filter(|&n| n > 0).map(|n| n as usize));
@@ -708,9 +713,8 @@ impl Syncer {
         };
         let (file, len, watch, pending) = checked.split();
         let source = match pending {
-            Some(want) => UploadSource::checking(file, len, &want, name)
-                .map_err(|e| RemoteError::new(ErrorKind::Transient, format!("local: {name}: {e}")))?,
-            None => UploadSource::checked(file, len),
+            Some(want) => UploadSource::checking(file, len, &want, name),
+            None => UploadSource::unchecked(file, len),
         };
         let sent = self.remote.upload(obj, &source, progress);
         // A file that did not check out was never sent whole; parts stored of it (S3) are

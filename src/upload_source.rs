@@ -1,30 +1,36 @@
 //! The bytes an upload sends are the bytes the save wrote: a file saved with a SHA-256 is
 //! checked against it before its upload can complete.
 //!
-//! Small files are hashed before they are sent ([`crate::store::LocalStore::open_checked`]).
-//! A big file is hashed on a thread of its own while it is sent, instead of in a pass of
-//! its own before (for 1 GiB that pass was 40 % of the upload's CPU, and all of its time
-//! before the first byte left). Nothing incomplete ever counts: a reader of the whole
-//! file holds back its last bytes until the hash is known, so a remote never receives a
-//! complete body that fails the check (an HTTP PUT or a file copy cut short is discarded
-//! by the other side). A reader of a part (S3 multipart, the chunks of encryption) waits
-//! for the hash before its first byte, as the check before sending did: stored parts
-//! must never hold bytes that did not check out, because a later attempt resumes them.
+//! A reader of the whole file (an HTTP or S3 `PUT`, the `file://` copy) hashes the very
+//! bytes it hands over and holds back the last of them until that hash matches, so a
+//! remote never receives a complete body that is not the saved file, even when the file
+//! is written to while it is sent (an HTTP `PUT` or a copy cut short is discarded by the
+//! other side). Big files are hashed on a thread of their own, fed a copy of each piece,
+//! so hashing overlaps the sending instead of taking a pass of its own before it (for
+//! 1 GiB that pass was 40 % of the upload's CPU, and all of its time before the first
+//! byte left). A reader of a part (S3 multipart, the chunks of encryption) waits before its
+//! first byte for a hash of the whole file read on its own, as the check before sending
+//! always did; stored parts are resumed by later attempts and must never hold bytes that
+//! failed it. A change made while parts are sent is seen by the size-and-times comparison
+//! after the upload (the row is not marked SYNCED), not by a hash of the parts sent.
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use sha2::{Digest, Sha256};
 
 use crate::crypt::FileSource;
 use crate::remote::Source;
 
-/// Uploads at least this big are checked while they are sent.
-pub const CHECK_WHILE_SENDING: u64 = 8 * 1024 * 1024;
+/// Whole-file readers of at least this many bytes hash on a thread of their own.
+pub const HASH_ON_A_THREAD: u64 = 8 * 1024 * 1024;
+/// Pieces handed to the hashing thread and not yet hashed, at most (memory stays flat).
+const PIECES_IN_FLIGHT: usize = 8;
 
 /// An upload's file, with the check of its bytes against the SHA-256 recorded at save.
 pub struct UploadSource {
@@ -32,63 +38,15 @@ pub struct UploadSource {
     check: Option<Check>,
 }
 
-/// The hash of the whole file, computed on a thread of its own, and the verdict.
 struct Check {
     want: String,
     name: String,
-    digest: Mutex<Option<Receiver<io::Result<String>>>>,
-    verdict: Mutex<Option<Result<(), Refusal>>>,
-    /// Tells the hashing thread to stop when the upload is over (a cancelled transfer).
-    done: Arc<AtomicBool>,
-}
-
-impl UploadSource {
-    /// A file already checked (or saved without a SHA-256): sent as it is.
-    pub fn checked(file: File, len: u64) -> UploadSource {
-        UploadSource { plain: FileSource { file, len }, check: None }
-    }
-
-    /// A file to check against `want` while it is sent; `name` is for messages.
-    pub fn checking(file: File, len: u64, want: &str, name: &str) -> io::Result<UploadSource> {
-        let reader = file.try_clone()?;
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let done = Arc::new(AtomicBool::new(false));
-        let stop = done.clone();
-        std::thread::Builder::new()
-            .name("attachments-hash".into())
-            .spawn(move || {
-                let _ = tx.send(hash_all(&reader, &stop));
-            })?;
-        let check = Check {
-            want: want.to_ascii_lowercase(),
-            name: name.to_string(),
-            digest: Mutex::new(Some(rx)),
-            verdict: Mutex::new(None),
-            done,
-        };
-        Ok(UploadSource { plain: FileSource { file, len }, check: Some(check) })
-    }
-
-    /// Whether the bytes are the saved ones: waits for the hash when it is still running.
-    /// `Ok` without a check.
-    pub fn verdict(&self) -> Result<(), Refusal> {
-        self.check.as_ref().map_or(Ok(()), Check::verdict)
-    }
-
-    /// Why the upload was refused, once the check has failed (None while it has not, or
-    /// has not finished).
-    pub fn refused(&self) -> Option<Refusal> {
-        let check = self.check.as_ref()?;
-        check.verdict.lock().ok()?.clone()?.err()
-    }
-}
-
-impl Drop for UploadSource {
-    fn drop(&mut self) {
-        if let Some(c) = &self.check {
-            c.done.store(true, Ordering::Relaxed);
-        }
-    }
+    /// What a hash of the whole file, read on its own, found (for readers of parts).
+    whole: Mutex<Option<Result<(), Refusal>>>,
+    /// The first refusal a reader met.
+    refused: Mutex<Option<Refusal>>,
+    /// A whole-file reader handed over every byte, and they hashed to the saved SHA-256.
+    sent_whole: AtomicBool,
 }
 
 /// Why a checked upload was refused.
@@ -108,39 +66,77 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-impl Check {
-    fn verdict(&self) -> Result<(), Refusal> {
-        let mut verdict = self.verdict.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(v) = verdict.as_ref() {
-            return v.clone();
-        }
-        let rx = self.digest.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let got = match rx.map(|rx| rx.recv()) {
-            Some(Ok(got)) => got,
-            _ => Err(io::Error::other("the hashing thread ended without an answer")),
+impl UploadSource {
+    /// A file saved without a SHA-256: sent as it is.
+    pub fn unchecked(file: File, len: u64) -> UploadSource {
+        UploadSource { plain: FileSource { file, len }, check: None }
+    }
+
+    /// A file to check against `want` as it is sent; `name` is for messages.
+    pub fn checking(file: File, len: u64, want: &str, name: &str) -> UploadSource {
+        let check = Check {
+            want: want.to_ascii_lowercase(),
+            name: name.to_string(),
+            whole: Mutex::new(None),
+            refused: Mutex::new(None),
+            sent_whole: AtomicBool::new(false),
         };
-        let v = match got {
+        UploadSource { plain: FileSource { file, len }, check: Some(check) }
+    }
+
+    /// Whether what was sent is the saved file: yes when a whole-file reader sent it all
+    /// and it checked out; otherwise the hash of the whole file read on its own (what
+    /// readers of parts went by). `Ok` without a check.
+    pub fn verdict(&self) -> Result<(), Refusal> {
+        let Some(check) = &self.check else { return Ok(()) };
+        if let Some(why) = self.refused() {
+            return Err(why);
+        }
+        if check.sent_whole.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        check.whole(&self.plain.file)
+    }
+
+    /// Why the upload was refused, once a reader met a failed check.
+    pub fn refused(&self) -> Option<Refusal> {
+        self.check.as_ref()?.refused.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Check {
+    fn refuse(&self, why: Refusal) -> Refusal {
+        let mut r = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        r.get_or_insert(why).clone()
+    }
+
+    fn compare(&self, got: io::Result<String>) -> Result<(), Refusal> {
+        match got {
             Ok(sha256) if sha256 == self.want => Ok(()),
             Ok(sha256) => Err(Refusal::Changed(format!(
                 "local file {} changed after it was saved: its SHA-256 is {sha256}, not {}; it is not uploaded",
                 self.name, self.want
             ))),
             Err(e) => Err(Refusal::Unreadable(format!("local file {} could not be read to check it: {e}", self.name))),
-        };
-        *verdict = Some(v.clone());
-        v
+        }
+    }
+
+    /// The whole file read on its own and hashed, once.
+    fn whole(&self, file: &File) -> Result<(), Refusal> {
+        let mut whole = self.whole.lock().unwrap_or_else(|e| e.into_inner());
+        if whole.is_none() {
+            *whole = Some(self.compare(hash_all(file)).map_err(|why| self.refuse(why)));
+        }
+        whole.clone().unwrap_or(Ok(()))
     }
 }
 
-/// SHA-256 of the whole file, read by position (the sender reads the same file meanwhile).
-fn hash_all(file: &File, stop: &AtomicBool) -> io::Result<String> {
+/// SHA-256 of the whole file, read by position.
+fn hash_all(file: &File) -> io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut pos = 0u64;
     loop {
-        if stop.load(Ordering::Relaxed) {
-            return Err(io::Error::other("the upload ended"));
-        }
         let n = file.read_at(&mut buf, pos)?;
         if n == 0 {
             return Ok(hex::encode(hasher.finalize()));
@@ -158,31 +154,111 @@ impl Source for UploadSource {
     fn reader(&self, start: u64, end: u64) -> Box<dyn Read + Send + '_> {
         let inner = self.plain.reader(start, end);
         let Some(check) = &self.check else { return inner };
-        if start == 0 && end >= self.plain.len {
-            return Box::new(HeldBack { inner, check, pos: 0, len: self.plain.len });
+        let len = self.plain.len;
+        if start == 0 && end >= len {
+            let hashing = if len >= HASH_ON_A_THREAD { Hashing::on_a_thread() } else { None };
+            return Box::new(HeldBack {
+                inner,
+                check,
+                pos: 0,
+                len,
+                hashing: hashing.unwrap_or_else(|| Hashing::Inline(Sha256::new())),
+                finished: false,
+            });
         }
         // A part: nothing of it is sent before the whole file checked out.
-        match check.verdict() {
+        match check.whole(&self.plain.file) {
             Ok(()) => inner,
             Err(why) => Box::new(Refused(why.to_string())),
         }
     }
 }
 
-/// The whole file, with its last bytes held back until the check passed.
+/// Where a whole-file reader's bytes are hashed.
+enum Hashing {
+    Inline(Sha256),
+    /// A thread hashes copies of the pieces, in order, and hands each buffer back.
+    Thread { pieces: Option<Sender<Vec<u8>>>, spare: Receiver<Vec<u8>>, made: usize, hasher: Option<JoinHandle<String>> },
+}
+
+impl Hashing {
+    fn on_a_thread() -> Option<Hashing> {
+        let (pieces, todo) = crossbeam_channel::bounded::<Vec<u8>>(PIECES_IN_FLIGHT);
+        let (back, spare) = crossbeam_channel::bounded::<Vec<u8>>(PIECES_IN_FLIGHT);
+        let hasher = std::thread::Builder::new()
+            .name("attachments-hash".into())
+            .spawn(move || {
+                let mut h = Sha256::new();
+                for piece in todo {
+                    h.update(&piece);
+                    let _ = back.try_send(piece);
+                }
+                hex::encode(h.finalize())
+            })
+            .ok()?;
+        Some(Hashing::Thread { pieces: Some(pieces), spare, made: 0, hasher: Some(hasher) })
+    }
+
+    fn feed(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Hashing::Inline(h) => h.update(bytes),
+            Hashing::Thread { pieces, spare, made, .. } => {
+                let mut piece = match spare.try_recv() {
+                    Ok(p) => p,
+                    Err(_) if *made < PIECES_IN_FLIGHT => {
+                        *made += 1;
+                        Vec::with_capacity(bytes.len())
+                    }
+                    Err(_) => spare.recv().map_err(|_| io::Error::other("the hashing thread ended"))?,
+                };
+                piece.clear();
+                piece.extend_from_slice(bytes);
+                pieces.as_ref().and_then(|p| p.send(piece).ok()).ok_or_else(|| io::Error::other("the hashing thread ended"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> io::Result<String> {
+        match self {
+            Hashing::Inline(h) => Ok(hex::encode(std::mem::take(h).finalize())),
+            Hashing::Thread { pieces, hasher, .. } => {
+                pieces.take();
+                hasher.take().and_then(|h| h.join().ok()).ok_or_else(|| io::Error::other("the hashing thread failed"))
+            }
+        }
+    }
+}
+
+/// The whole file, hashed as it is handed over, its last bytes held back until the hash
+/// of everything handed over matches.
 struct HeldBack<'a> {
     inner: Box<dyn Read + Send + 'a>,
     check: &'a Check,
     pos: u64,
     len: u64,
+    hashing: Hashing,
+    finished: bool,
 }
 
 impl Read for HeldBack<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.finished {
+            return Ok(0);
+        }
         let n = self.inner.read(buf)?;
-        self.pos += n as u64;
-        if n > 0 && self.pos >= self.len {
-            self.check.verdict().map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why.to_string()))?;
+        if n > 0 {
+            self.hashing.feed(&buf[..n])?;
+            self.pos += n as u64;
+        }
+        if self.pos >= self.len {
+            self.finished = true;
+            let sent = self.check.compare(self.hashing.finish());
+            if let Err(why) = sent {
+                let why = self.check.refuse(why);
+                return Err(io::Error::new(io::ErrorKind::InvalidData, why.to_string()));
+            }
+            self.check.sent_whole.store(true, Ordering::Release);
         }
         Ok(n)
     }
@@ -201,6 +277,7 @@ impl Read for Refused {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::unix::fs::FileExt as _;
 
     fn file_with(bytes: &[u8]) -> (tempfile_path::Dir, File) {
         let dir = tempfile_path::Dir::new();
@@ -235,7 +312,7 @@ mod tests {
     fn the_whole_file_is_sent_when_it_checks_out() {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| i as u8).collect();
         let (_d, f) = file_with(&data);
-        let src = UploadSource::checking(f, data.len() as u64, &sha(&data).to_uppercase(), "f.bin").unwrap();
+        let src = UploadSource::checking(f, data.len() as u64, &sha(&data).to_uppercase(), "f.bin");
         let mut out = Vec::new();
         src.reader(0, data.len() as u64).read_to_end(&mut out).unwrap();
         assert_eq!(out, data);
@@ -247,7 +324,7 @@ mod tests {
     fn a_file_that_does_not_check_out_never_gives_its_last_bytes() {
         let data = vec![7u8; 2_000_000];
         let (_d, f) = file_with(&data);
-        let src = UploadSource::checking(f, data.len() as u64, &sha(b"something else"), "f.bin").unwrap();
+        let src = UploadSource::checking(f, data.len() as u64, &sha(b"something else"), "f.bin");
         let mut r = src.reader(0, data.len() as u64);
         let mut buf = vec![0u8; 64 * 1024];
         let mut given = 0usize;
@@ -266,10 +343,53 @@ mod tests {
     }
 
     #[test]
+    fn bytes_changed_while_they_are_read_are_refused_though_the_file_is_restored() {
+        // 9 MiB: hashed on a thread. A byte ahead of the reader is changed, read, and put
+        // back before the end: the file hashes right again, the bytes handed over do not.
+        let data: Vec<u8> = (0..9 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let (d, f) = file_with(&data);
+        let path = d.0.join("f.bin");
+        let src = UploadSource::checking(f, data.len() as u64, &sha(&data), "f.bin");
+        let mut r = src.reader(0, data.len() as u64);
+        let mut buf = vec![0u8; 64 * 1024];
+        r.read_exact(&mut buf).unwrap();
+        let at = 1024 * 1024u64;
+        let w = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        w.write_all_at(&[data[at as usize] ^ 1], at).unwrap();
+        let mut given = buf.len() as u64;
+        let err = loop {
+            match r.read(&mut buf) {
+                Ok(0) => panic!("the whole file was given"),
+                Ok(n) => {
+                    given += n as u64;
+                    if given > 2 * at {
+                        w.write_all_at(&[data[at as usize]], at).unwrap(); // restored
+                    }
+                }
+                Err(e) => break e,
+            }
+        };
+        assert!(given < data.len() as u64);
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(matches!(src.verdict(), Err(Refusal::Changed(_))));
+    }
+
+    #[test]
+    fn a_big_file_hashed_on_a_thread_is_sent_whole() {
+        let data: Vec<u8> = (0..10 * 1024 * 1024u32).map(|i| (i * 13) as u8).collect();
+        let (_d, f) = file_with(&data);
+        let src = UploadSource::checking(f, data.len() as u64, &sha(&data), "f.bin");
+        let mut out = Vec::new();
+        src.reader(0, data.len() as u64).read_to_end(&mut out).unwrap();
+        assert!(out == data);
+        assert_eq!(src.verdict(), Ok(()));
+    }
+
+    #[test]
     fn parts_wait_for_the_check_and_then_read_plainly() {
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7) as u8).collect();
         let (_d, f) = file_with(&data);
-        let src = UploadSource::checking(f, data.len() as u64, &sha(&data), "f.bin").unwrap();
+        let src = UploadSource::checking(f, data.len() as u64, &sha(&data), "f.bin");
         let mut out = Vec::new();
         src.reader(0, 400_000).read_to_end(&mut out).unwrap();
         src.reader(400_000, 1_000_000).read_to_end(&mut out).unwrap();

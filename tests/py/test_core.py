@@ -210,6 +210,17 @@ class Surface(Case):
                 self.assertEqual(one(conn, "SELECT count(*) FROM photos"), 0)
                 conn.close()
 
+    def test_a_temp_table_of_the_queue_name_is_refused_before_anything_is_written(self):
+        conn = connect(os.path.join(self.dir, "temp.db"))
+        conn.execute("CREATE TEMP TABLE Attachments(id INTEGER PRIMARY KEY, path TEXT)")
+        cfg = {"local_dir": "files-temp", "remote": f"file://{self.remote}"}
+        with self.assertRaisesRegex(Exception, r"'table'.*names a TEMP table of this connection"):
+            conn.execute("SELECT attachment_init(?)", (json.dumps(cfg),))
+        self.assertEqual(conn.execute("SELECT name FROM main.sqlite_schema").fetchall(), [])
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "files-temp")))
+        conn.execute("DROP TABLE temp.attachments")
+        conn.execute("SELECT attachment_init(?)", (json.dumps(cfg),))
+
 
 if __name__ == "__main__":
     unittest.main()

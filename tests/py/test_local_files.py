@@ -68,6 +68,26 @@ class Integrity(Case):
                 shutil.rmtree(os.path.join(self.dir, "files-a"))
                 os.remove(os.path.join(self.dir, "a.db"))
 
+    def test_a_file_written_to_while_it_uploads_never_reaches_the_remote(self):
+        data = os.urandom(12 * 1024 * 1024)
+        a = self.device("a", max_bytes_per_second=4 * 1024 * 1024)
+        att = one(a, "SELECT attachment_save(?, 'txt')", data)
+        path = os.path.join(self.dir, "files-a", f"{att}.txt")
+
+        def tamper():
+            time.sleep(1.0)
+            with open(path, "r+b") as f:
+                f.seek(10 * 1024 * 1024)
+                f.write(b"EVIL")
+
+        t = threading.Thread(target=tamper)
+        t.start()
+        try:
+            self.sync(a)
+        finally:
+            t.join()
+        self.assert_refused(a, att)
+
     def test_same_size_other_bytes_is_refused_too(self):
         a, att, path = self.saved(b"A" * 100_000)
         with open(path, "r+b") as f:

@@ -112,6 +112,17 @@ class Transitions(Case):
         self.assertEqual(self.sync(a)["uploaded"], 3)
         self.assertEqual(json.loads(one(a, "SELECT attachment_progress()"))["concurrency_level"], 3)
 
+    def test_a_stored_level_that_is_not_an_integer_is_ignored(self):
+        # A hand edit (or a broken tool) must not stop every pass for good.
+        for value in ("'abc'", "x'00ff'", "2.5", "1e308"):
+            with self.subTest(value):
+                a = self.device(f"lv{len(value)}{value[1:3].strip(chr(39))}")
+                a.execute(f"UPDATE _attachments_config SET concurrency = {value}")
+                one(a, "SELECT attachment_save(x'01', 'bin')")
+                self.assertEqual(self.sync(a)["uploaded"], 1)
+                level = json.loads(one(a, "SELECT attachment_progress()"))["concurrency_level"]
+                self.assertTrue(level is None or 1 <= level <= 32, level)
+
     def test_upload_failure_stays_queued_with_attempt_error_and_backoff(self):
         a = self.device("a", remote="http://127.0.0.1:9/nothing-listens/")
         id_ = one(a, "SELECT attachment_save(x'0102', 'bin')")

@@ -8,6 +8,8 @@ import re
 import subprocess
 import tempfile
 import textwrap
+import threading
+import time
 import unittest
 
 import servers
@@ -79,6 +81,37 @@ class RemoteContract:
         a.execute("UPDATE attachments SET next_attempt_at = 0")  # skip the long integrity backoff
         self.assertEqual(self.sync(a)["uploaded"], 1, self.row(a))
         self.assertEqual(self.stored(photo + ".bin"), bytes(data))
+
+    def test_a_file_written_to_while_it_uploads_is_never_stored(self):
+        # The bytes handed to the remote are hashed, not a second read of the file: a byte
+        # changed (and put back) mid-upload is caught before the body completes.
+        a = self.device("a", max_bytes_per_second=4 * MiB)
+        data = os.urandom(12 * MiB)  # one PUT on every remote here; 3 s at the cap
+        a.execute("INSERT INTO users VALUES (1, attachment_save(?, 'bin'))", (data,))
+        photo, path = a.execute("SELECT photo_id, attachment_local_uri(photo_id) FROM users").fetchone()
+
+        def tamper():
+            # At 4 MiB/s the upload reads offset 6 MiB about 1.5 s in: changed well before,
+            # put back well after.
+            time.sleep(0.3)
+            with open(path, "r+b") as f:
+                f.seek(6 * MiB)
+                f.write(b"EVIL")
+                f.flush()
+                time.sleep(2.5)
+                f.seek(6 * MiB)
+                f.write(data[6 * MiB:6 * MiB + 4])  # put back
+
+        t = threading.Thread(target=tamper)
+        t.start()
+        try:
+            self.assertEqual(self.sync(a)["uploaded"], 0, self.row(a))
+        finally:
+            t.join()
+        state, attempts, error = self.row(a)
+        self.assertEqual(state, "QUEUED_UPLOAD")
+        self.assertRegex(error, "^integrity")
+        self.assertIsNone(self.stored(photo + ".bin"), "no remote holds the changed bytes")
 
     def test_delete_removes_the_remote_object(self):
         a = self.device("a")
