@@ -28,9 +28,14 @@ const FALL: f64 = 0.80;
 
 static LEVELS: LazyLock<Mutex<HashMap<String, usize>>> = LazyLock::new(Default::default);
 
+/// The level this process last used for `db_file`, if it moved files of it yet.
+fn mine(db_file: &str) -> Option<usize> {
+    LEVELS.lock().ok().and_then(|l| l.get(db_file).copied())
+}
+
 /// The level this process last used for `db_file` (START before any pass).
 pub fn current(db_file: &str) -> usize {
-    LEVELS.lock().map(|l| l.get(db_file).copied().unwrap_or(START)).unwrap_or(START)
+    mine(db_file).unwrap_or(START)
 }
 
 fn remember(db_file: &str, level: usize) {
@@ -58,8 +63,7 @@ impl Adaptive {
     /// process has none of its own yet.
     pub fn new(db_file: &str, max: usize, stored: Option<usize>) -> Adaptive {
         let max = max.max(1);
-        let mine = LEVELS.lock().ok().and_then(|l| l.get(db_file).copied());
-        let level = mine.or(stored).unwrap_or(START).clamp(1, max);
+        let level = mine(db_file).or(stored).unwrap_or(START).clamp(1, max);
         Adaptive {
             db_file: db_file.to_string(),
             max,

@@ -130,23 +130,21 @@ fn table_exists(conn: &Connection, table: &str) -> Result<bool> {
 /// fail half-way on "no such column" or "already exists". A queue table an earlier
 /// `attachment_init` made is accepted.
 pub fn check_queue_name(conn: &Connection, table: &str) -> Result<()> {
-    let found: Option<(String, String)> = conn
-        .query_row(
-            "SELECT type, name FROM main.sqlite_schema WHERE name = ?1 COLLATE NOCASE AND type IN ('table', 'view', 'index')",
-            [table],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    // A TEMP object of that name on this connection would take the unqualified statements
+    // A TEMP object of that name (looked at first) would take the unqualified statements
     // that set up the queue.
-    let temp: Option<String> = conn
+    // language=SQLite
+    let found: Option<(bool, String, String)> = conn
         .query_row(
-            "SELECT type FROM temp.sqlite_schema WHERE name = ?1 COLLATE NOCASE AND type IN ('table', 'view', 'index')",
+            "SELECT 1, type, name FROM temp.sqlite_schema WHERE name = ?1 COLLATE NOCASE AND type IN ('table', 'view', 'index')
+             UNION ALL
+             SELECT 0, type, name FROM main.sqlite_schema WHERE name = ?1 COLLATE NOCASE AND type IN ('table', 'view', 'index')
+             ORDER BY 1 DESC LIMIT 1",
             [table],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
-    if let Some(kind) = temp {
+    let Some((temp, kind, existing)) = found else { return Ok(()) };
+    if temp {
         return Err(Error::config(
             "table",
             format!(
@@ -155,7 +153,6 @@ pub fn check_queue_name(conn: &Connection, table: &str) -> Result<()> {
             ),
         ));
     }
-    let Some((kind, existing)) = found else { return Ok(()) };
     if kind == "table" {
         // The columns every layout of the queue has had since the first.
         let queue_columns: i64 = conn.query_row(

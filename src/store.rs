@@ -78,16 +78,16 @@ pub struct Entry {
 #[derive(Debug)]
 pub struct Held(#[allow(dead_code)] File);
 
-/// A local file opened for upload and checked against the SHA-256 recorded at save.
+/// A local file opened for upload, with the SHA-256 recorded at save to check it against.
 pub struct Checked {
     pub file: File,
     pub len: u64,
     /// Still open after `file` is handed to the remote, to see whether it changed meanwhile.
     watch: File,
     stamp: Stamp,
-    /// The SHA-256 a big file is still to be checked against while it is sent (see
-    /// `upload_source`); None when it was checked here.
-    pending: Option<String>,
+    /// The SHA-256 recorded at save, checked as the file is sent (`upload_source`); None
+    /// for a row of an old build that recorded none.
+    expected: Option<String>,
 }
 
 /// What changes whenever a file's content does: ctime cannot be set back by its owner.
@@ -98,7 +98,7 @@ fn stamp(meta: &fs::Metadata) -> Stamp {
     Stamp(meta.dev(), meta.ino(), meta.size() as i64, meta.mtime_nsec() + meta.mtime() * 1_000_000_000, meta.ctime(), meta.ctime_nsec())
 }
 
-/// Tells whether a checked file changed after it was hashed.
+/// Tells whether a file changed after it was opened for upload.
 pub struct ChangeWatch {
     file: File,
     stamp: Stamp,
@@ -111,14 +111,10 @@ impl ChangeWatch {
 }
 
 impl Checked {
-    fn unchanged(&self) -> io::Result<bool> {
-        Ok(stamp(&self.watch.metadata()?) == self.stamp)
-    }
-
-    /// The file to send (rewound), its length, the watch to ask once it is sent, and the
-    /// SHA-256 to check it against while it is sent, if it was not checked yet.
+    /// The file to send, its length, the watch to ask once it is sent, and the SHA-256 to
+    /// check it against as it is sent.
     pub fn split(self) -> (File, u64, ChangeWatch, Option<String>) {
-        (self.file, self.len, ChangeWatch { file: self.watch, stamp: self.stamp }, self.pending)
+        (self.file, self.len, ChangeWatch { file: self.watch, stamp: self.stamp }, self.expected)
     }
 }
 
@@ -217,32 +213,15 @@ impl LocalStore {
         Ok(Some((file, meta.len())))
     }
 
-    /// Opens `filename` for upload. With the `sha256` recorded at save, the file is handed
-    /// over with it, to be checked as it is sent (`upload_source`); without one (a row of an
-    /// old build), hashed here. None when the file is gone (and the folder is there).
+    /// Opens `filename` for upload (never through a symlink), handing it over with the
+    /// `sha256` recorded at save, which `upload_source` checks as the file is sent. None when
+    /// the file is gone (and the folder is there).
     pub fn open_checked(&self, filename: &str, sha256: Option<&str>) -> Result<Option<Checked>> {
-        let Some((mut file, _)) = self.open_file(filename)? else { return Ok(None) };
+        let Some((file, _)) = self.open_file(filename)? else { return Ok(None) };
         let path = self.path(filename)?;
         let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
-        let before = stamp(&meta);
-        if let Some(want) = sha256 {
-            let watch = file.try_clone().map_err(|e| Error::io(&path, e))?;
-            return Ok(Some(Checked { file, len: meta.len(), watch, stamp: before, pending: Some(want.to_string()) }));
-        }
-        let got = hash_reader(&mut file).map_err(|e| Error::io(&path, e))?;
-        if let Some(want) = sha256.filter(|w| !w.eq_ignore_ascii_case(&got.sha256)) {
-            return Err(Error::Argument(format!(
-                "local file {filename} changed after it was saved: its SHA-256 is {}, not {want}; it is not uploaded",
-                got.sha256
-            )));
-        }
         let watch = file.try_clone().map_err(|e| Error::io(&path, e))?;
-        file.rewind().map_err(|e| Error::io(&path, e))?;
-        let checked = Checked { file, len: got.size, watch, stamp: before, pending: None };
-        if !checked.unchanged().map_err(|e| Error::io(&path, e))? {
-            return Err(Error::Argument(format!("local file {filename} changed while it was being checked")));
-        }
-        Ok(Some(checked))
+        Ok(Some(Checked { file, len: meta.len(), watch, stamp: stamp(&meta), expected: sha256.map(str::to_string) }))
     }
 
     /// The path of `filename` inside the directory; the name is checked first.
@@ -854,8 +833,8 @@ mod tests {
         let (w, _) = s.write_from("y.txt", &mut &b"hello"[..]).unwrap();
         assert!(s.open_checked("y.txt", Some(&w.sha256)).unwrap().is_some());
         // With a recorded SHA-256 the bytes are checked as they are sent (upload_source).
-        let pending = s.open_checked("y.txt", Some(&"00".repeat(32))).unwrap().unwrap().split().3;
-        assert_eq!(pending, Some("00".repeat(32)));
+        let expected = s.open_checked("y.txt", Some(&"00".repeat(32))).unwrap().unwrap().split().3;
+        assert_eq!(expected, Some("00".repeat(32)));
         fs::remove_dir_all(s.dir()).unwrap();
         assert!(s.existing("y.txt").is_err());
         assert!(s.open_file("y.txt").is_err());

@@ -711,8 +711,8 @@ impl Syncer {
             Ok(None) => return Ok(Outcome::LocalMissing),
             Err(e) => return Err(crate::store::upload_refusal(e)),
         };
-        let (file, len, watch, pending) = checked.split();
-        let source = match pending {
+        let (file, len, watch, expected) = checked.split();
+        let source = match expected {
             Some(want) => UploadSource::checking(file, len, &want, name),
             None => UploadSource::unchecked(file, len),
         };
